@@ -3,4 +3,13 @@
 //! The library holds the engine (reactor, ring boundary, codec, handshake) so that the
 //! `ringpush` binary, the benches and the load generator share one implementation.
 
+pub mod config;
+pub mod conn;
+pub mod http;
+pub mod node;
+pub mod ring;
+pub mod route;
+pub mod shard;
+pub mod stats;
+pub mod timer;
 pub mod ws;

@@ -1,3 +1,11 @@
+//! The `ringpush` binary: parses the command line and runs the node.
+
+use clap::Parser;
+
 fn main() {
-    println!("ringpush");
+    let cfg = ringpush::config::Config::parse();
+    if let Err(e) = ringpush::node::run(cfg) {
+        eprintln!("ringpush: {e}");
+        std::process::exit(1);
+    }
 }

@@ -1,0 +1,177 @@
+//! The node's configuration: every limit with its default, parsed from the command line.
+
+use std::net::SocketAddr;
+use std::time::Duration;
+
+use clap::Parser;
+
+/// ringpush: a WebSocket push node on io_uring.
+#[derive(Parser, Debug, Clone)]
+#[command(name = "ringpush", version, about)]
+pub struct Config {
+    /// Address every shard listens on (one SO_REUSEPORT listener per shard).
+    #[arg(long, default_value = "0.0.0.0:8080")]
+    pub listen: SocketAddr,
+
+    /// Reactor threads, each with its own io_uring, listener and file table
+    /// (default: available cores).
+    #[arg(long)]
+    pub shards: Option<usize>,
+
+    /// Do not pin shard threads to cores.
+    #[arg(long)]
+    pub no_pin: bool,
+
+    /// Connections the node holds at most, split evenly across shards and kept below each
+    /// shard's file-table cap (default: as many as the file caps allow).
+    #[arg(long)]
+    pub max_conns: Option<usize>,
+
+    /// Path that echoes every data message (the conformance and round-trip target).
+    #[arg(long, default_value = "/echo")]
+    pub echo_path: String,
+
+    /// Largest message accepted, in bytes (suffixes KiB, MiB); larger gets close 1009.
+    #[arg(long, default_value = "1MiB", value_parser = parse_bytes)]
+    pub max_message: usize,
+
+    /// Bytes queued for one connection at most; past it the connection is a slow consumer.
+    #[arg(long, default_value = "1MiB", value_parser = parse_bytes)]
+    pub max_pending: usize,
+
+    /// Largest HTTP request head accepted for the upgrade (431 beyond).
+    #[arg(long, default_value = "8KiB", value_parser = parse_bytes)]
+    pub max_header_bytes: usize,
+
+    /// Origins allowed to upgrade (repeatable; default: any). Others get 403.
+    #[arg(long = "allow-origin")]
+    pub allow_origins: Vec<String>,
+
+    /// Subprotocols the node speaks (repeatable), chosen in the client's order of offer.
+    #[arg(long = "subprotocol")]
+    pub subprotocols: Vec<String>,
+
+    /// Time a client has to finish its upgrade before it is dropped.
+    #[arg(long, default_value = "5s", value_parser = parse_duration)]
+    pub handshake_timeout: Duration,
+
+    /// Silence after which the node pings a client.
+    #[arg(long, default_value = "30s", value_parser = parse_duration)]
+    pub ping_interval: Duration,
+
+    /// Silence (no frame, no pong) after which a client is closed.
+    #[arg(long, default_value = "75s", value_parser = parse_duration)]
+    pub idle_timeout: Duration,
+
+    /// Time a peer has to answer our close before the TCP connection is dropped.
+    #[arg(long, default_value = "5s", value_parser = parse_duration)]
+    pub close_timeout: Duration,
+
+    /// Time shutdown waits for clients to answer close 1001.
+    #[arg(long, default_value = "10s", value_parser = parse_duration)]
+    pub drain_timeout: Duration,
+
+    /// Interval between stats lines on stdout (0 disables them).
+    #[arg(long, default_value = "10s", value_parser = parse_duration)]
+    pub stats_interval: Duration,
+
+    /// Provided receive buffers per shard (a power of two).
+    #[arg(long, default_value_t = 64)]
+    pub recv_buffers: u16,
+
+    /// Size of each provided receive buffer.
+    #[arg(long, default_value = "16KiB", value_parser = parse_bytes)]
+    pub recv_buffer_bytes: usize,
+
+    /// Submission queue entries per shard ring.
+    #[arg(long, default_value_t = 4096)]
+    pub sq_entries: u32,
+
+    /// Completion queue entries per shard ring.
+    #[arg(long, default_value_t = 32768)]
+    pub cq_entries: u32,
+}
+
+impl Config {
+    /// The shard count: the flag, or the number of available cores.
+    pub fn shard_count(&self) -> usize {
+        self.shards
+            .unwrap_or_else(|| std::thread::available_parallelism().map_or(1, |n| n.get()))
+            .max(1)
+    }
+}
+
+/// Parses `500ms`, `5s`, `2m`, `1h` or a bare number of seconds.
+pub fn parse_duration(s: &str) -> Result<Duration, String> {
+    let s = s.trim();
+    let split = s
+        .find(|c: char| !c.is_ascii_digit() && c != '.')
+        .unwrap_or(s.len());
+    let (num, unit) = s.split_at(split);
+    let value: f64 = num.parse().map_err(|_| format!("not a duration: {s:?}"))?;
+    let secs = match unit.trim() {
+        "" | "s" => value,
+        "ms" => value / 1e3,
+        "us" => value / 1e6,
+        "m" => value * 60.0,
+        "h" => value * 3600.0,
+        other => return Err(format!("unknown duration unit {other:?} (use ms, s, m, h)")),
+    };
+    if !secs.is_finite() || secs < 0.0 {
+        return Err(format!("not a duration: {s:?}"));
+    }
+    Ok(Duration::from_secs_f64(secs))
+}
+
+/// Parses `1048576`, `64KiB`, `1MiB`, `1GiB` (also `K`, `M`, `G`, `KB`, `MB`: binary units).
+pub fn parse_bytes(s: &str) -> Result<usize, String> {
+    let s = s.trim();
+    let split = s.find(|c: char| !c.is_ascii_digit()).unwrap_or(s.len());
+    let (num, unit) = s.split_at(split);
+    let value: usize = num.parse().map_err(|_| format!("not a size: {s:?}"))?;
+    let scale: usize = match unit.trim().to_ascii_lowercase().as_str() {
+        "" | "b" => 1,
+        "k" | "kb" | "kib" => 1 << 10,
+        "m" | "mb" | "mib" => 1 << 20,
+        "g" | "gb" | "gib" => 1 << 30,
+        other => return Err(format!("unknown size unit {other:?} (use KiB, MiB, GiB)")),
+    };
+    value
+        .checked_mul(scale)
+        .ok_or_else(|| format!("size too large: {s:?}"))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn durations() {
+        assert_eq!(parse_duration("5s"), Ok(Duration::from_secs(5)));
+        assert_eq!(parse_duration("250ms"), Ok(Duration::from_millis(250)));
+        assert_eq!(parse_duration("2m"), Ok(Duration::from_secs(120)));
+        assert_eq!(parse_duration("3"), Ok(Duration::from_secs(3)));
+        assert!(parse_duration("5 parsecs").is_err());
+    }
+
+    #[test]
+    fn sizes() {
+        assert_eq!(parse_bytes("1MiB"), Ok(1 << 20));
+        assert_eq!(parse_bytes("8KiB"), Ok(8192));
+        assert_eq!(parse_bytes("100"), Ok(100));
+        assert!(parse_bytes("1 zebibyte").is_err());
+    }
+
+    #[test]
+    fn defaults_match_the_readme() {
+        let cfg = Config::parse_from(["ringpush"]);
+        assert_eq!(cfg.listen.to_string(), "0.0.0.0:8080");
+        assert_eq!(cfg.max_pending, 1 << 20);
+        assert_eq!(cfg.max_message, 1 << 20);
+        assert_eq!(cfg.max_header_bytes, 8 << 10);
+        assert_eq!(cfg.handshake_timeout, Duration::from_secs(5));
+        assert_eq!(cfg.ping_interval, Duration::from_secs(30));
+        assert_eq!(cfg.idle_timeout, Duration::from_secs(75));
+        assert_eq!(cfg.drain_timeout, Duration::from_secs(10));
+    }
+}

@@ -1,0 +1,119 @@
+//! Per-connection state, kept in the shard's slab.
+//!
+//! A connection is a few words: its fd, generation, state, timer fields and a send queue
+//! that is empty (and unallocated) while idle. Everything that only exists while bytes are
+//! in progress (an incomplete request head, a frame or message split across receives)
+//! lives behind one `Option<Box<Partial>>` that is `None` for an idle connection.
+//!
+//! Invariants:
+//! - An idle connection holds no read buffer and no heap memory: `partial` is `None` and
+//!   `queue` has no capacity.
+//! - `flags & SEND_INFLIGHT` is set exactly while a Send SQE for this connection is in the
+//!   kernel; `flags & RECV_ARMED` exactly while its multishot recv is.
+//! - The slot is freed only when neither is set, so no completion can name a freed slot
+//!   except through a stale generation.
+
+use std::collections::VecDeque;
+use std::os::fd::RawFd;
+
+use bytes::Bytes;
+
+use crate::ws::Decoder;
+
+/// The per-connection struct is pinned at or under this many bytes.
+pub const CONN_BYTES_MAX: usize = 128;
+const _: () = assert!(std::mem::size_of::<Conn>() <= CONN_BYTES_MAX);
+
+/// Where a connection is in its life.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum State {
+    /// Accepted; the HTTP upgrade request is not complete yet.
+    Handshake,
+    /// Upgraded; frames flow.
+    Open,
+    /// A close frame (or an HTTP refusal) is queued or sent; waiting for the peer's close,
+    /// for the queue to drain, or for the close deadline.
+    Closing,
+    /// Our FIN is sent; reading (and discarding) until the peer's EOF or the deadline.
+    Linger,
+    /// Shut down; waiting for in-flight operations to complete before the slot is freed.
+    Dead,
+}
+
+/// A multishot recv is armed for this connection.
+pub const RECV_ARMED: u8 = 1 << 0;
+/// A send is in the kernel.
+pub const SEND_INFLIGHT: u8 = 1 << 1;
+/// We queued a close frame (or an HTTP refusal): nothing else is queued after it.
+pub const CLOSE_SENT: u8 = 1 << 2;
+/// The peer's close frame arrived: its further bytes are ignored.
+pub const CLOSE_RECEIVED: u8 = 1 << 3;
+/// Send FIN once the queue drains.
+pub const FIN_AFTER_FLUSH: u8 = 1 << 4;
+/// A ping is out and unanswered.
+pub const PING_OUT: u8 = 1 << 5;
+/// Listed in the shard's dirty list (a flush is due after this batch).
+pub const DIRTY: u8 = 1 << 6;
+/// The upgrade completed: bytes are WebSocket frames.
+pub const UPGRADED: u8 = 1 << 7;
+
+/// Bytes in progress that do not fit in the provided receive buffer they arrived in.
+pub enum Partial {
+    /// An incomplete HTTP request head (bounded by --max-header-bytes).
+    Head(Vec<u8>),
+    /// A WebSocket decoder with a frame or message in progress.
+    Frames(Decoder),
+}
+
+/// One connection.
+pub struct Conn {
+    /// The socket, in the owning shard's file table.
+    pub fd: RawFd,
+    /// Generation of this occupant of the slab slot (24 bits are significant).
+    pub gen: u32,
+    /// Life-cycle state.
+    pub state: State,
+    /// Bit flags (`RECV_ARMED`, `SEND_INFLIGHT`, ...).
+    pub flags: u8,
+    /// The route the connection upgraded on (index into the shard's routes).
+    pub route: u8,
+    /// Tick at which the connection's timer must act (`timer::NEVER` when none).
+    pub deadline: u32,
+    /// Tick at which the wheel holds this connection's live entry (0 = none).
+    pub wheel_at: u32,
+    /// Tick of the last frame received (heartbeat and idle accounting).
+    pub last_seen: u32,
+    /// Shard-relative microseconds at accept (handshake latency).
+    pub accepted_us: u32,
+    /// Bytes queued or in flight for this connection (bounded by --max-pending).
+    pub queued_bytes: u32,
+    /// Frames waiting for the in-flight send to finish, in order.
+    pub queue: VecDeque<Bytes>,
+    /// Bytes in progress (None while idle).
+    pub partial: Option<Box<Partial>>,
+}
+
+impl Conn {
+    /// A freshly accepted connection.
+    pub fn new(fd: RawFd, gen: u32, accepted_us: u32, now: u32) -> Conn {
+        Conn {
+            fd,
+            gen,
+            state: State::Handshake,
+            flags: 0,
+            route: 0,
+            deadline: crate::timer::NEVER,
+            wheel_at: 0,
+            last_seen: now,
+            accepted_us,
+            queued_bytes: 0,
+            queue: VecDeque::new(),
+            partial: None,
+        }
+    }
+
+    /// Whether `flag` is set.
+    pub fn has(&self, flag: u8) -> bool {
+        self.flags & flag != 0
+    }
+}

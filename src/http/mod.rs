@@ -1,0 +1,10 @@
+//! HTTP/1.1: the WebSocket upgrade handshake (server and client side) and the response writer
+//! it shares with the admin API.
+//!
+//! Everything under `http/` is sans-IO: functions read from byte slices and append to buffers the
+//! caller owns, and none of them touches a file descriptor.
+
+pub mod client;
+pub mod handshake;
+mod headers;
+pub mod response;

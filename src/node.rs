@@ -1,0 +1,203 @@
+//! The node: prepares every shard (rings first, then listeners, then threads that unshare
+//! their file tables), waits for signals while printing stats lines, then drains and
+//! prints the final figures.
+//!
+//! Invariant: every ring and every listener is created before any shard unshares, so each
+//! shard's table holds every ring fd (cross-ring messages name the target by fd).
+
+use std::io::Write as _;
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::{mpsc, Arc, Mutex};
+use std::time::{Duration, Instant};
+
+use crate::config::Config;
+use crate::ring::{sys, Ring, RingConfig};
+use crate::shard::{self, Setup, Shared};
+use crate::stats::{self, Counters};
+
+/// Descriptors each file table keeps in reserve beyond connections: stdio, listeners and
+/// every shard's ring fd (all present in every table).
+fn reserved_fds(shards: usize) -> u64 {
+    32 + 2 * shards as u64
+}
+
+/// Connections per shard: `--max-conns` split evenly, kept below the file-table cap.
+pub fn conns_per_shard(max_conns: Option<usize>, shards: usize, nofile: u64) -> (usize, bool) {
+    let table_cap = nofile.saturating_sub(reserved_fds(shards)).max(1) as usize;
+    match max_conns {
+        None => (table_cap, false),
+        Some(max) => {
+            let per = max.div_ceil(shards).max(1);
+            if per > table_cap {
+                (table_cap, true)
+            } else {
+                (per, false)
+            }
+        }
+    }
+}
+
+/// Runs the node until SIGINT or SIGTERM and a drain. Errors are user-facing messages.
+pub fn run(cfg: Config) -> Result<(), String> {
+    let shards = cfg.shard_count();
+    let nofile = sys::nofile_limit();
+    let (per_shard, clamped) = conns_per_shard(cfg.max_conns, shards, nofile);
+    if clamped {
+        eprintln!(
+            "ringpush warn=max_conns_clamped per_shard={per_shard} (RLIMIT_NOFILE={nofile} per file table; \
+             use more --shards to hold more)"
+        );
+    }
+    sys::block_shutdown_signals().map_err(|e| format!("blocking signals: {e}"))?;
+
+    let ring_cfg = RingConfig {
+        sq_entries: cfg.sq_entries,
+        cq_entries: cfg.cq_entries,
+    };
+    let mut rings = Vec::with_capacity(shards);
+    for i in 0..shards {
+        rings.push(Ring::new(&ring_cfg).map_err(|e| format!("shard {i}: {e}"))?);
+    }
+    let mut listeners = Vec::with_capacity(shards);
+    let mut addr = cfg.listen;
+    for i in 0..shards {
+        let fd = sys::reuseport_listener(&addr).map_err(|e| format!("listening on {addr}: {e}"))?;
+        if i == 0 {
+            // Port 0 resolves once; every other shard joins the same port.
+            addr = sys::local_addr(fd).map_err(|e| format!("getsockname: {e}"))?;
+        }
+        listeners.push(fd);
+    }
+    let ring_fds: Vec<_> = rings.iter().map(Ring::fd).collect();
+
+    let shared = Arc::new(Shared {
+        shutdown: AtomicBool::new(false),
+        counters: (0..shards).map(|_| Mutex::new(Counters::new())).collect(),
+    });
+    let cores = if cfg.no_pin {
+        Vec::new()
+    } else {
+        core_affinity::get_core_ids().unwrap_or_default()
+    };
+    let cfg = Arc::new(cfg);
+    let (ready_tx, ready_rx) = mpsc::channel();
+    let mut handles = Vec::with_capacity(shards);
+    for (i, ring) in rings.into_iter().enumerate() {
+        let setup = Setup {
+            index: i,
+            ring,
+            listen_fd: listeners[i],
+            foreign_fds: listeners
+                .iter()
+                .enumerate()
+                .filter(|(j, _)| *j != i)
+                .map(|(_, fd)| *fd)
+                .collect(),
+            conns_max: per_shard,
+            core: (!cores.is_empty()).then(|| cores[i % cores.len()]),
+            cfg: Arc::clone(&cfg),
+            shared: Arc::clone(&shared),
+        };
+        handles.push(shard::spawn(setup, ready_tx.clone()));
+    }
+    drop(ready_tx);
+    let mut failure = None;
+    for _ in 0..shards {
+        match ready_rx.recv() {
+            Ok(Ok(())) => {}
+            Ok(Err(e)) => failure = Some(e),
+            Err(_) => failure = Some("a shard thread died during start".to_string()),
+        }
+    }
+    // Every shard has its own copy of the table now; the main thread's copies only keep
+    // sockets and rings alive that the shards own.
+    for fd in listeners.iter().chain(&ring_fds) {
+        sys::close(*fd);
+    }
+    if let Some(e) = failure {
+        shared.shutdown.store(true, Ordering::Relaxed);
+        for h in handles {
+            let _ = h.join();
+        }
+        return Err(e);
+    }
+    println!(
+        "ringpush listening on {addr} shards={shards} conns_per_shard={per_shard} max_conns={} \
+         echo_path={} pid={}",
+        per_shard * shards,
+        cfg.echo_path,
+        std::process::id()
+    );
+    let _ = std::io::stdout().flush();
+
+    let started = Instant::now();
+    let mut last_stats = Instant::now();
+    let poll = if cfg.stats_interval.is_zero() {
+        Duration::from_secs(1)
+    } else {
+        cfg.stats_interval.min(Duration::from_secs(1))
+    };
+    let signal = loop {
+        if let Some(sig) = sys::wait_signal(poll) {
+            break sig;
+        }
+        if !cfg.stats_interval.is_zero() && last_stats.elapsed() >= cfg.stats_interval {
+            last_stats = Instant::now();
+            let mut sum = Counters::new();
+            for c in &shared.counters {
+                sum.add(&c.lock().map(|c| c.clone()).unwrap_or_default());
+            }
+            println!(
+                "stats t={}s rss_bytes={} {}",
+                started.elapsed().as_secs(),
+                sys::rss_bytes(),
+                sum.line()
+            );
+            let _ = std::io::stdout().flush();
+        }
+    };
+    println!(
+        "ringpush signal={signal} draining (timeout {:?})",
+        cfg.drain_timeout
+    );
+    let _ = std::io::stdout().flush();
+    shared.shutdown.store(true, Ordering::Relaxed);
+
+    let mut total = Counters::new();
+    let mut handshake = stats::latency_histogram();
+    let mut ping = stats::latency_histogram();
+    for h in handles {
+        if let Ok(Some(report)) = h.join() {
+            total.add(&report.counters);
+            let _ = handshake.add(&report.handshake_us);
+            let _ = ping.add(&report.ping_rtt_us);
+        }
+    }
+    println!(
+        "final uptime={}s {}",
+        started.elapsed().as_secs(),
+        total.line()
+    );
+    print!(
+        "{}",
+        stats::percentile_spectrum("handshake time", &handshake)
+    );
+    print!("{}", stats::percentile_spectrum("ping round trip", &ping));
+    let _ = std::io::stdout().flush();
+    Ok(())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn connection_cap_stays_below_each_file_table() {
+        assert_eq!(conns_per_shard(None, 2, 20_000), (20_000 - 36, false));
+        assert_eq!(conns_per_shard(Some(1000), 2, 20_000), (500, false));
+        assert_eq!(
+            conns_per_shard(Some(1_000_000), 2, 20_000),
+            (20_000 - 36, true)
+        );
+    }
+}

@@ -1,0 +1,219 @@
+//! Counters and latency histograms: each shard owns its own (no sharing on the hot path)
+//! and publishes a copy of its counters once a second; the main thread sums them for the
+//! stats line and, at exit, merges the histograms.
+
+use std::fmt::Write as _;
+
+use hdrhistogram::Histogram;
+
+use crate::http::handshake::HandshakeError;
+
+/// Close codes counted individually; anything else lands in the last slot.
+pub const CLOSE_CODES: [u16; 12] = [
+    1000, 1001, 1002, 1003, 1007, 1008, 1009, 1010, 1011, 1012, 4001, 0,
+];
+
+/// Index of `code` in [`CLOSE_CODES`] (the last slot, 0, means "other").
+pub fn close_code_slot(code: u16) -> usize {
+    CLOSE_CODES
+        .iter()
+        .position(|&c| c == code)
+        .unwrap_or(CLOSE_CODES.len() - 1)
+}
+
+/// Index of a handshake refusal in [`HandshakeError::ALL_REASONS`].
+pub fn refusal_slot(err: &HandshakeError) -> usize {
+    let reason = err.reason();
+    HandshakeError::ALL_REASONS
+        .iter()
+        .position(|&r| r == reason)
+        .unwrap_or(0)
+}
+
+/// Monotonic counters of one shard (or their sum over shards).
+#[derive(Clone, Debug, Default)]
+pub struct Counters {
+    /// Connections currently held.
+    pub open: u64,
+    /// Connections accepted from the listener.
+    pub accepted: u64,
+    /// Upgrades completed.
+    pub upgraded: u64,
+    /// Handshakes refused, by reason (index: `refusal_slot`).
+    pub refused: Vec<u64>,
+    /// Accepted sockets turned away at the connection cap.
+    pub refused_at_cap: u64,
+    /// Accept failures for lack of descriptors (EMFILE / ENFILE).
+    pub accept_emfile: u64,
+    /// Handshakes not finished within the deadline.
+    pub handshake_timeouts: u64,
+    /// Data messages received / sent.
+    pub messages_in: u64,
+    pub messages_out: u64,
+    /// Payload and frame bytes received / sent on the wire.
+    pub bytes_in: u64,
+    pub bytes_out: u64,
+    /// Close frames sent / received, by code (index: `close_code_slot`).
+    pub closes_sent: [u64; CLOSE_CODES.len()],
+    pub closes_received: [u64; CLOSE_CODES.len()],
+    /// Connections that ended without a close handshake (TCP EOF, reset, abort).
+    pub aborted: u64,
+    /// Multishot recv ended for lack of provided buffers.
+    pub enobufs: u64,
+    /// Multishot recv re-armed after ending without F_MORE.
+    pub recv_rearmed: u64,
+    /// Pings the node sent, pongs matched to them, and idle closes.
+    pub pings_sent: u64,
+    pub pongs_received: u64,
+    pub idle_closes: u64,
+    /// Connections closed for exceeding --max-pending.
+    pub slow_consumer_closes: u64,
+    /// Protocol errors by the peer (each closed the connection).
+    pub protocol_errors: u64,
+}
+
+impl Counters {
+    /// Zeroed counters with every labelled vector sized.
+    pub fn new() -> Counters {
+        Counters {
+            refused: vec![0; HandshakeError::ALL_REASONS.len()],
+            ..Default::default()
+        }
+    }
+
+    /// Adds `other` into `self`.
+    pub fn add(&mut self, other: &Counters) {
+        self.open += other.open;
+        self.accepted += other.accepted;
+        self.upgraded += other.upgraded;
+        if self.refused.len() < other.refused.len() {
+            self.refused.resize(other.refused.len(), 0);
+        }
+        for (a, b) in self.refused.iter_mut().zip(&other.refused) {
+            *a += b;
+        }
+        self.refused_at_cap += other.refused_at_cap;
+        self.accept_emfile += other.accept_emfile;
+        self.handshake_timeouts += other.handshake_timeouts;
+        self.messages_in += other.messages_in;
+        self.messages_out += other.messages_out;
+        self.bytes_in += other.bytes_in;
+        self.bytes_out += other.bytes_out;
+        for i in 0..CLOSE_CODES.len() {
+            self.closes_sent[i] += other.closes_sent[i];
+            self.closes_received[i] += other.closes_received[i];
+        }
+        self.aborted += other.aborted;
+        self.enobufs += other.enobufs;
+        self.recv_rearmed += other.recv_rearmed;
+        self.pings_sent += other.pings_sent;
+        self.pongs_received += other.pongs_received;
+        self.idle_closes += other.idle_closes;
+        self.slow_consumer_closes += other.slow_consumer_closes;
+        self.protocol_errors += other.protocol_errors;
+    }
+
+    /// The one-line summary printed every --stats-interval.
+    pub fn line(&self) -> String {
+        let mut s = format!(
+            "open={} accepted={} upgraded={} refused={} msgs_in={} msgs_out={} bytes_in={} \
+             bytes_out={} enobufs={} pings={} pongs={} idle_closes={} slow_closes={} \
+             proto_errors={} aborted={}",
+            self.open,
+            self.accepted,
+            self.upgraded,
+            self.refused.iter().sum::<u64>() + self.refused_at_cap,
+            self.messages_in,
+            self.messages_out,
+            self.bytes_in,
+            self.bytes_out,
+            self.enobufs,
+            self.pings_sent,
+            self.pongs_received,
+            self.idle_closes,
+            self.slow_consumer_closes,
+            self.protocol_errors,
+            self.aborted,
+        );
+        let mut refused = String::new();
+        for (i, n) in self.refused.iter().enumerate().filter(|(_, n)| **n > 0) {
+            let _ = write!(refused, "{}:{n},", HandshakeError::ALL_REASONS[i]);
+        }
+        if self.refused_at_cap > 0 {
+            let _ = write!(refused, "at_cap:{},", self.refused_at_cap);
+        }
+        if !refused.is_empty() {
+            let _ = write!(s, " refused_by={}", refused.trim_end_matches(','));
+        }
+        for (label, codes) in [
+            ("closes_sent", &self.closes_sent),
+            ("closes_recv", &self.closes_received),
+        ] {
+            let mut by = String::new();
+            for (i, n) in codes.iter().enumerate().filter(|(_, n)| **n > 0) {
+                let code = CLOSE_CODES[i];
+                if code == 0 {
+                    let _ = write!(by, "other:{n},");
+                } else {
+                    let _ = write!(by, "{code}:{n},");
+                }
+            }
+            if !by.is_empty() {
+                let _ = write!(s, " {label}={}", by.trim_end_matches(','));
+            }
+        }
+        s
+    }
+}
+
+/// A latency histogram in microseconds (1 µs to 1 h, three significant figures).
+pub fn latency_histogram() -> Histogram<u64> {
+    Histogram::new_with_bounds(1, 3_600_000_000, 3).expect("static histogram bounds are valid")
+}
+
+/// Writes `hist` in hdrhistogram's percentile-distribution format (values in ms).
+pub fn percentile_spectrum(title: &str, hist: &Histogram<u64>) -> String {
+    let mut out = format!("# {title} (ms), {} samples\n", hist.len());
+    out.push_str("       Value     Percentile TotalCount 1/(1-Percentile)\n\n");
+    if hist.is_empty() {
+        out.push_str("#[Mean    =        0.000, StdDeviation   =        0.000]\n");
+        out.push_str("#[Max     =        0.000, Total count    =            0]\n");
+        return out;
+    }
+    let mut total = 0u64;
+    for v in hist.iter_quantiles(1) {
+        total += v.count_since_last_iteration();
+        let p = v.quantile_iterated_to();
+        let inverse = if p < 1.0 {
+            format!("{:14.2}", 1.0 / (1.0 - p))
+        } else {
+            String::new()
+        };
+        let _ = writeln!(
+            out,
+            "{:12.3} {:14.12} {:10} {inverse}",
+            v.value_iterated_to() as f64 / 1000.0,
+            p,
+            total,
+        );
+    }
+    let _ = writeln!(
+        out,
+        "#[Mean    = {:12.3}, StdDeviation   = {:12.3}]",
+        hist.mean() / 1000.0,
+        hist.stdev() / 1000.0
+    );
+    let _ = writeln!(
+        out,
+        "#[Max     = {:12.3}, Total count    = {:12}]",
+        hist.max() as f64 / 1000.0,
+        hist.len()
+    );
+    let _ = writeln!(
+        out,
+        "#[Buckets = {:12}, SubBuckets     = {:12}]",
+        hist.buckets(),
+        hist.distinct_values()
+    );
+    out
+}

@@ -1,0 +1,105 @@
+//! The per-shard hashed timer wheel: handshake deadlines, heartbeats, idle limits and close
+//! deadlines for every connection, driven by one periodic ring timeout.
+//!
+//! The wheel stores only `(slab key, generation)` per scheduled check; what is due and why
+//! lives in the connection (`deadline`, `wheel_at`). Arming, resetting and cancelling are
+//! O(1): resetting moves the connection's deadline without touching the wheel (the check at
+//! the old tick re-schedules itself), arming earlier adds one entry and leaves the later
+//! one stale, and cancelling sets the deadline to [`NEVER`]. Stale entries are recognised
+//! by generation or by `wheel_at` and dropped when their bucket fires.
+//!
+//! Invariant: a connection has at most one live entry, the one at tick `wheel_at`.
+
+use crate::ring::Owner;
+
+/// A deadline that never comes (a cancelled timer).
+pub const NEVER: u32 = u32::MAX;
+
+/// A hashed wheel of `slots` buckets, one tick each.
+pub struct Wheel {
+    buckets: Vec<Vec<Owner>>,
+    spare: Vec<Owner>,
+    now: u32,
+}
+
+impl Wheel {
+    /// A wheel whose horizon is `slots` ticks (a power of two). Tick 0 is never used, so
+    /// `wheel_at == 0` can mean "not scheduled".
+    pub fn new(slots: usize) -> Wheel {
+        assert!(slots.is_power_of_two() && slots >= 2);
+        Wheel {
+            buckets: (0..slots).map(|_| Vec::new()).collect(),
+            spare: Vec::new(),
+            now: 1,
+        }
+    }
+
+    /// The current tick.
+    pub fn now(&self) -> u32 {
+        self.now
+    }
+
+    /// Schedules a check of `owner` at tick `at`, clamped to the horizon (a later deadline
+    /// is checked at the horizon and scheduled again then). Returns the tick used, which
+    /// the caller stores as the connection's `wheel_at`.
+    pub fn schedule(&mut self, owner: Owner, at: u32) -> u32 {
+        let horizon = self.now + self.buckets.len() as u32 - 1;
+        let at = at.clamp(self.now + 1, horizon);
+        let slot = at as usize & (self.buckets.len() - 1);
+        self.buckets[slot].push(owner);
+        at
+    }
+
+    /// Advances one tick and moves every check scheduled for the new tick into `due`.
+    pub fn advance(&mut self, due: &mut Vec<Owner>) {
+        self.now += 1;
+        let slot = self.now as usize & (self.buckets.len() - 1);
+        // Swap in an empty vector so the bucket keeps no capacity it no longer needs, while
+        // the spare's capacity is reused across ticks.
+        let mut fired = std::mem::replace(&mut self.buckets[slot], std::mem::take(&mut self.spare));
+        due.append(&mut fired);
+        self.spare = fired;
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn owner(key: u32) -> Owner {
+        Owner { key, gen: 1 }
+    }
+
+    #[test]
+    fn fires_at_the_scheduled_tick() {
+        let mut wheel = Wheel::new(8);
+        assert_eq!(wheel.schedule(owner(7), 4), 4);
+        let mut due = Vec::new();
+        for tick in 2..=4 {
+            wheel.advance(&mut due);
+            assert_eq!(wheel.now(), tick);
+            if tick < 4 {
+                assert!(due.is_empty());
+            }
+        }
+        assert_eq!(due, vec![owner(7)]);
+    }
+
+    #[test]
+    fn clamps_to_the_horizon_and_never_to_the_past() {
+        let mut wheel = Wheel::new(8);
+        assert_eq!(wheel.schedule(owner(1), 1_000), 8);
+        assert_eq!(wheel.schedule(owner(2), 0), 2);
+    }
+
+    #[test]
+    fn each_entry_fires_once() {
+        let mut wheel = Wheel::new(4);
+        wheel.schedule(owner(1), 3);
+        let mut due = Vec::new();
+        for _ in 0..12 {
+            wheel.advance(&mut due);
+        }
+        assert_eq!(due, vec![owner(1)]);
+    }
+}
