@@ -14,6 +14,7 @@
 //!   `backlog` for the next enter.
 
 pub mod bufring;
+pub mod connect;
 pub mod sys;
 
 use std::collections::VecDeque;

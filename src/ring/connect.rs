@@ -1,0 +1,1 @@
+//! Client-side ring operations for the load generator (outgoing connections).
