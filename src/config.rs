@@ -5,6 +5,15 @@ use std::time::Duration;
 
 use clap::Parser;
 
+/// Policy for a subscriber that does not read fast enough.
+#[derive(clap::ValueEnum, Clone, Copy, Debug, PartialEq, Eq)]
+pub enum SlowConsumer {
+    /// Close it with 1008 "slow consumer".
+    Close,
+    /// Drop the newest messages for it (counted) and keep it.
+    Drop,
+}
+
 /// ringpush: a WebSocket push node on io_uring.
 #[derive(Parser, Debug, Clone)]
 #[command(name = "ringpush", version, about)]
@@ -26,6 +35,22 @@ pub struct Config {
     /// shard's file-table cap (default: as many as the file caps allow).
     #[arg(long)]
     pub max_conns: Option<usize>,
+
+    /// Address of the admin HTTP listener (publish, send, metrics, healthz).
+    #[arg(long, default_value = "127.0.0.1:9090")]
+    pub admin: SocketAddr,
+
+    /// Bearer token every admin request must carry (default: none required).
+    #[arg(long)]
+    pub admin_token: Option<String>,
+
+    /// Publish data messages that clients send on /ws/<channel> to that channel.
+    #[arg(long)]
+    pub client_publish: bool,
+
+    /// What happens to a subscriber whose queued bytes exceed --max-pending.
+    #[arg(long, value_enum, default_value_t = SlowConsumer::Close)]
+    pub slow_consumer: SlowConsumer,
 
     /// Path that echoes every data message (the conformance and round-trip target).
     #[arg(long, default_value = "/echo")]

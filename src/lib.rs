@@ -3,9 +3,12 @@
 //! The library holds the engine (reactor, ring boundary, codec, handshake) so that the
 //! `ringpush` binary, the benches and the load generator share one implementation.
 
+pub mod admin;
 pub mod config;
 pub mod conn;
+pub mod fanout;
 pub mod http;
+pub mod metrics;
 pub mod node;
 pub mod ring;
 pub mod route;

@@ -6,13 +6,14 @@
 //! shard's table holds every ring fd (cross-ring messages name the target by fd).
 
 use std::io::Write as _;
-use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::atomic::{AtomicBool, AtomicU64, AtomicUsize, Ordering};
 use std::sync::{mpsc, Arc, Mutex};
 use std::time::{Duration, Instant};
 
 use crate::config::Config;
+use crate::fanout::Peers;
 use crate::ring::{sys, Ring, RingConfig};
-use crate::shard::{self, Setup, Shared};
+use crate::shard::{self, Setup, ShardKind, Shared};
 use crate::stats::{self, Counters};
 
 /// Descriptors each file table keeps in reserve beyond connections: stdio, listeners and
@@ -20,6 +21,9 @@ use crate::stats::{self, Counters};
 fn reserved_fds(shards: usize) -> u64 {
     32 + 2 * shards as u64
 }
+
+/// Admin connections held at most (publishers are few and keep their connections).
+const ADMIN_CONNS_MAX: usize = 1024;
 
 /// Connections per shard: `--max-conns` split evenly, kept below the file-table cap.
 pub fn conns_per_shard(max_conns: Option<usize>, shards: usize, nofile: u64) -> (usize, bool) {
@@ -44,21 +48,34 @@ pub fn run(cfg: Config) -> Result<(), String> {
     let (per_shard, clamped) = conns_per_shard(cfg.max_conns, shards, nofile);
     if clamped {
         eprintln!(
-            "ringpush warn=max_conns_clamped per_shard={per_shard} (RLIMIT_NOFILE={nofile} per file table; \
+            "ringpush warn=max_conns_clamped per_shard={per_shard} \
+             (RLIMIT_NOFILE={nofile} per file table; \
              use more --shards to hold more)"
         );
     }
     sys::block_shutdown_signals().map_err(|e| format!("blocking signals: {e}"))?;
 
+    // Rings first (every table copies every ring fd at its unshare), then listeners; the
+    // admin shard is the last one.
     let ring_cfg = RingConfig {
         sq_entries: cfg.sq_entries,
         cq_entries: cfg.cq_entries,
     };
-    let mut rings = Vec::with_capacity(shards);
-    for i in 0..shards {
-        rings.push(Ring::new(&ring_cfg).map_err(|e| format!("shard {i}: {e}"))?);
+    let admin_ring_cfg = RingConfig {
+        sq_entries: 256,
+        cq_entries: 4096,
+    };
+    let total_shards = shards + 1;
+    let mut rings = Vec::with_capacity(total_shards);
+    for i in 0..total_shards {
+        let rc = if i < shards {
+            &ring_cfg
+        } else {
+            &admin_ring_cfg
+        };
+        rings.push(Ring::new(rc).map_err(|e| format!("shard {i}: {e}"))?);
     }
-    let mut listeners = Vec::with_capacity(shards);
+    let mut listeners = Vec::with_capacity(total_shards);
     let mut addr = cfg.listen;
     for i in 0..shards {
         let fd = sys::reuseport_listener(&addr).map_err(|e| format!("listening on {addr}: {e}"))?;
@@ -68,11 +85,31 @@ pub fn run(cfg: Config) -> Result<(), String> {
         }
         listeners.push(fd);
     }
+    let admin_fd = sys::reuseport_listener(&cfg.admin)
+        .map_err(|e| format!("admin listener on {}: {e}", cfg.admin))?;
+    let admin_addr = sys::local_addr(admin_fd).map_err(|e| format!("getsockname: {e}"))?;
+    listeners.push(admin_fd);
     let ring_fds: Vec<_> = rings.iter().map(Ring::fd).collect();
 
+    let mut inboxes = Vec::with_capacity(total_shards);
+    let mut receivers = Vec::with_capacity(total_shards);
+    for _ in 0..total_shards {
+        let (tx, rx) = mpsc::channel();
+        inboxes.push(tx);
+        receivers.push(rx);
+    }
+    let peers = Arc::new(Peers {
+        inboxes,
+        ring_fds: ring_fds.clone(),
+        clients: shards,
+    });
     let shared = Arc::new(Shared {
         shutdown: AtomicBool::new(false),
-        counters: (0..shards).map(|_| Mutex::new(Counters::new())).collect(),
+        client_shards_done: AtomicUsize::new(0),
+        session_seq: AtomicU64::new(0),
+        counters: (0..total_shards)
+            .map(|_| Mutex::new(Counters::new()))
+            .collect(),
     });
     let cores = if cfg.no_pin {
         Vec::new()
@@ -81,28 +118,38 @@ pub fn run(cfg: Config) -> Result<(), String> {
     };
     let cfg = Arc::new(cfg);
     let (ready_tx, ready_rx) = mpsc::channel();
-    let mut handles = Vec::with_capacity(shards);
-    for (i, ring) in rings.into_iter().enumerate() {
+    let mut handles = Vec::with_capacity(total_shards);
+    for (i, (ring, inbox)) in rings.into_iter().zip(receivers).enumerate() {
+        let admin = i == shards;
+        let foreign_fds = listeners
+            .iter()
+            .enumerate()
+            .filter(|(j, _)| *j != i)
+            .map(|(_, fd)| *fd)
+            .collect();
         let setup = Setup {
             index: i,
+            kind: if admin {
+                ShardKind::Admin
+            } else {
+                ShardKind::Client
+            },
             ring,
             listen_fd: listeners[i],
-            foreign_fds: listeners
-                .iter()
-                .enumerate()
-                .filter(|(j, _)| *j != i)
-                .map(|(_, fd)| *fd)
-                .collect(),
-            conns_max: per_shard,
-            core: (!cores.is_empty()).then(|| cores[i % cores.len()]),
+            foreign_fds,
+            conns_max: if admin { ADMIN_CONNS_MAX } else { per_shard },
+            // The admin shard is not pinned: it must never sit alone on a client's core.
+            core: (!cores.is_empty() && !admin).then(|| cores[i % cores.len()]),
             cfg: Arc::clone(&cfg),
             shared: Arc::clone(&shared),
+            peers: Arc::clone(&peers),
+            inbox,
         };
         handles.push(shard::spawn(setup, ready_tx.clone()));
     }
     drop(ready_tx);
     let mut failure = None;
-    for _ in 0..shards {
+    for _ in 0..total_shards {
         match ready_rx.recv() {
             Ok(Ok(())) => {}
             Ok(Err(e)) => failure = Some(e),
@@ -122,8 +169,9 @@ pub fn run(cfg: Config) -> Result<(), String> {
         return Err(e);
     }
     println!(
-        "ringpush listening on {addr} shards={shards} conns_per_shard={per_shard} max_conns={} \
-         echo_path={} pid={}",
+        "ringpush listening on {addr} admin {admin_addr} shards={shards} \
+         conns_per_shard={per_shard} \
+         max_conns={} echo_path={} pid={}",
         per_shard * shards,
         cfg.echo_path,
         std::process::id()
@@ -132,6 +180,7 @@ pub fn run(cfg: Config) -> Result<(), String> {
 
     let started = Instant::now();
     let mut last_stats = Instant::now();
+    let mut last_deliveries = 0u64;
     let poll = if cfg.stats_interval.is_zero() {
         Duration::from_secs(1)
     } else {
@@ -147,8 +196,11 @@ pub fn run(cfg: Config) -> Result<(), String> {
             for c in &shared.counters {
                 sum.add(&c.lock().map(|c| c.clone()).unwrap_or_default());
             }
+            let secs = cfg.stats_interval.as_secs_f64();
+            let rate = sum.deliveries.saturating_sub(last_deliveries) as f64 / secs;
+            last_deliveries = sum.deliveries;
             println!(
-                "stats t={}s rss_bytes={} {}",
+                "stats t={}s rss_bytes={} deliveries_per_s={rate:.0} {}",
                 started.elapsed().as_secs(),
                 sys::rss_bytes(),
                 sum.line()
@@ -166,11 +218,13 @@ pub fn run(cfg: Config) -> Result<(), String> {
     let mut total = Counters::new();
     let mut handshake = stats::latency_histogram();
     let mut ping = stats::latency_histogram();
+    let mut fanout = stats::latency_histogram();
     for h in handles {
         if let Ok(Some(report)) = h.join() {
             total.add(&report.counters);
             let _ = handshake.add(&report.handshake_us);
             let _ = ping.add(&report.ping_rtt_us);
+            let _ = fanout.add(&report.fanout_us);
         }
     }
     println!(
@@ -183,6 +237,10 @@ pub fn run(cfg: Config) -> Result<(), String> {
         stats::percentile_spectrum("handshake time", &handshake)
     );
     print!("{}", stats::percentile_spectrum("ping round trip", &ping));
+    print!(
+        "{}",
+        stats::percentile_spectrum("fan-out latency (per shard)", &fanout)
+    );
     let _ = std::io::stdout().flush();
     Ok(())
 }

@@ -1,20 +1,25 @@
 //! One shard: a reactor thread that owns an io_uring, a listener, a file table, a slab of
-//! connections and a timer wheel, and runs accept → handshake → recv → parse → reply →
+//! connections and a timer wheel, and runs accept → handshake → recv → parse → dispatch →
 //! send → timers → shutdown for every connection it accepted.
 //!
-//! The loop reaps a whole batch of completions, handles each, then re-arms starved recvs
-//! and flushes every connection that queued bytes during the batch (so all replies to one
-//! batch leave in one send per connection).
+//! Client shards hold WebSocket connections; the admin shard runs the same loop on the
+//! admin listener and speaks plain HTTP (see `admin.rs`). Shards talk to each other only
+//! through their inboxes (`fanout.rs`), each push followed by a MsgRingData doorbell.
+//!
+//! The loop reaps a whole batch of completions, handles each, then rings doorbells,
+//! re-arms starved recvs and flushes every connection that queued bytes during the batch
+//! (so all replies to one batch leave in one send per connection).
 //!
 //! Invariants:
 //! - [`Core`] (everything but the ring) never pushes SQEs; it records what must be
-//!   submitted (`dirty`, `starved`) and the shard submits after the batch.
+//!   submitted (`dirty`, `starved`, `doorbells`) and the shard submits after the batch.
 //! - A connection's slot is freed only when no operation of it is in the kernel.
 //! - Nothing is queued after a connection's close frame (or HTTP refusal).
 
-use std::collections::VecDeque;
+use std::collections::{HashMap, VecDeque};
 use std::os::fd::RawFd;
-use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::atomic::{AtomicBool, AtomicU64, AtomicUsize, Ordering};
+use std::sync::mpsc::Receiver;
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
@@ -24,9 +29,11 @@ use slab::Slab;
 
 use crate::config::Config;
 use crate::conn::{self, Conn, Partial, State};
+use crate::fanout::{Channel, Fanout, Peers, Pending, SessionTab, ShardMsg};
+use crate::http::admin::AdminConfig;
 use crate::http::handshake::{self, HandshakeError};
 use crate::ring::{sys, Completion, Owner, Ring, GEN_MASK};
-use crate::route::{self, Route};
+use crate::route::{self, Route, RouteKind};
 use crate::stats::{self, Counters};
 use crate::timer::{Wheel, NEVER};
 use crate::ws::{frame, CloseCode, Decoder, Event, Limits, OpCode, Role};
@@ -35,19 +42,20 @@ use crate::ws::{frame, CloseCode, Decoder, Event, Limits, OpCode, Role};
 pub const TICK_MS: u64 = 50;
 /// Slots in the timer wheel: 2048 ticks of 50 ms cover 102 s, beyond the idle default.
 const WHEEL_SLOTS: usize = 2048;
-/// Replies queued for one connection are merged into one send up to this many bytes.
-const COALESCE_BYTES_MAX: usize = 64 * 1024;
 /// Log lines a shard prints per second at most; the rest are counted and summarised.
 const LOG_LINES_PER_SEC_MAX: u32 = 20;
 /// Ticks between retries of an accept that ended on EMFILE.
 const ACCEPT_RETRY_TICKS: u32 = 2;
 
-/// State shared between the main thread and the shards: the shutdown flag and a copy of
-/// each shard's counters, refreshed once a second.
+/// State shared between the main thread and the shards.
 pub struct Shared {
     /// Set by the main thread on SIGINT / SIGTERM.
     pub shutdown: AtomicBool,
-    /// Per shard: its counters as of its last publication.
+    /// Client shards that have finished their drain (the admin shard waits for all).
+    pub client_shards_done: AtomicUsize,
+    /// Orders (session, tab) claims node-wide: the highest sequence wins.
+    pub session_seq: AtomicU64,
+    /// Per shard: its counters as of its last publication (every tick).
     pub counters: Vec<Mutex<Counters>>,
 }
 
@@ -59,12 +67,25 @@ pub struct Report {
     pub handshake_us: Histogram<u64>,
     /// Server ping to pong, µs.
     pub ping_rtt_us: Histogram<u64>,
+    /// Publish accepted to last local send completed, µs.
+    pub fanout_us: Histogram<u64>,
+}
+
+/// Whether a shard serves WebSocket clients or the admin API.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum ShardKind {
+    /// WebSocket clients on `--listen`.
+    Client,
+    /// Plain HTTP on `--admin`.
+    Admin,
 }
 
 /// Everything a shard thread needs, prepared by the main thread before it unshares.
 pub struct Setup {
-    /// Shard index.
+    /// Shard index (the admin shard comes after the client shards).
     pub index: usize,
+    /// Client or admin.
+    pub kind: ShardKind,
     /// The shard's ring (created disabled; enabled in the thread).
     pub ring: Ring,
     /// This shard's listener.
@@ -79,11 +100,15 @@ pub struct Setup {
     pub cfg: Arc<Config>,
     /// Shared flags and counters.
     pub shared: Arc<Shared>,
+    /// Every shard's inbox and ring fd.
+    pub peers: Arc<Peers>,
+    /// This shard's inbox.
+    pub inbox: Receiver<ShardMsg>,
 }
 
 /// How a close we start ends the TCP connection.
 #[derive(Clone, Copy, PartialEq, Eq)]
-enum CloseMode {
+pub(crate) enum CloseMode {
     /// Wait for the peer's close frame (or the close deadline), then FIN.
     Graceful,
     /// FIN as soon as our close frame is sent (the peer broke a rule or is too slow).
@@ -96,7 +121,10 @@ pub fn spawn(
     setup: Setup,
     ready: std::sync::mpsc::Sender<Result<(), String>>,
 ) -> std::thread::JoinHandle<Option<Report>> {
-    let name = format!("ringpush-shard-{}", setup.index);
+    let name = match setup.kind {
+        ShardKind::Client => format!("ringpush-shard-{}", setup.index),
+        ShardKind::Admin => "ringpush-admin".to_string(),
+    };
     std::thread::Builder::new()
         .name(name)
         .spawn(move || {
@@ -138,7 +166,7 @@ impl Shard {
             .map_err(|e| format!("shard {i}: enabling the io_uring failed: {e}"))?;
         let cfg = setup.cfg;
         let buf_bytes = u32::try_from(cfg.recv_buffer_bytes)
-            .map_err(|_| "recv buffer too large".to_string())?;
+            .map_err(|_| "--recv-buffer-bytes too large".to_string())?;
         ring.register_buffers(cfg.recv_buffers, buf_bytes)
             .map_err(|e| {
                 format!(
@@ -148,9 +176,19 @@ impl Shard {
                 )
             })?;
         if !ring.bufs().incremental() {
-            eprintln!("ringpush shard={i} note=buffer_ring_whole_buffers (kernel lacks IOU_PBUF_RING_INC)");
+            eprintln!(
+                "ringpush shard={i} note=buffer_ring_whole_buffers (kernel lacks IOU_PBUF_RING_INC)"
+            );
         }
-        let core = Core::new(i, setup.listen_fd, setup.conns_max, cfg, setup.shared);
+        let core = Core::new(
+            &setup.kind,
+            i,
+            setup.listen_fd,
+            setup.conns_max,
+            cfg,
+            setup.shared,
+        )
+        .with_peers(setup.peers, setup.inbox);
         Ok(Shard {
             ring,
             core,
@@ -180,6 +218,12 @@ impl Shard {
             }
         }
         self.core.close_everything();
+        if self.core.kind == ShardKind::Client {
+            self.core
+                .shared
+                .client_shards_done
+                .fetch_add(1, Ordering::Release);
+        }
         self.core.publish();
         self.core.report()
     }
@@ -206,7 +250,9 @@ impl Shard {
                     self.ring.tick(Duration::from_millis(TICK_MS));
                 }
             }
-            Completion::Cancel { .. } | Completion::Msg { .. } => {}
+            // A doorbell from another shard: its messages wait in our inbox.
+            Completion::Msg { .. } => self.core.drain_inbox(),
+            Completion::Cancel { .. } | Completion::Connect { .. } => {}
         }
     }
 
@@ -256,13 +302,10 @@ impl Shard {
                     }
                 });
         }
-        if !live {
+        if !live || more {
             return;
         }
         let key = owner.key as usize;
-        if more {
-            return;
-        }
         core.conns[key].flags &= !conn::RECV_ARMED;
         if res > 0 {
             // The multishot ended for a reason other than EOF or an error (for example a CQ
@@ -290,16 +333,19 @@ impl Shard {
 
     fn send_complete(&mut self, owner: Owner, res: i32, frame: Bytes, offset: usize) {
         if !self.core.live(owner) {
+            self.core.retire(&frame);
             return;
         }
         let key = owner.key as usize;
         let core = &mut self.core;
         core.conns[key].flags &= !conn::SEND_INFLIGHT;
         if core.conns[key].state == State::Dead {
+            core.retire(&frame);
             core.maybe_release(key);
             return;
         }
         if res <= 0 {
+            core.retire(&frame);
             let errno = -res;
             core.abort(key, format_args!("event=send_failed errno={errno}"));
             return;
@@ -314,6 +360,7 @@ impl Shard {
         }
         let c = &mut core.conns[key];
         c.queued_bytes = c.queued_bytes.saturating_sub(frame.len() as u32);
+        core.retire(&frame);
         core.mark_dirty(key);
     }
 
@@ -336,6 +383,11 @@ impl Shard {
             }
             if let Some(fd) = core.listen_fd.take() {
                 sys::close(fd);
+            }
+        }
+        for (target, ring) in core.doorbells.iter_mut().enumerate() {
+            if std::mem::take(ring) {
+                self.ring.msg_ring(core.peers.ring_fds[target], 1, 0);
             }
         }
         // Re-arm starved receives a few at a time, oldest first, so a burst does not turn
@@ -371,37 +423,52 @@ impl Shard {
     }
 }
 
-/// The shard minus its ring: connection state, timers, counters.
-struct Core {
-    index: usize,
-    cfg: Arc<Config>,
-    shared: Arc<Shared>,
-    listen_fd: Option<RawFd>,
-    accept_armed: bool,
-    accept_retry_at: u32,
-    stop_accepting: bool,
-    conns: Slab<Conn>,
-    conns_max: usize,
-    next_gen: u32,
-    wheel: Wheel,
-    due: Vec<Owner>,
-    dirty: Vec<usize>,
-    starved: VecDeque<Owner>,
-    out: BytesMut,
-    epoch: Instant,
-    counters: Counters,
-    handshake_us: Histogram<u64>,
-    ping_rtt_us: Histogram<u64>,
-    hs_cfg: handshake::Config,
-    limits: Limits,
-    refusal_busy: Vec<u8>,
-    draining: Option<u32>,
-    ticks_handshake: u32,
-    ticks_ping: u32,
-    ticks_idle: u32,
-    ticks_close: u32,
-    log_budget: u32,
-    log_suppressed: u64,
+/// The shard minus its ring: connection state, channels, timers, counters.
+pub(crate) struct Core {
+    pub(crate) kind: ShardKind,
+    pub(crate) index: usize,
+    pub(crate) cfg: Arc<Config>,
+    pub(crate) shared: Arc<Shared>,
+    pub(crate) listen_fd: Option<RawFd>,
+    pub(crate) accept_armed: bool,
+    pub(crate) accept_retry_at: u32,
+    pub(crate) stop_accepting: bool,
+    pub(crate) conns: Slab<Conn>,
+    pub(crate) conns_max: usize,
+    pub(crate) next_gen: u32,
+    pub(crate) wheel: Wheel,
+    pub(crate) due: Vec<Owner>,
+    pub(crate) dirty: Vec<usize>,
+    pub(crate) starved: VecDeque<Owner>,
+    pub(crate) out: BytesMut,
+    pub(crate) epoch: Instant,
+    pub(crate) counters: Counters,
+    pub(crate) handshake_us: Histogram<u64>,
+    pub(crate) ping_rtt_us: Histogram<u64>,
+    pub(crate) fanout_us: Histogram<u64>,
+    pub(crate) hs_cfg: handshake::Config,
+    pub(crate) admin_cfg: AdminConfig,
+    pub(crate) limits: Limits,
+    pub(crate) refusal_busy: Vec<u8>,
+    pub(crate) draining: Option<u32>,
+    pub(crate) ticks_handshake: u32,
+    pub(crate) ticks_ping: u32,
+    pub(crate) ticks_idle: u32,
+    pub(crate) ticks_close: u32,
+    pub(crate) log_budget: u32,
+    pub(crate) log_suppressed: u64,
+    // Fan-out state (fanout.rs).
+    pub(crate) peers: Arc<Peers>,
+    pub(crate) inbox: Option<Receiver<ShardMsg>>,
+    pub(crate) doorbells: Vec<bool>,
+    pub(crate) channels: Slab<Channel>,
+    pub(crate) channel_index: HashMap<Box<str>, u32>,
+    pub(crate) sessions: HashMap<Box<str>, Vec<SessionTab>>,
+    pub(crate) fanouts: HashMap<usize, Fanout>,
+    pub(crate) deliver_keys: Vec<usize>,
+    pub(crate) client_frames: Vec<Bytes>,
+    // Admin state (admin.rs).
+    pub(crate) pending: Slab<Pending>,
 }
 
 fn ticks(d: Duration) -> u32 {
@@ -412,6 +479,7 @@ fn ticks(d: Duration) -> u32 {
 
 impl Core {
     fn new(
+        kind: &ShardKind,
         index: usize,
         listen_fd: RawFd,
         conns_max: usize,
@@ -423,9 +491,15 @@ impl Core {
             allow_origins: cfg.allow_origins.clone(),
             subprotocols: cfg.subprotocols.clone(),
         };
+        let admin_cfg = AdminConfig {
+            head_bytes_max: cfg.max_header_bytes,
+            body_bytes_max: cfg.max_message,
+            token: cfg.admin_token.clone(),
+        };
         let mut refusal_busy = Vec::new();
         HandshakeError::Overloaded.write_refusal(&mut refusal_busy);
         Core {
+            kind: *kind,
             index,
             listen_fd: Some(listen_fd),
             accept_armed: false,
@@ -443,7 +517,9 @@ impl Core {
             counters: Counters::new(),
             handshake_us: stats::latency_histogram(),
             ping_rtt_us: stats::latency_histogram(),
+            fanout_us: stats::latency_histogram(),
             hs_cfg,
+            admin_cfg,
             limits: Limits {
                 role: Role::Server,
                 message_bytes_max: cfg.max_message,
@@ -456,18 +532,35 @@ impl Core {
             ticks_close: ticks(cfg.close_timeout),
             log_budget: LOG_LINES_PER_SEC_MAX,
             log_suppressed: 0,
+            peers: Arc::new(Peers::default()),
+            inbox: None,
+            doorbells: Vec::new(),
+            channels: Slab::new(),
+            channel_index: HashMap::new(),
+            sessions: HashMap::new(),
+            fanouts: HashMap::new(),
+            deliver_keys: Vec::new(),
+            client_frames: Vec::new(),
+            pending: Slab::new(),
             cfg,
             shared,
         }
     }
 
-    fn now_us(&self) -> u32 {
+    fn with_peers(mut self, peers: Arc<Peers>, inbox: Receiver<ShardMsg>) -> Core {
+        self.doorbells = vec![false; peers.ring_fds.len()];
+        self.peers = peers;
+        self.inbox = Some(inbox);
+        self
+    }
+
+    pub(crate) fn now_us(&self) -> u32 {
         self.epoch.elapsed().as_micros() as u32
     }
 
     /// Prints one log line, at most `LOG_LINES_PER_SEC_MAX` a second (hostile clients must
     /// not turn the log into the bottleneck); the rest are counted.
-    fn log(&mut self, args: std::fmt::Arguments<'_>) {
+    pub(crate) fn log(&mut self, args: std::fmt::Arguments<'_>) {
         if self.log_budget == 0 {
             self.log_suppressed += 1;
             return;
@@ -477,13 +570,13 @@ impl Core {
     }
 
     /// Whether `owner` still names the slot's current occupant.
-    fn live(&self, owner: Owner) -> bool {
+    pub(crate) fn live(&self, owner: Owner) -> bool {
         self.conns
             .get(owner.key as usize)
             .is_some_and(|c| c.gen & GEN_MASK == owner.gen)
     }
 
-    fn owner(&self, key: usize) -> Owner {
+    pub(crate) fn owner(&self, key: usize) -> Owner {
         Owner {
             key: key as u32,
             gen: self.conns[key].gen & GEN_MASK,
@@ -491,17 +584,25 @@ impl Core {
     }
 
     fn finished(&self) -> bool {
-        match self.draining {
-            Some(end) => self.conns.is_empty() || self.wheel.now() > end + self.ticks_close,
-            None => false,
+        let Some(end) = self.draining else {
+            return false;
+        };
+        match self.kind {
+            ShardKind::Client => self.conns.is_empty() || self.wheel.now() > end + self.ticks_close,
+            // The admin listener answers (healthz 503) until every client shard is done.
+            ShardKind::Admin => {
+                self.shared.client_shards_done.load(Ordering::Acquire) >= self.peers.clients
+                    && self.pending.is_empty()
+            }
         }
     }
 
     /// A new socket from the listener: refused at the cap, else given a slot and a
-    /// handshake deadline. Returns the owner to arm its recv for.
+    /// deadline. Returns the owner to arm its recv for.
     fn accepted(&mut self, fd: RawFd) -> Option<Owner> {
         self.counters.accepted += 1;
-        if self.draining.is_some() || self.conns.len() >= self.conns_max {
+        let draining = self.draining.is_some() && self.kind == ShardKind::Client;
+        if draining || self.conns.len() >= self.conns_max {
             // A fresh socket's send buffer is empty, so this small response goes out whole.
             let _ = sys::send_now(fd, &self.refusal_busy);
             sys::close(fd);
@@ -520,25 +621,25 @@ impl Core {
         let key = self.conns.insert(Conn::new(fd, gen, self.now_us(), now));
         self.conns[key].flags |= conn::RECV_ARMED;
         self.counters.open += 1;
-        self.arm(key, now + self.ticks_handshake);
+        match self.kind {
+            ShardKind::Client => self.arm(key, now + self.ticks_handshake),
+            ShardKind::Admin => {
+                let c = &mut self.conns[key];
+                c.state = State::Open;
+                c.route = RouteKind::Admin as u8;
+                self.arm(key, now + self.ticks_idle);
+            }
+        }
         Some(self.owner(key))
     }
 
     /// Sets the connection's deadline; adds a wheel entry only when it moves earlier.
-    fn arm(&mut self, key: usize, at: u32) {
+    pub(crate) fn arm(&mut self, key: usize, at: u32) {
         let owner = self.owner(key);
         let c = &mut self.conns[key];
         c.deadline = at;
         if c.wheel_at == 0 || at < c.wheel_at {
             c.wheel_at = self.wheel.schedule(owner, at);
-        }
-    }
-
-    fn mark_dirty(&mut self, key: usize) {
-        let c = &mut self.conns[key];
-        if !c.has(conn::DIRTY) {
-            c.flags |= conn::DIRTY;
-            self.dirty.push(key);
         }
     }
 
@@ -548,6 +649,7 @@ impl Core {
         let c = &self.conns[key];
         match c.state {
             State::Handshake => self.on_head(key, data),
+            State::Open if c.route == RouteKind::Admin as u8 => self.on_admin(key, data),
             State::Open | State::Closing
                 if c.has(conn::UPGRADED) && !c.has(conn::CLOSE_RECEIVED) =>
             {
@@ -570,7 +672,9 @@ impl Core {
             }
             _ => data,
         };
-        match handshake::parse_request(buf, &self.hs_cfg, |path| route::route(path, echo_path)) {
+        let parsed =
+            handshake::parse_request(buf, &self.hs_cfg, |path| route::route(path, echo_path));
+        match parsed {
             Ok(None) => {
                 if !was_partial {
                     new_head = Some(buf.to_vec());
@@ -590,9 +694,18 @@ impl Core {
                 let c = &mut self.conns[key];
                 c.state = State::Open;
                 c.flags |= conn::UPGRADED;
-                c.route = upgrade.route as u8;
                 c.last_seen = now;
-                self.enqueue(key, Bytes::from(response));
+                self.push_frame(key, Bytes::from(response));
+                match upgrade.route {
+                    Route::Echo => self.conns[key].route = RouteKind::Echo as u8,
+                    Route::Channel { channel, session } => {
+                        self.conns[key].route = RouteKind::Channel as u8;
+                        self.subscribe(key, &channel);
+                        if let Some((session, tab)) = session {
+                            self.bind_session(key, session, tab);
+                        }
+                    }
+                }
                 self.arm(key, now + self.ticks_ping);
                 let rest = &mut buf[upgrade.header_bytes..];
                 if !rest.is_empty() {
@@ -621,7 +734,7 @@ impl Core {
         ));
         let mut response = Vec::with_capacity(256);
         err.write_refusal(&mut response);
-        self.enqueue(key, Bytes::from(response));
+        self.push_frame(key, Bytes::from(response));
         let c = &mut self.conns[key];
         c.flags |= conn::CLOSE_SENT | conn::FIN_AFTER_FLUSH;
         c.state = State::Closing;
@@ -637,7 +750,8 @@ impl Core {
         let ping_out = c.has(conn::PING_OUT);
         c.flags &= !conn::PING_OUT;
         let closing = c.has(conn::CLOSE_SENT);
-        let route = Route::from_u8(c.route);
+        let route = RouteKind::from_u8(c.route);
+        let client_publish = self.cfg.client_publish;
         let mut slot = c.partial.take();
         let mut local = Decoder::default();
         let decoder = match slot.as_deref_mut() {
@@ -647,6 +761,7 @@ impl Core {
         let out = &mut self.out;
         let counters = &mut self.counters;
         let ping_rtt = &mut self.ping_rtt_us;
+        let client_frames = &mut self.client_frames;
         let mut peer_close = None;
         let result = decoder.feed(data, &self.limits, |event| {
             match event {
@@ -657,9 +772,16 @@ impl Core {
                     } else {
                         OpCode::Binary
                     };
-                    if !closing && route == Route::Echo {
-                        frame::encode_into(out, true, opcode, payload, None);
-                        counters.messages_out += 1;
+                    match route {
+                        _ if closing => {}
+                        RouteKind::Echo => {
+                            frame::encode_into(out, true, opcode, payload, None);
+                            counters.messages_out += 1;
+                        }
+                        RouteKind::Channel if client_publish => {
+                            client_frames.push(frame::encode(opcode, payload));
+                        }
+                        _ => counters.client_messages_ignored += 1,
                     }
                 }
                 Event::Ping(payload) => {
@@ -671,7 +793,9 @@ impl Core {
                     counters.pongs_received += 1;
                     if let (true, Ok(sent)) = (ping_out, <[u8; 8]>::try_from(payload)) {
                         let rtt = now_us.wrapping_sub(u64::from_be_bytes(sent) as u32);
-                        let _ = ping_rtt.record(u64::from(rtt).max(1));
+                        let rtt = u64::from(rtt).max(1);
+                        let _ = ping_rtt.record(rtt);
+                        counters.ping_rtt.record(rtt);
                     }
                 }
                 Event::Close(code, _reason) => {
@@ -694,6 +818,9 @@ impl Core {
             let replies = self.out.split().freeze();
             self.enqueue(key, replies);
         }
+        if !self.client_frames.is_empty() {
+            self.client_publish(key);
+        }
         if let Err(err) = result {
             self.counters.protocol_errors += 1;
             let code = CloseCode::from(&err);
@@ -713,7 +840,9 @@ impl Core {
     /// The peer's close frame arrived: answer it (echoing its code) unless we already sent
     /// ours, and FIN once the answer is out.
     fn peer_closed(&mut self, key: usize, code: Option<CloseCode>) {
-        self.counters.closes_received[stats::close_code_slot(code.map_or(0, |c| c.0))] += 1;
+        let slot = stats::close_code_slot(code.map_or(0, |c| c.0));
+        self.counters.closes_received[slot] += 1;
+        self.leave(key);
         let c = &mut self.conns[key];
         c.flags |= conn::CLOSE_RECEIVED;
         c.partial = None;
@@ -722,7 +851,7 @@ impl Core {
                 Some(code) => frame::encode_close(code, ""),
                 None => frame::encode(OpCode::Close, &[]),
             };
-            self.counters.closes_sent[stats::close_code_slot(code.map_or(0, |c| c.0))] += 1;
+            self.counters.closes_sent[slot] += 1;
             self.push_frame(key, reply);
             let at = self.wheel.now() + self.ticks_close;
             self.arm(key, at);
@@ -734,7 +863,13 @@ impl Core {
     }
 
     /// Queues our close frame; nothing is queued after it.
-    fn close_with(&mut self, key: usize, code: CloseCode, reason: &str, mode: CloseMode) {
+    pub(crate) fn close_with(
+        &mut self,
+        key: usize,
+        code: CloseCode,
+        reason: &str,
+        mode: CloseMode,
+    ) {
         let c = &mut self.conns[key];
         if c.has(conn::CLOSE_SENT) {
             return;
@@ -746,90 +881,15 @@ impl Core {
         c.state = State::Closing;
         self.counters.closes_sent[stats::close_code_slot(code.0)] += 1;
         self.push_frame(key, frame::encode_close(code, reason));
+        self.leave(key);
         let at = self.wheel.now() + self.ticks_close;
         self.arm(key, at);
-    }
-
-    /// Appends a frame to the queue without the --max-pending check (control frames).
-    fn push_frame(&mut self, key: usize, frame: Bytes) {
-        let c = &mut self.conns[key];
-        c.queued_bytes = c.queued_bytes.saturating_add(frame.len() as u32);
-        c.queue.push_back(frame);
-        self.mark_dirty(key);
-    }
-
-    /// Queues data for a connection, enforcing --max-pending: past it the connection is a
-    /// slow consumer, its queue is dropped and it is closed with 1008.
-    fn enqueue(&mut self, key: usize, frame: Bytes) {
-        let c = &mut self.conns[key];
-        if c.has(conn::CLOSE_SENT) {
-            return;
-        }
-        if c.queued_bytes as usize + frame.len() > self.cfg.max_pending {
-            let dropped: usize = c.queue.drain(..).map(|f| f.len()).sum();
-            c.queued_bytes = c.queued_bytes.saturating_sub(dropped as u32);
-            self.counters.slow_consumer_closes += 1;
-            let pending = self.cfg.max_pending;
-            self.log(format_args!(
-                "event=slow_consumer max_pending={pending} dropped_bytes={dropped}"
-            ));
-            self.close_with(key, CloseCode::POLICY, "slow consumer", CloseMode::Fail);
-            return;
-        }
-        self.push_frame(key, frame);
-    }
-
-    /// The next send for `key`, coalescing queued frames, or the FIN once drained.
-    fn next_send(&mut self, key: usize) -> Option<(RawFd, Owner, Bytes)> {
-        let owner = self.owner(key);
-        let c = &mut self.conns[key];
-        if c.has(conn::SEND_INFLIGHT) || c.state == State::Dead {
-            return None;
-        }
-        if c.queue.is_empty() {
-            if c.has(conn::FIN_AFTER_FLUSH) && c.state != State::Linger {
-                sys::shutdown(c.fd, libc::SHUT_WR);
-                c.state = State::Linger;
-                if !c.has(conn::RECV_ARMED) && !self.starved.contains(&owner) {
-                    // The peer already sent EOF: nothing left to wait for.
-                    self.finish(key);
-                }
-            }
-            return None;
-        }
-        let frame = if c.queue.len() > 1 && c.queue[0].len() < COALESCE_BYTES_MAX {
-            let mut total = 0;
-            let mut count = 0;
-            for f in &c.queue {
-                if count > 0 && total + f.len() > COALESCE_BYTES_MAX {
-                    break;
-                }
-                total += f.len();
-                count += 1;
-            }
-            if count == 1 {
-                c.queue.pop_front().expect("queue is not empty")
-            } else {
-                let mut merged = BytesMut::with_capacity(total);
-                for f in c.queue.drain(..count) {
-                    merged.extend_from_slice(&f);
-                }
-                merged.freeze()
-            }
-        } else {
-            c.queue.pop_front().expect("queue is not empty")
-        };
-        if c.queue.is_empty() && c.queue.capacity() > 4 {
-            // Give back a burst's queue memory: an idle connection holds none.
-            c.queue = VecDeque::new();
-        }
-        c.flags |= conn::SEND_INFLIGHT;
-        Some((c.fd, owner, frame))
     }
 
     /// The multishot recv ended with EOF (0) or an error.
     fn recv_ended(&mut self, key: usize, res: i32) {
         let state = self.conns[key].state;
+        let admin = self.conns[key].route == RouteKind::Admin as u8;
         match state {
             State::Dead => self.maybe_release(key),
             State::Linger => self.finish(key),
@@ -837,6 +897,17 @@ impl Core {
                 // The peer finished sending; once our queue drains we FIN and are done.
                 let c = &mut self.conns[key];
                 c.flags |= conn::FIN_AFTER_FLUSH;
+                if c.queue.is_empty() && !c.has(conn::SEND_INFLIGHT) {
+                    self.finish(key);
+                } else {
+                    self.mark_dirty(key);
+                }
+            }
+            State::Open if admin && res == 0 => {
+                // An admin client closed its keep-alive connection.
+                let c = &mut self.conns[key];
+                c.flags |= conn::FIN_AFTER_FLUSH;
+                c.state = State::Closing;
                 if c.queue.is_empty() && !c.has(conn::SEND_INFLIGHT) {
                     self.finish(key);
                 } else {
@@ -855,7 +926,8 @@ impl Core {
     }
 
     /// A clean end: the close handshake (or refusal) is complete.
-    fn finish(&mut self, key: usize) {
+    pub(crate) fn finish(&mut self, key: usize) {
+        self.leave(key);
         let c = &mut self.conns[key];
         sys::shutdown(c.fd, libc::SHUT_RDWR);
         c.state = State::Dead;
@@ -863,7 +935,7 @@ impl Core {
     }
 
     /// An abnormal end: shut the socket down both ways (which also ends an armed recv).
-    fn abort(&mut self, key: usize, why: std::fmt::Arguments<'_>) {
+    pub(crate) fn abort(&mut self, key: usize, why: std::fmt::Arguments<'_>) {
         let c = &mut self.conns[key];
         if c.state == State::Dead {
             return;
@@ -875,23 +947,27 @@ impl Core {
         if upgraded {
             self.log(why);
         }
+        self.leave(key);
         self.maybe_release(key);
     }
 
     /// Frees the slot once no operation of it is in the kernel.
-    fn maybe_release(&mut self, key: usize) {
+    pub(crate) fn maybe_release(&mut self, key: usize) {
         let c = &self.conns[key];
         debug_assert_eq!(c.state, State::Dead);
         if c.has(conn::RECV_ARMED) || c.has(conn::SEND_INFLIGHT) {
             return;
         }
-        let c = self.conns.remove(key);
+        let mut c = self.conns.remove(key);
+        for frame in c.queue.drain(..) {
+            self.retire(&frame);
+        }
         sys::close(c.fd);
         self.counters.open -= 1;
     }
 
-    /// One timer tick: expire due connections, publish counters once a second, start the
-    /// drain when the main thread asks for it.
+    /// One timer tick: expire due connections, publish counters, drain the inbox (in case a
+    /// doorbell was lost), start the drain when the main thread asks for it.
     fn tick(&mut self) {
         let mut due = std::mem::take(&mut self.due);
         self.wheel.advance(&mut due);
@@ -902,6 +978,7 @@ impl Core {
             }
         }
         self.due = due;
+        self.drain_inbox();
         if now % (1000 / TICK_MS as u32) == 0 {
             if self.log_suppressed > 0 {
                 eprintln!(
@@ -911,13 +988,13 @@ impl Core {
                 self.log_suppressed = 0;
             }
             self.log_budget = LOG_LINES_PER_SEC_MAX;
-            self.publish();
         }
+        self.publish();
         if self.draining.is_none() && self.shared.shutdown.load(Ordering::Relaxed) {
             self.start_drain();
         }
         if let Some(end) = self.draining {
-            if now == end {
+            if now == end && self.kind == ShardKind::Client {
                 let keys: Vec<usize> = self.conns.iter().map(|(k, _)| k).collect();
                 let left = keys.len();
                 self.log(format_args!("event=drain_timeout aborting={left}"));
@@ -949,6 +1026,14 @@ impl Core {
                 self.log(format_args!("event=handshake_timeout"));
                 self.abort(key, format_args!("event=handshake_timeout"));
             }
+            State::Open if c.route == RouteKind::Admin as u8 => {
+                let next = c.last_seen + self.ticks_idle;
+                if now < next || self.pending_for(key) {
+                    self.arm(key, next.max(now + 1));
+                } else {
+                    self.finish(key);
+                }
+            }
             State::Open => {
                 let ping_out = c.has(conn::PING_OUT);
                 let next = c.last_seen
@@ -961,6 +1046,9 @@ impl Core {
                     self.arm(key, next);
                 } else if ping_out || now >= c.last_seen + self.ticks_idle {
                     self.counters.idle_closes += 1;
+                    if ping_out {
+                        self.counters.pings_lost += 1;
+                    }
                     self.close_with(
                         key,
                         CloseCode::GOING_AWAY,
@@ -987,6 +1075,11 @@ impl Core {
     fn start_drain(&mut self) {
         let now = self.wheel.now();
         self.draining = Some(now + ticks(self.cfg.drain_timeout));
+        if self.kind == ShardKind::Admin {
+            // The admin listener keeps answering (healthz says 503) until the clients are
+            // drained; `finished` ends it.
+            return;
+        }
         self.stop_accepting = true;
         let keys: Vec<usize> = self.conns.iter().map(|(k, _)| k).collect();
         for key in keys {
@@ -1013,7 +1106,7 @@ impl Core {
         self.counters.open = 0;
     }
 
-    fn publish(&self) {
+    fn publish(&mut self) {
         if let Ok(mut slot) = self.shared.counters[self.index].lock() {
             slot.clone_from(&self.counters);
         }
@@ -1024,6 +1117,7 @@ impl Core {
             counters: self.counters.clone(),
             handshake_us: self.handshake_us.clone(),
             ping_rtt_us: self.ping_rtt_us.clone(),
+            fanout_us: self.fanout_us.clone(),
         }
     }
 }

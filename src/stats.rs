@@ -6,6 +6,7 @@ use std::fmt::Write as _;
 
 use hdrhistogram::Histogram;
 
+use crate::http::admin::AdminError;
 use crate::http::handshake::HandshakeError;
 
 /// Close codes counted individually; anything else lands in the last slot.
@@ -70,6 +71,69 @@ pub struct Counters {
     pub slow_consumer_closes: u64,
     /// Protocol errors by the peer (each closed the connection).
     pub protocol_errors: u64,
+    /// Publishes accepted (admin `/publish`, `/send`, and client publishes), counted by
+    /// the shard that accepted them.
+    pub publishes: u64,
+    /// Frames handed to a subscriber's send queue by fan-out.
+    pub deliveries: u64,
+    /// Frames dropped for slow consumers (`--slow-consumer drop`).
+    pub drops: u64,
+    /// Data messages from subscribers ignored because `--client-publish` is off.
+    pub client_messages_ignored: u64,
+    /// Pings that got no pong before the connection was closed as idle.
+    pub pings_lost: u64,
+    /// Connections closed with 4001 because a newer one took their (session, tab).
+    pub sessions_replaced: u64,
+    /// Current channel subscriptions on this shard.
+    pub subscriptions: u64,
+    /// Admin requests answered, and refused by reason (index: position in
+    /// `AdminError::ALL_REASONS`).
+    pub admin_requests: u64,
+    pub admin_refused: Vec<u64>,
+    /// Fan-out latency: publish accepted → last local send completed.
+    pub fanout: Buckets,
+    /// Server ping → pong round trip.
+    pub ping_rtt: Buckets,
+}
+
+/// Upper bounds (µs) of the Prometheus histogram buckets; the last bucket is +Inf.
+pub const BUCKET_BOUNDS_US: [u64; 15] = [
+    100, 250, 500, 1_000, 2_500, 5_000, 10_000, 25_000, 50_000, 100_000, 250_000, 500_000,
+    1_000_000, 2_500_000, 10_000_000,
+];
+
+/// A cumulative-friendly latency histogram for the metrics endpoint.
+#[derive(Clone, Copy, Debug, Default)]
+pub struct Buckets {
+    /// Per bucket (non-cumulative) counts; index 15 is +Inf.
+    pub counts: [u64; BUCKET_BOUNDS_US.len() + 1],
+    /// Sum of all samples, µs.
+    pub sum_us: u64,
+}
+
+impl Buckets {
+    /// Records one sample in µs.
+    pub fn record(&mut self, us: u64) {
+        let i = BUCKET_BOUNDS_US
+            .iter()
+            .position(|&b| us <= b)
+            .unwrap_or(BUCKET_BOUNDS_US.len());
+        self.counts[i] += 1;
+        self.sum_us += us;
+    }
+
+    /// Adds another set of buckets.
+    pub fn add(&mut self, other: &Buckets) {
+        for (a, b) in self.counts.iter_mut().zip(&other.counts) {
+            *a += b;
+        }
+        self.sum_us += other.sum_us;
+    }
+
+    /// Samples recorded.
+    pub fn count(&self) -> u64 {
+        self.counts.iter().sum()
+    }
 }
 
 impl Counters {
@@ -77,6 +141,7 @@ impl Counters {
     pub fn new() -> Counters {
         Counters {
             refused: vec![0; HandshakeError::ALL_REASONS.len()],
+            admin_refused: vec![0; AdminError::ALL_REASONS.len()],
             ..Default::default()
         }
     }
@@ -111,14 +176,30 @@ impl Counters {
         self.idle_closes += other.idle_closes;
         self.slow_consumer_closes += other.slow_consumer_closes;
         self.protocol_errors += other.protocol_errors;
+        self.publishes += other.publishes;
+        self.deliveries += other.deliveries;
+        self.drops += other.drops;
+        self.client_messages_ignored += other.client_messages_ignored;
+        self.pings_lost += other.pings_lost;
+        self.sessions_replaced += other.sessions_replaced;
+        self.subscriptions += other.subscriptions;
+        self.admin_requests += other.admin_requests;
+        if self.admin_refused.len() < other.admin_refused.len() {
+            self.admin_refused.resize(other.admin_refused.len(), 0);
+        }
+        for (a, b) in self.admin_refused.iter_mut().zip(&other.admin_refused) {
+            *a += b;
+        }
+        self.fanout.add(&other.fanout);
+        self.ping_rtt.add(&other.ping_rtt);
     }
 
     /// The one-line summary printed every --stats-interval.
     pub fn line(&self) -> String {
         let mut s = format!(
             "open={} accepted={} upgraded={} refused={} msgs_in={} msgs_out={} bytes_in={} \
-             bytes_out={} enobufs={} pings={} pongs={} idle_closes={} slow_closes={} \
-             proto_errors={} aborted={}",
+             bytes_out={} publishes={} deliveries={} drops={} enobufs={} pings={} pongs={} \
+             idle_closes={} slow_closes={} proto_errors={} aborted={}",
             self.open,
             self.accepted,
             self.upgraded,
@@ -127,6 +208,9 @@ impl Counters {
             self.messages_out,
             self.bytes_in,
             self.bytes_out,
+            self.publishes,
+            self.deliveries,
+            self.drops,
             self.enobufs,
             self.pings_sent,
             self.pongs_received,

@@ -18,7 +18,10 @@ use std::os::fd::RawFd;
 
 use bytes::Bytes;
 
+use crate::fanout::SessionTag;
 use crate::ws::Decoder;
+
+pub mod send;
 
 /// The per-connection struct is pinned at or under this many bytes.
 pub const CONN_BYTES_MAX: usize = 128;
@@ -91,7 +94,16 @@ pub struct Conn {
     pub queue: VecDeque<Bytes>,
     /// Bytes in progress (None while idle).
     pub partial: Option<Box<Partial>>,
+    /// Channel id on this shard (`NO_CHANNEL` when not subscribed).
+    pub channel: u32,
+    /// Index of this connection in its channel's subscriber vector.
+    pub sub_slot: u32,
+    /// The (session, tab) the connection is bound to, if any.
+    pub session: Option<Box<SessionTag>>,
 }
+
+/// `Conn::channel` of a connection that is not subscribed.
+pub const NO_CHANNEL: u32 = u32::MAX;
 
 impl Conn {
     /// A freshly accepted connection.
@@ -109,6 +121,9 @@ impl Conn {
             queued_bytes: 0,
             queue: VecDeque::new(),
             partial: None,
+            channel: NO_CHANNEL,
+            sub_slot: 0,
+            session: None,
         }
     }
 

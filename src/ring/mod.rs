@@ -49,6 +49,7 @@ enum OpKind {
     Tick = 4,
     Cancel = 5,
     Msg = 6,
+    Connect = 7,
 }
 
 fn pack(kind: OpKind, key: u32, gen: u32) -> u64 {
@@ -90,6 +91,9 @@ pub enum Completion {
     /// A message from another ring (MsgRingData): its 64-bit payload, carried in `user_data`
     /// minus the op byte, and `res` as the sender chose it.
     Msg { data: u64, res: i32 },
+    /// An outgoing connect for `owner` finished: 0 when connected, or a negative errno
+    /// (`-ECANCELED` after [`Ring::cancel_connect`]). See `connect.rs`.
+    Connect { owner: Owner, res: i32 },
 }
 
 /// Ring sizes; see README for the memory they pin.
@@ -146,6 +150,7 @@ pub struct Ring {
     ring: IoUring,
     bufs: Option<BufRing>,
     sends: Slab<InflightSend>,
+    connects: Slab<connect::InflightConnect>,
     tick_ts: Box<types::Timespec>,
     backlog: VecDeque<squeue::Entry>,
 }
@@ -173,6 +178,7 @@ impl Ring {
             ring,
             bufs: None,
             sends: Slab::new(),
+            connects: Slab::new(),
             tick_ts: Box::new(types::Timespec::new()),
             backlog: VecDeque::new(),
         })
@@ -359,6 +365,7 @@ impl Ring {
                     }
                 }
                 k if k == OpKind::Tick as u8 => Completion::Tick { res, more },
+                k if k == OpKind::Connect as u8 => connect::complete(&mut self.connects, key, res),
                 k if k == OpKind::Msg as u8 => Completion::Msg {
                     data: cqe.user_data() & ((1 << 56) - 1),
                     res,

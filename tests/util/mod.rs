@@ -19,6 +19,7 @@ pub const WAIT: Duration = Duration::from_secs(10);
 pub struct Node {
     pub child: Child,
     pub addr: SocketAddr,
+    pub admin: SocketAddr,
     stdout: mpsc::Receiver<String>,
     stderr: mpsc::Receiver<String>,
 }
@@ -43,6 +44,8 @@ impl Node {
             .args([
                 "--listen",
                 "127.0.0.1:0",
+                "--admin",
+                "127.0.0.1:0",
                 "--no-pin",
                 "--stats-interval",
                 "0",
@@ -63,9 +66,16 @@ impl Node {
             .nth(1)
             .and_then(|a| a.parse().ok())
             .unwrap_or_else(|| panic!("unexpected first line: {line}"));
+        let admin = line
+            .split_whitespace()
+            .skip_while(|w| *w != "admin")
+            .nth(1)
+            .and_then(|a| a.parse().ok())
+            .unwrap_or_else(|| panic!("no admin address in: {line}"));
         Node {
             child,
             addr,
+            admin,
             stdout,
             stderr,
         }
@@ -284,6 +294,69 @@ impl Client {
             }
         }
     }
+}
+
+/// An HTTP response as a test sees it.
+#[derive(Debug)]
+pub struct Response {
+    pub status: u16,
+    pub head: String,
+    pub body: Vec<u8>,
+}
+
+impl Response {
+    pub fn text(&self) -> String {
+        String::from_utf8_lossy(&self.body).to_string()
+    }
+}
+
+/// Sends one admin request (`Connection: close`) and parses the response.
+pub fn admin(
+    node: &Node,
+    method: &str,
+    path: &str,
+    headers: &[(&str, &str)],
+    body: &[u8],
+) -> Response {
+    let mut req = format!("{method} {path} HTTP/1.1\r\nHost: admin\r\nConnection: close\r\n");
+    for (k, v) in headers {
+        req.push_str(&format!("{k}: {v}\r\n"));
+    }
+    if method == "POST" {
+        req.push_str(&format!("Content-Length: {}\r\n", body.len()));
+    }
+    req.push_str("\r\n");
+    let mut bytes = req.into_bytes();
+    bytes.extend_from_slice(body);
+    let raw = http_raw_bytes(node.admin, &bytes);
+    parse_response(&raw)
+}
+
+/// Parses one complete HTTP response.
+pub fn parse_response(raw: &[u8]) -> Response {
+    let end = find(raw, b"\r\n\r\n")
+        .unwrap_or_else(|| panic!("no response head: {:?}", String::from_utf8_lossy(raw)));
+    let head = String::from_utf8_lossy(&raw[..end]).to_string();
+    let status = head
+        .split_whitespace()
+        .nth(1)
+        .and_then(|s| s.parse().ok())
+        .expect("status");
+    Response {
+        status,
+        head,
+        body: raw[end + 4..].to_vec(),
+    }
+}
+
+/// Sends raw bytes and reads the whole answer until EOF.
+pub fn http_raw_bytes(addr: SocketAddr, request: &[u8]) -> Vec<u8> {
+    let mut stream = TcpStream::connect(addr).expect("connect");
+    stream.set_read_timeout(Some(WAIT)).unwrap();
+    stream.write_all(request).unwrap();
+    let mut out = Vec::new();
+    let _ = stream.read_to_end(&mut out);
+    out
 }
 
 /// Sends a raw HTTP request and returns the whole response (read until EOF).

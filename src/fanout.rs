@@ -1,0 +1,348 @@
+//! Channels, sessions and cross-shard fan-out.
+//!
+//! A publish is encoded once into a `Bytes` frame. The shard that accepted it pushes one
+//! `Arc<Publish>` into every client shard's inbox (a lock-free `std::sync::mpsc` queue) and
+//! rings that shard's io_uring with a MsgRingData doorbell; each shard hands the same
+//! `Bytes` to every local subscriber's send queue and, for admin requests, answers with
+//! the count it handed out. Session claims travel the same way.
+//!
+//! Invariants:
+//! - Subscribe and unsubscribe are O(1): a connection stores its channel id and its index
+//!   in the channel's subscriber vector (swap-remove on leave); an empty channel is freed.
+//! - Per-subscriber cost of a delivery is one `Bytes` clone in its queue: no copy.
+//! - A (session, tab) is held by at most one live connection node-wide: the newest claim
+//!   (highest `Shared::session_seq`) wins and older holders are closed with 4001.
+
+use std::sync::atomic::Ordering;
+use std::sync::mpsc::Sender;
+use std::sync::Arc;
+use std::time::Instant;
+
+use bytes::Bytes;
+
+use crate::conn::{State, NO_CHANNEL};
+use crate::ring::Owner;
+use crate::route::RouteKind;
+use crate::shard::{CloseMode, Core};
+use crate::ws::CloseCode;
+
+/// Every shard's inbox and ring fd, indexed by shard (the admin shard last).
+#[derive(Default)]
+pub struct Peers {
+    /// Inbox senders.
+    pub inboxes: Vec<Sender<ShardMsg>>,
+    /// Ring fds (the same number in every file table: rings exist before any unshare).
+    pub ring_fds: Vec<std::os::fd::RawFd>,
+    /// Number of client shards (indices `0..clients`).
+    pub clients: usize,
+}
+
+/// Where a publish goes.
+#[derive(Debug)]
+pub enum Target {
+    /// Every subscriber of a channel.
+    Channel(Box<str>),
+    /// Every connection of a session (all tabs).
+    Session(Box<str>),
+}
+
+/// One message for many connections, encoded once.
+#[derive(Debug)]
+pub struct Publish {
+    /// Channel or session.
+    pub target: Target,
+    /// The complete WebSocket frame.
+    pub frame: Bytes,
+    /// When the publish was accepted (fan-out latency starts here).
+    pub accepted: Instant,
+    /// The admin shard and request id awaiting the delivery count, if any.
+    pub origin: Option<(usize, u32)>,
+}
+
+/// A (session, tab) claimed by a new connection.
+#[derive(Debug)]
+pub struct Claim {
+    /// Session id.
+    pub session: Box<str>,
+    /// Tab id.
+    pub tab: Box<str>,
+    /// Node-wide order of claims.
+    pub seq: u64,
+}
+
+/// A message between shards.
+#[derive(Debug)]
+pub enum ShardMsg {
+    /// Deliver to local subscribers (and reply to the origin, if any).
+    Publish(Arc<Publish>),
+    /// Close local holders of an older claim of this (session, tab).
+    Claim(Arc<Claim>),
+    /// A shard's delivery count for request `id` of the admin shard.
+    Reply {
+        /// Request id in the admin shard's `pending` slab.
+        id: u32,
+        /// Connections the message was handed to on that shard.
+        count: u64,
+    },
+}
+
+/// A channel on one shard.
+pub struct Channel {
+    /// Its name (the key in `channel_index`).
+    pub name: Box<str>,
+    /// Slab keys of local subscribers.
+    pub subs: Vec<u32>,
+}
+
+/// A connection bound to a (session, tab) on this shard.
+pub struct SessionTab {
+    /// Tab id.
+    pub tab: Box<str>,
+    /// The connection.
+    pub owner: Owner,
+    /// Its claim's sequence.
+    pub seq: u64,
+}
+
+/// A broadcast frame whose local sends are still in flight.
+pub struct Fanout {
+    /// When the publish was accepted.
+    pub accepted: Instant,
+    /// Local copies not yet sent or dropped.
+    pub remaining: u32,
+}
+
+/// An admin publish waiting for every client shard's count.
+pub struct Pending {
+    /// The admin connection to answer.
+    pub owner: Owner,
+    /// Channel or session name, for the JSON answer.
+    pub name: Box<str>,
+    /// Whether the target is a session (`/send`).
+    pub session: bool,
+    /// Shards that have not answered yet.
+    pub waiting: usize,
+    /// Connections handed the message so far.
+    pub count: u64,
+    /// Keep the admin connection open after answering.
+    pub keep_alive: bool,
+}
+
+/// A connection's (session, tab), kept for its unbinding.
+pub struct SessionTag {
+    /// Session id.
+    pub session: Box<str>,
+    /// Tab id.
+    pub tab: Box<str>,
+}
+
+impl Core {
+    /// Subscribes `key` to `name`, creating the channel on first use.
+    pub(crate) fn subscribe(&mut self, key: usize, name: &str) {
+        let id = match self.channel_index.get(name) {
+            Some(&id) => id,
+            None => {
+                let id = self.channels.insert(Channel {
+                    name: name.into(),
+                    subs: Vec::new(),
+                }) as u32;
+                self.channel_index.insert(name.into(), id);
+                id
+            }
+        };
+        let subs = &mut self.channels[id as usize].subs;
+        let c = &mut self.conns[key];
+        c.channel = id;
+        c.sub_slot = subs.len() as u32;
+        subs.push(key as u32);
+        self.counters.subscriptions += 1;
+    }
+
+    /// Takes `key` out of its channel and session (called once it stops being Open).
+    pub(crate) fn leave(&mut self, key: usize) {
+        let owner = self.owner(key);
+        let c = &mut self.conns[key];
+        let (id, slot) = (c.channel, c.sub_slot as usize);
+        c.channel = NO_CHANNEL;
+        let tag = c.session.take();
+        if id != NO_CHANNEL {
+            let channel = &mut self.channels[id as usize];
+            debug_assert_eq!(channel.subs[slot], key as u32);
+            channel.subs.swap_remove(slot);
+            if let Some(&moved) = channel.subs.get(slot) {
+                self.conns[moved as usize].sub_slot = slot as u32;
+            }
+            if channel.subs.is_empty() {
+                let channel = self.channels.remove(id as usize);
+                self.channel_index.remove(&channel.name);
+            }
+            self.counters.subscriptions -= 1;
+        }
+        if let Some(tag) = tag {
+            if let Some(tabs) = self.sessions.get_mut(&tag.session) {
+                tabs.retain(|t| t.owner != owner);
+                if tabs.is_empty() {
+                    self.sessions.remove(&tag.session);
+                }
+            }
+        }
+    }
+
+    /// Binds `key` to (session, tab): older holders here are replaced now, holders on
+    /// other shards when our claim reaches them.
+    pub(crate) fn bind_session(&mut self, key: usize, session: String, tab: String) {
+        let seq = self.shared.session_seq.fetch_add(1, Ordering::Relaxed) + 1;
+        let claim = Arc::new(Claim {
+            session: session.into(),
+            tab: tab.into(),
+            seq,
+        });
+        self.apply_claim(&claim);
+        let owner = self.owner(key);
+        self.sessions
+            .entry(claim.session.clone())
+            .or_default()
+            .push(SessionTab {
+                tab: claim.tab.clone(),
+                owner,
+                seq,
+            });
+        self.conns[key].session = Some(Box::new(SessionTag {
+            session: claim.session.clone(),
+            tab: claim.tab.clone(),
+        }));
+        for target in 0..self.peers.clients {
+            if target != self.index {
+                self.send_to(target, ShardMsg::Claim(Arc::clone(&claim)));
+            }
+        }
+    }
+
+    /// Closes local holders of the claimed (session, tab) whose claim is older.
+    fn apply_claim(&mut self, claim: &Claim) {
+        let Some(tabs) = self.sessions.get(&claim.session) else {
+            return;
+        };
+        let older: Vec<Owner> = tabs
+            .iter()
+            .filter(|t| t.tab == claim.tab && t.seq < claim.seq)
+            .map(|t| t.owner)
+            .collect();
+        for owner in older {
+            if self.live(owner) && self.conns[owner.key as usize].state == State::Open {
+                self.counters.sessions_replaced += 1;
+                let key = owner.key as usize;
+                self.close_with(key, CloseCode::REPLACED, "replaced", CloseMode::Graceful);
+            }
+        }
+    }
+
+    /// Pushes a message into `target`'s inbox and schedules its doorbell.
+    pub(crate) fn send_to(&mut self, target: usize, msg: ShardMsg) {
+        if self.peers.inboxes[target].send(msg).is_ok() {
+            self.doorbells[target] = true;
+        }
+    }
+
+    /// Sends a publish to every client shard (this one included, delivered at once).
+    pub(crate) fn publish_to_clients(&mut self, publish: Publish) {
+        self.counters.publishes += 1;
+        let publish = Arc::new(publish);
+        for target in 0..self.peers.clients {
+            if target == self.index {
+                continue;
+            }
+            self.send_to(target, ShardMsg::Publish(Arc::clone(&publish)));
+        }
+        if self.index < self.peers.clients {
+            self.deliver(&publish);
+        }
+    }
+
+    /// Data messages a subscriber sent with `--client-publish` on: publish each to its
+    /// channel, sender included.
+    pub(crate) fn client_publish(&mut self, key: usize) {
+        let id = self.conns[key].channel;
+        let frames = std::mem::take(&mut self.client_frames);
+        if id == NO_CHANNEL {
+            self.client_frames = frames;
+            self.client_frames.clear();
+            return;
+        }
+        let name = self.channels[id as usize].name.clone();
+        for frame in &frames {
+            self.publish_to_clients(Publish {
+                target: Target::Channel(name.clone()),
+                frame: frame.clone(),
+                accepted: Instant::now(),
+                origin: None,
+            });
+        }
+        self.client_frames = frames;
+        self.client_frames.clear();
+    }
+
+    /// Handles every message waiting in this shard's inbox.
+    pub(crate) fn drain_inbox(&mut self) {
+        let Some(inbox) = self.inbox.take() else {
+            return;
+        };
+        while let Ok(msg) = inbox.try_recv() {
+            match msg {
+                ShardMsg::Publish(publish) => self.deliver(&publish),
+                ShardMsg::Claim(claim) => self.apply_claim(&claim),
+                ShardMsg::Reply { id, count } => self.admin_reply(id, count),
+            }
+        }
+        self.inbox = Some(inbox);
+    }
+
+    /// Hands the publish's frame to every local subscriber (or session connection) and
+    /// reports the count to the origin.
+    fn deliver(&mut self, publish: &Publish) {
+        let mut keys = std::mem::take(&mut self.deliver_keys);
+        match &publish.target {
+            Target::Channel(name) => {
+                if let Some(&id) = self.channel_index.get(name) {
+                    keys.extend(self.channels[id as usize].subs.iter().map(|&k| k as usize));
+                }
+            }
+            Target::Session(session) => {
+                if let Some(tabs) = self.sessions.get(session) {
+                    keys.extend(tabs.iter().map(|t| t.owner.key as usize));
+                }
+            }
+        }
+        // `keys` is a copy, so a subscriber that leaves during the loop (a slow consumer
+        // closed by `enqueue`) does not disturb the iteration.
+        let mut handed = 0u32;
+        for &key in &keys {
+            if self.conns[key].route != RouteKind::Channel as u8 {
+                continue;
+            }
+            if self.enqueue(key, publish.frame.clone()) == crate::conn::send::Queued::Yes {
+                handed += 1;
+            }
+        }
+        keys.clear();
+        self.deliver_keys = keys;
+        self.counters.deliveries += u64::from(handed);
+        if handed > 0 {
+            let ptr = publish.frame.as_ptr() as usize;
+            let f = self.fanouts.entry(ptr).or_insert(Fanout {
+                accepted: publish.accepted,
+                remaining: 0,
+            });
+            f.remaining += handed;
+        }
+        if let Some((origin, id)) = publish.origin {
+            self.send_to(
+                origin,
+                ShardMsg::Reply {
+                    id,
+                    count: u64::from(handed),
+                },
+            );
+        }
+    }
+}

@@ -1,0 +1,339 @@
+//! Prometheus text exposition (format 0.0.4) of every shard's counters, rendered by the
+//! admin shard for `GET /metrics`. Names carry the `ringpush_` prefix; counters that
+//! differ per shard carry a `shard` label (the admin shard is `shard="admin"`).
+
+use std::fmt::Write as _;
+
+use crate::http::admin::AdminError;
+use crate::http::handshake::HandshakeError;
+use crate::stats::{Buckets, Counters, BUCKET_BOUNDS_US, CLOSE_CODES};
+
+struct Out {
+    text: String,
+}
+
+impl Out {
+    fn family(&mut self, name: &str, kind: &str, help: &str) {
+        let _ = writeln!(self.text, "# HELP ringpush_{name} {help}");
+        let _ = writeln!(self.text, "# TYPE ringpush_{name} {kind}");
+    }
+
+    fn sample(&mut self, name: &str, labels: &str, value: u64) {
+        if labels.is_empty() {
+            let _ = writeln!(self.text, "ringpush_{name} {value}");
+        } else {
+            let _ = writeln!(self.text, "ringpush_{name}{{{labels}}} {value}");
+        }
+    }
+
+    fn per_shard(
+        &mut self,
+        name: &str,
+        kind: &str,
+        help: &str,
+        shards: &[Counters],
+        clients: usize,
+        f: impl Fn(&Counters) -> u64,
+    ) {
+        self.family(name, kind, help);
+        for (i, c) in shards.iter().enumerate() {
+            let label = if i < clients {
+                format!("shard=\"{i}\"")
+            } else {
+                "shard=\"admin\"".to_string()
+            };
+            self.sample(name, &label, f(c));
+        }
+    }
+
+    fn histogram(&mut self, name: &str, help: &str, b: &Buckets) {
+        self.family(name, "histogram", help);
+        let mut cumulative = 0;
+        for (i, bound) in BUCKET_BOUNDS_US.iter().enumerate() {
+            cumulative += b.counts[i];
+            let le = *bound as f64 / 1e6;
+            let _ = writeln!(
+                self.text,
+                "ringpush_{name}_bucket{{le=\"{le}\"}} {cumulative}"
+            );
+        }
+        let _ = writeln!(
+            self.text,
+            "ringpush_{name}_bucket{{le=\"+Inf\"}} {}",
+            b.count()
+        );
+        let _ = writeln!(self.text, "ringpush_{name}_sum {}", b.sum_us as f64 / 1e6);
+        let _ = writeln!(self.text, "ringpush_{name}_count {}", b.count());
+    }
+}
+
+/// Renders the exposition for `shards` (client shards first, then the admin shard).
+pub fn render(shards: &[Counters], clients: usize, draining: bool) -> String {
+    let mut total = Counters::new();
+    for c in shards {
+        total.add(c);
+    }
+    let mut o = Out {
+        text: String::with_capacity(8192),
+    };
+    o.per_shard(
+        "connections_open",
+        "gauge",
+        "Connections currently held.",
+        shards,
+        clients,
+        |c| c.open,
+    );
+    o.per_shard(
+        "connections_accepted_total",
+        "counter",
+        "Connections accepted.",
+        shards,
+        clients,
+        |c| c.accepted,
+    );
+    o.per_shard(
+        "connections_upgraded_total",
+        "counter",
+        "WebSocket upgrades completed.",
+        shards,
+        clients,
+        |c| c.upgraded,
+    );
+    o.per_shard(
+        "subscriptions",
+        "gauge",
+        "Channel subscriptions held.",
+        shards,
+        clients,
+        |c| c.subscriptions,
+    );
+
+    o.family(
+        "connections_refused_total",
+        "counter",
+        "Connections refused before or at the upgrade, by reason.",
+    );
+    for (i, reason) in HandshakeError::ALL_REASONS.iter().enumerate() {
+        o.sample(
+            "connections_refused_total",
+            &format!("reason=\"{reason}\""),
+            total.refused.get(i).copied().unwrap_or(0),
+        );
+    }
+    o.sample(
+        "connections_refused_total",
+        "reason=\"at_capacity\"",
+        total.refused_at_cap,
+    );
+
+    o.family(
+        "handshake_failures_total",
+        "counter",
+        "Upgrades that failed, by reason.",
+    );
+    for (i, reason) in HandshakeError::ALL_REASONS.iter().enumerate() {
+        o.sample(
+            "handshake_failures_total",
+            &format!("reason=\"{reason}\""),
+            total.refused.get(i).copied().unwrap_or(0),
+        );
+    }
+    o.sample(
+        "handshake_failures_total",
+        "reason=\"timeout\"",
+        total.handshake_timeouts,
+    );
+
+    o.family(
+        "connections_closed_total",
+        "counter",
+        "Connections closed by the node, by reason.",
+    );
+    for (reason, value) in [
+        ("aborted", total.aborted),
+        ("idle", total.idle_closes),
+        ("slow_consumer", total.slow_consumer_closes),
+        ("protocol_error", total.protocol_errors),
+        ("replaced", total.sessions_replaced),
+    ] {
+        o.sample(
+            "connections_closed_total",
+            &format!("reason=\"{reason}\""),
+            value,
+        );
+    }
+    for (name, help, codes) in [
+        (
+            "close_frames_sent_total",
+            "Close frames sent, by code.",
+            &total.closes_sent,
+        ),
+        (
+            "close_frames_received_total",
+            "Close frames received, by code.",
+            &total.closes_received,
+        ),
+    ] {
+        o.family(name, "counter", help);
+        for (i, code) in CLOSE_CODES.iter().enumerate() {
+            let label = if *code == 0 {
+                "code=\"other\"".to_string()
+            } else {
+                format!("code=\"{code}\"")
+            };
+            o.sample(name, &label, codes[i]);
+        }
+    }
+    o.per_shard(
+        "messages_in_total",
+        "counter",
+        "Data messages received from clients.",
+        shards,
+        clients,
+        |c| c.messages_in,
+    );
+    o.per_shard(
+        "messages_out_total",
+        "counter",
+        "Echo replies sent.",
+        shards,
+        clients,
+        |c| c.messages_out,
+    );
+    o.per_shard(
+        "bytes_in_total",
+        "counter",
+        "Bytes received.",
+        shards,
+        clients,
+        |c| c.bytes_in,
+    );
+    o.per_shard(
+        "bytes_out_total",
+        "counter",
+        "Bytes sent.",
+        shards,
+        clients,
+        |c| c.bytes_out,
+    );
+    o.per_shard(
+        "publishes_total",
+        "counter",
+        "Publishes accepted (admin and client).",
+        shards,
+        clients,
+        |c| c.publishes,
+    );
+    o.per_shard(
+        "deliveries_total",
+        "counter",
+        "Messages handed to subscribers.",
+        shards,
+        clients,
+        |c| c.deliveries,
+    );
+    o.per_shard(
+        "drops_total",
+        "counter",
+        "Messages dropped for slow consumers.",
+        shards,
+        clients,
+        |c| c.drops,
+    );
+    o.per_shard(
+        "slow_consumer_closes_total",
+        "counter",
+        "Subscribers closed as slow consumers.",
+        shards,
+        clients,
+        |c| c.slow_consumer_closes,
+    );
+    o.per_shard(
+        "client_messages_ignored_total",
+        "counter",
+        "Client messages ignored (no --client-publish).",
+        shards,
+        clients,
+        |c| c.client_messages_ignored,
+    );
+    o.per_shard(
+        "buffer_ring_exhausted_total",
+        "counter",
+        "Multishot receives ended by an empty buffer ring.",
+        shards,
+        clients,
+        |c| c.enobufs,
+    );
+    o.per_shard(
+        "pings_sent_total",
+        "counter",
+        "Heartbeat pings sent.",
+        shards,
+        clients,
+        |c| c.pings_sent,
+    );
+    o.per_shard(
+        "pongs_received_total",
+        "counter",
+        "Pongs received.",
+        shards,
+        clients,
+        |c| c.pongs_received,
+    );
+    o.per_shard(
+        "pings_lost_total",
+        "counter",
+        "Pings that got no pong before the idle close.",
+        shards,
+        clients,
+        |c| c.pings_lost,
+    );
+    o.per_shard(
+        "idle_closes_total",
+        "counter",
+        "Connections closed for silence.",
+        shards,
+        clients,
+        |c| c.idle_closes,
+    );
+    o.per_shard(
+        "accept_emfile_total",
+        "counter",
+        "Accepts that failed for lack of descriptors.",
+        shards,
+        clients,
+        |c| c.accept_emfile,
+    );
+    o.family(
+        "admin_requests_total",
+        "counter",
+        "Admin requests answered.",
+    );
+    o.sample("admin_requests_total", "", total.admin_requests);
+    o.family(
+        "admin_refused_total",
+        "counter",
+        "Admin requests refused, by reason.",
+    );
+    for (i, reason) in AdminError::ALL_REASONS.iter().enumerate() {
+        o.sample(
+            "admin_refused_total",
+            &format!("reason=\"{reason}\""),
+            total.admin_refused.get(i).copied().unwrap_or(0),
+        );
+    }
+    o.histogram(
+        "fanout_latency_seconds",
+        "Publish accepted to last local send completed, per shard.",
+        &total.fanout,
+    );
+    o.histogram(
+        "ping_rtt_seconds",
+        "Heartbeat ping to pong round trip.",
+        &total.ping_rtt,
+    );
+    o.family("draining", "gauge", "1 while the node drains for shutdown.");
+    o.sample("draining", "", u64::from(draining));
+    o.text
+}
