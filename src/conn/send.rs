@@ -57,7 +57,9 @@ impl Core {
         if c.has(conn::CLOSE_SENT) || c.state != State::Open {
             return Queued::Dropped;
         }
-        if c.queued_bytes as usize + frame.len() <= self.cfg.max_pending {
+        // An empty queue takes any frame (up to --max-message), so the bound is
+        // --max-pending plus one message and a message as large as allowed always fits.
+        if c.queued_bytes == 0 || c.queued_bytes as usize + frame.len() <= self.cfg.max_pending {
             self.push_frame(key, frame);
             return Queued::Yes;
         }
