@@ -15,5 +15,5 @@ cargo build --workspace --release --bins
 echo "== cargo test"
 cargo test --workspace --release
 echo "== autobahn (all cases but compression, 12.* and 13.*)"
-scripts/autobahn.sh target/release/ringpush
+scripts/autobahn.sh "${CARGO_TARGET_DIR:-target}/release/ringpush"
 echo "== all tests passed in $(($(date +%s) - started)) s"
