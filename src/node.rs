@@ -43,6 +43,12 @@ pub fn conns_per_shard(max_conns: Option<usize>, shards: usize, nofile: u64) -> 
 
 /// Runs the node until SIGINT or SIGTERM and a drain. Errors are user-facing messages.
 pub fn run(cfg: Config) -> Result<(), String> {
+    if cfg.admin_token.as_deref() == Some("") {
+        return Err("--admin-token must not be empty".to_string());
+    }
+    if !cfg.recv_buffers.is_power_of_two() {
+        return Err(format!("--recv-buffers {} is not a power of two", cfg.recv_buffers));
+    }
     let shards = cfg.shard_count();
     let nofile = sys::nofile_limit();
     let (per_shard, clamped) = conns_per_shard(cfg.max_conns, shards, nofile);
