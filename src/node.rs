@@ -47,7 +47,10 @@ pub fn run(cfg: Config) -> Result<(), String> {
         return Err("--admin-token must not be empty".to_string());
     }
     if !cfg.recv_buffers.is_power_of_two() {
-        return Err(format!("--recv-buffers {} is not a power of two", cfg.recv_buffers));
+        return Err(format!(
+            "--recv-buffers {} is not a power of two",
+            cfg.recv_buffers
+        ));
     }
     let shards = cfg.shard_count();
     let nofile = sys::nofile_limit();

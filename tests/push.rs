@@ -461,3 +461,59 @@ fn metrics_are_valid_prometheus_text_and_move() {
         std::thread::sleep(Duration::from_millis(20));
     }
 }
+
+#[test]
+fn every_way_of_leaving_frees_the_connection() {
+    let node = Node::start(&["--shards", "2", "--handshake-timeout", "300ms"]);
+    let open = |node: &Node| {
+        metric(node, "ringpush_connections_open{shard=\"0\"}")
+            + metric(node, "ringpush_connections_open{shard=\"1\"}")
+    };
+    let mut clean: Vec<Client> = (0..10)
+        .map(|i| node.ws(&format!("/ws/l{}", i % 3)))
+        .collect();
+    let abrupt: Vec<Client> = (0..10).map(|_| node.ws("/ws/l0?session=x&tab=y")).collect();
+    let mut broken: Vec<Client> = (0..10).map(|_| node.ws("/echo")).collect();
+    let stalled: Vec<std::net::TcpStream> = (0..10)
+        .map(|_| {
+            let mut s = std::net::TcpStream::connect(node.addr).unwrap();
+            std::io::Write::write_all(&mut s, b"GET /echo HTTP/1.1\r\n").unwrap();
+            s
+        })
+        .collect();
+    for _ in 0..10 {
+        let _ = util::http_raw(node.addr, &util::upgrade_request("/nowhere", ""));
+    }
+    // All 40 are held (the 10 refused ones are gone) before anyone leaves.
+    let deadline = Instant::now() + util::WAIT;
+    while open(&node) != 40 {
+        assert!(Instant::now() < deadline, "open = {}, want 40", open(&node));
+        std::thread::sleep(Duration::from_millis(20));
+    }
+    for c in &mut clean {
+        c.close(1000, "");
+    }
+    for c in &mut clean {
+        c.expect_close(1000);
+    }
+    drop(abrupt);
+    for c in &mut broken {
+        c.send_raw(&[0x81, 0x01, b'x']);
+        c.expect_close(1002);
+    }
+    drop(stalled);
+    // Clients that saw the server's FIN close their side, as browsers do.
+    drop(clean);
+    drop(broken);
+    let deadline = Instant::now() + util::WAIT;
+    while open(&node) != 0 {
+        assert!(
+            Instant::now() < deadline,
+            "{} connections never freed",
+            open(&node)
+        );
+        std::thread::sleep(Duration::from_millis(30));
+    }
+    assert_eq!(metric(&node, "ringpush_subscriptions{shard=\"0\"}"), 0);
+    assert_eq!(metric(&node, "ringpush_subscriptions{shard=\"1\"}"), 0);
+}
