@@ -128,8 +128,9 @@ impl Core {
             }
             merged.freeze()
         };
-        if c.queue.is_empty() && c.queue.capacity() > 4 {
-            // Give back a burst's queue memory: an idle connection holds none.
+        if c.queue.is_empty() && c.queue.capacity() > 0 {
+            // Give the queue's memory back as soon as it drains: an idle connection holds
+            // none (this costs one small allocation per burst, not per frame).
             c.queue = VecDeque::new();
         }
         c.flags |= conn::SEND_INFLIGHT;
