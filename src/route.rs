@@ -4,8 +4,9 @@
 
 use crate::http::handshake::HandshakeError;
 
-/// Longest channel name, session id or tab id, in bytes.
-pub const NAME_BYTES_MAX: usize = 128;
+/// Channel names, session ids and tab ids share one rule, `[A-Za-z0-9_.:-]{1,128}`, with
+/// the admin API (`/publish/<channel>`, `/send/<session>`).
+pub use crate::http::admin::{valid_name, NAME_BYTES_MAX};
 
 /// What an upgraded connection does with the data messages it receives.
 #[derive(Clone, Debug, PartialEq, Eq)]
@@ -42,15 +43,6 @@ impl RouteKind {
             _ => RouteKind::Echo,
         }
     }
-}
-
-/// Whether `name` is a valid channel, session or tab name: `[A-Za-z0-9_.:-]{1,128}`.
-pub fn valid_name(name: &str) -> bool {
-    !name.is_empty()
-        && name.len() <= NAME_BYTES_MAX
-        && name
-            .bytes()
-            .all(|b| b.is_ascii_alphanumeric() || matches!(b, b'_' | b'.' | b':' | b'-'))
 }
 
 /// Maps a request target (path and optional query) to a route. Unknown paths get 404;
