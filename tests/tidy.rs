@@ -81,6 +81,11 @@ fn tidy() {
     for violation in &violations {
         println!("{violation}");
     }
+    println!(
+        "tidy: {} files scanned, {} violations",
+        files.len(),
+        violations.len()
+    );
     let list: Vec<String> = violations.iter().map(ToString::to_string).collect();
     assert!(
         violations.is_empty(),

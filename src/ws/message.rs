@@ -442,10 +442,9 @@ impl Decoder {
                 .map_err(|_| ProtocolError::InvalidUtf8)?;
         }
         if !chunk.is_empty() {
-            // The cap was checked from the header, so reserving the rest of the frame is
-            // safe, and later chunks of the same frame never reallocate.
-            self.message_buf
-                .reserve(frame.payload_len - frame.payload_done);
+            // Grow with the bytes that actually arrived, never with what the header
+            // announces: a peer that announces 1 MiB and sends one byte holds one byte
+            // (found while writing the decoder fuzz target). Doubling keeps it amortised.
             self.message_buf.extend_from_slice(chunk);
         }
         let payload_done = frame.payload_done + chunk.len();
@@ -791,6 +790,27 @@ mod tests {
         );
         assert!(!decoder.is_idle());
         assert_eq!(decoder.message_buf.capacity(), 0);
+    }
+
+    #[test]
+    fn announced_length_reserves_nothing_beyond_what_arrived() {
+        // A header announcing 1 MiB followed by one payload byte holds memory for the
+        // bytes that arrived, not for the announced length.
+        let limits = Limits {
+            role: Role::Server,
+            message_bytes_max: 1 << 20,
+        };
+        let frame = masked(OpCode::Binary, true, &vec![7; 1 << 20]);
+        let mut decoder = Decoder::default();
+        assert_eq!(
+            feed_cut(&mut decoder, &frame[..15], &[], &limits),
+            Ok(vec![])
+        );
+        assert!(
+            decoder.message_buf.capacity() < 1024,
+            "{}",
+            decoder.message_buf.capacity()
+        );
     }
 
     // §5.4 fragmentation.
