@@ -22,6 +22,25 @@ fn reserved_fds(shards: usize) -> u64 {
     32 + 2 * shards as u64
 }
 
+/// Writes a line to stdout, ignoring a closed pipe: the node's output is informational
+/// and a vanished reader (`| head`) must not take the node down.
+macro_rules! say {
+    ($($arg:tt)*) => {{
+        let mut out = std::io::stdout().lock();
+        let _ = writeln!(out, $($arg)*);
+        let _ = out.flush();
+    }};
+}
+
+/// As `say!` without the newline.
+macro_rules! say_raw {
+    ($($arg:tt)*) => {{
+        let mut out = std::io::stdout().lock();
+        let _ = write!(out, $($arg)*);
+        let _ = out.flush();
+    }};
+}
+
 /// Admin connections held at most (publishers are few and keep their connections).
 const ADMIN_CONNS_MAX: usize = 1024;
 
@@ -56,7 +75,7 @@ pub fn run(cfg: Config) -> Result<(), String> {
     let nofile = sys::nofile_limit();
     let (per_shard, clamped) = conns_per_shard(cfg.max_conns, shards, nofile);
     if clamped {
-        eprintln!(
+        crate::elog!(
             "ringpush warn=max_conns_clamped per_shard={per_shard} \
              (RLIMIT_NOFILE={nofile} per file table; \
              use more --shards to hold more)"
@@ -177,7 +196,7 @@ pub fn run(cfg: Config) -> Result<(), String> {
         }
         return Err(e);
     }
-    println!(
+    say!(
         "ringpush listening on {addr} admin {admin_addr} shards={shards} \
          conns_per_shard={per_shard} \
          max_conns={} echo_path={} pid={}",
@@ -208,7 +227,7 @@ pub fn run(cfg: Config) -> Result<(), String> {
             let secs = cfg.stats_interval.as_secs_f64();
             let rate = sum.deliveries.saturating_sub(last_deliveries) as f64 / secs;
             last_deliveries = sum.deliveries;
-            println!(
+            say!(
                 "stats t={}s rss_bytes={} deliveries_per_s={rate:.0} {}",
                 started.elapsed().as_secs(),
                 sys::rss_bytes(),
@@ -217,7 +236,7 @@ pub fn run(cfg: Config) -> Result<(), String> {
             let _ = std::io::stdout().flush();
         }
     };
-    println!(
+    say!(
         "ringpush signal={signal} draining (timeout {:?})",
         cfg.drain_timeout
     );
@@ -236,17 +255,17 @@ pub fn run(cfg: Config) -> Result<(), String> {
             let _ = fanout.add(&report.fanout_us);
         }
     }
-    println!(
+    say!(
         "final uptime={}s {}",
         started.elapsed().as_secs(),
         total.line()
     );
-    print!(
+    say_raw!(
         "{}",
         stats::percentile_spectrum("handshake time", &handshake)
     );
-    print!("{}", stats::percentile_spectrum("ping round trip", &ping));
-    print!(
+    say_raw!("{}", stats::percentile_spectrum("ping round trip", &ping));
+    say_raw!(
         "{}",
         stats::percentile_spectrum("fan-out latency (per shard)", &fanout)
     );

@@ -153,7 +153,7 @@ impl Shard {
         let i = setup.index;
         if let Some(core) = setup.core {
             if !core_affinity::set_for_current(core) {
-                eprintln!("ringpush shard={i} warn=pin_failed core={}", core.id);
+                crate::elog!("ringpush shard={i} warn=pin_failed core={}", core.id);
             }
         }
         sys::unshare_file_table()
@@ -176,7 +176,7 @@ impl Shard {
                 )
             })?;
         if !ring.bufs().incremental() {
-            eprintln!(
+            crate::elog!(
                 "ringpush shard={i} note=buffer_ring_whole_buffers (kernel lacks IOU_PBUF_RING_INC)"
             );
         }
@@ -203,7 +203,7 @@ impl Shard {
         self.ring.tick(Duration::from_millis(TICK_MS));
         loop {
             if let Err(e) = self.ring.submit_and_wait() {
-                eprintln!("ringpush shard={} error=ring_enter {e}", self.core.index);
+                crate::elog!("ringpush shard={} error=ring_enter {e}", self.core.index);
                 break;
             }
             let mut batch = std::mem::take(&mut self.completions);
@@ -465,6 +465,7 @@ pub(crate) struct Core {
     pub(crate) channel_index: HashMap<Box<str>, u32>,
     pub(crate) sessions: HashMap<Box<str>, Vec<SessionTab>>,
     pub(crate) fanouts: HashMap<usize, Fanout>,
+    pub(crate) merged: HashMap<usize, Vec<usize>>,
     pub(crate) deliver_keys: Vec<usize>,
     pub(crate) client_frames: Vec<Bytes>,
     // Admin state (admin.rs).
@@ -539,6 +540,7 @@ impl Core {
             channel_index: HashMap::new(),
             sessions: HashMap::new(),
             fanouts: HashMap::new(),
+            merged: HashMap::new(),
             deliver_keys: Vec::new(),
             client_frames: Vec::new(),
             pending: Slab::new(),
@@ -566,7 +568,7 @@ impl Core {
             return;
         }
         self.log_budget -= 1;
-        eprintln!("ringpush shard={} {args}", self.index);
+        crate::elog!("ringpush shard={} {args}", self.index);
     }
 
     /// Whether `owner` still names the slot's current occupant.
@@ -981,9 +983,10 @@ impl Core {
         self.drain_inbox();
         if now % (1000 / TICK_MS as u32) == 0 {
             if self.log_suppressed > 0 {
-                eprintln!(
+                crate::elog!(
                     "ringpush shard={} event=log_suppressed lines={}",
-                    self.index, self.log_suppressed
+                    self.index,
+                    self.log_suppressed
                 );
                 self.log_suppressed = 0;
             }

@@ -3,9 +3,9 @@
 //!
 //! Invariants:
 //! - `queued_bytes` counts every byte queued or in flight for the connection.
-//! - A broadcast frame tracked in `Core::fanouts` is always sent on its own (never merged),
-//!   so its completion can be recognised by its pointer; every clone is retired exactly
-//!   once: when its send completes, or when it is dropped with the queue.
+//! - A broadcast frame tracked in `Core::fanouts` is recognised by its pointer; when it is
+//!   merged into a larger send, `Core::merged` maps that send to the broadcasts inside it.
+//!   Every clone is retired exactly once: when its send completes, or when it is dropped.
 
 use std::collections::VecDeque;
 use std::os::fd::RawFd;
@@ -82,10 +82,6 @@ impl Core {
         Queued::Closed
     }
 
-    fn tracked(&self, frame: &Bytes) -> bool {
-        !self.fanouts.is_empty() && self.fanouts.contains_key(&(frame.as_ptr() as usize))
-    }
-
     /// The next send for `key`, coalescing queued frames, or the FIN once drained.
     pub(crate) fn next_send(&mut self, key: usize) -> Option<(RawFd, Owner, Bytes)> {
         let owner = self.owner(key);
@@ -109,25 +105,34 @@ impl Core {
         let mut count = 0;
         let mut total = 0;
         for f in &c.queue {
-            if count > 0 && (total + f.len() > COALESCE_BYTES_MAX || self.tracked(f)) {
+            if count > 0 && total + f.len() > COALESCE_BYTES_MAX {
                 break;
             }
             total += f.len();
             count += 1;
-            if count == 1 && (f.len() >= COALESCE_BYTES_MAX || self.tracked(f)) {
-                break;
-            }
         }
-        let c = &mut self.conns[key];
         let frame = if count == 1 {
-            c.queue.pop_front().expect("queue is not empty")
+            self.conns[key]
+                .queue
+                .pop_front()
+                .expect("queue is not empty")
         } else {
             let mut merged = BytesMut::with_capacity(total);
-            for f in c.queue.drain(..count) {
+            let mut tracked = Vec::new();
+            for f in self.conns[key].queue.drain(..count) {
                 merged.extend_from_slice(&f);
+                if !self.fanouts.is_empty() && self.fanouts.contains_key(&(f.as_ptr() as usize)) {
+                    tracked.push(f.as_ptr() as usize);
+                }
             }
-            merged.freeze()
+            let merged = merged.freeze();
+            if !tracked.is_empty() {
+                // Broadcast frames inside a merged send are retired when it completes.
+                self.merged.insert(merged.as_ptr() as usize, tracked);
+            }
+            merged
         };
+        let c = &mut self.conns[key];
         if c.queue.is_empty() && c.queue.capacity() > 0 {
             // Give the queue's memory back as soon as it drains: an idle connection holds
             // none (this costs one small allocation per burst, not per frame).
@@ -138,12 +143,23 @@ impl Core {
     }
 
     /// A frame left the connection for good (sent, or dropped): if it is a tracked
-    /// broadcast and this was its last local copy, record the fan-out latency.
+    /// broadcast, or a merged send carrying some, and this was a broadcast's last local copy,
+    /// record its fan-out latency.
     pub(crate) fn retire(&mut self, frame: &Bytes) {
-        if self.fanouts.is_empty() {
+        if self.fanouts.is_empty() && self.merged.is_empty() {
             return;
         }
         let ptr = frame.as_ptr() as usize;
+        if let Some(inner) = self.merged.remove(&ptr) {
+            for p in inner {
+                self.retire_ptr(p);
+            }
+            return;
+        }
+        self.retire_ptr(ptr);
+    }
+
+    fn retire_ptr(&mut self, ptr: usize) {
         let Some(f) = self.fanouts.get_mut(&ptr) else {
             return;
         };

@@ -1,0 +1,135 @@
+//! One client connection as a worker keeps it in its slab.
+//!
+//! A slot lives from the first connect of a connection index until the connection ends for
+//! good; with reconnects it stays (in [`State::Backoff`], without a socket) between
+//! attempts, so the index and its source address stay with it.
+//!
+//! Invariants:
+//! - `connect` is Some exactly while a Connect SQE of this slot is in the kernel;
+//!   `RECV_ARMED` is set exactly while its multishot recv is; `SEND_INFLIGHT` exactly
+//!   while a Send is. The slot's socket is closed only when none of the three holds.
+//! - An open idle connection holds no heap memory: `partial` is None and `queue` has no
+//!   capacity.
+//! - Nothing is queued after our close frame.
+
+use std::collections::VecDeque;
+use std::os::fd::RawFd;
+
+use bytes::Bytes;
+use ringpush::ring::connect::ConnectId;
+use ringpush::ws::Decoder;
+
+use crate::payload::SeqTracker;
+
+/// The per-connection struct is pinned at or under this many bytes.
+pub const CONN_BYTES_MAX: usize = 160;
+const _: () = assert!(std::mem::size_of::<Conn>() <= CONN_BYTES_MAX);
+
+/// Where a connection is in its life.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum State {
+    /// The Connect SQE is in the kernel.
+    Connecting,
+    /// Connected; the upgrade request is sent and the 101 not parsed yet.
+    Handshake,
+    /// Upgraded; frames flow.
+    Open,
+    /// A close frame is queued or sent (ours or our answer to the server's); waiting for
+    /// the rest of the close handshake and the server's FIN.
+    Closing,
+    /// Shut down; waiting for operations in the kernel before the socket is closed.
+    Dead,
+    /// No socket; reconnecting when the backoff deadline passes.
+    Backoff,
+}
+
+/// A multishot recv is armed.
+pub const RECV_ARMED: u8 = 1 << 0;
+/// A send is in the kernel.
+pub const SEND_INFLIGHT: u8 = 1 << 1;
+/// Listed in the worker's dirty list (a flush is due after this batch).
+pub const DIRTY: u8 = 1 << 2;
+/// We queued a close frame.
+pub const CLOSE_SENT: u8 = 1 << 3;
+/// The server's close frame arrived.
+pub const CLOSE_RECEIVED: u8 = 1 << 4;
+/// The 101 was parsed: bytes are WebSocket frames.
+pub const UPGRADED: u8 = 1 << 5;
+/// Once released, reopen after a backoff rather than free the slot.
+pub const RETRY: u8 = 1 << 6;
+
+/// Bytes in progress that do not fit in the receive buffer they arrived in.
+pub enum Partial {
+    /// An incomplete response head.
+    Head(Vec<u8>),
+    /// A frame or message split across receives.
+    Frames(Decoder),
+}
+
+/// One connection slot.
+pub struct Conn {
+    /// The socket, or -1 in `Backoff`.
+    pub fd: RawFd,
+    /// Generation of the current attempt (24 bits are carried in `user_data`).
+    pub gen: u32,
+    /// The connection index: which source address it uses and which share it is of.
+    pub index: u64,
+    /// Lifecycle state.
+    pub state: State,
+    /// `RECV_ARMED`, `SEND_INFLIGHT`, ...
+    pub flags: u8,
+    /// Consecutive failed attempts (reset when a 101 arrives).
+    pub attempts: u8,
+    /// When the current attempt started, µs since the worker's epoch (wrapping).
+    pub started_us: u32,
+    /// Tick at which the current deadline falls (`timer::NEVER`: none).
+    pub deadline: u32,
+    /// Tick of the wheel entry that checks `deadline` (0: none).
+    pub wheel_at: u32,
+    /// The Connect in the kernel, if any.
+    pub connect: Option<ConnectId>,
+    /// The handshake nonce of the current attempt.
+    pub nonce: [u8; 16],
+    /// Echo: sequence number of the next message sent.
+    pub seq_out: u64,
+    /// Sequence numbers received.
+    pub seq_in: SeqTracker,
+    /// Frames waiting for the send in flight to finish.
+    pub queue: VecDeque<Bytes>,
+    /// Bytes in progress across receives.
+    pub partial: Option<Box<Partial>>,
+}
+
+impl Conn {
+    /// A slot for connection `index` before its first attempt, which waits like a
+    /// connection backing off (for no time).
+    pub fn new(index: u64) -> Conn {
+        Conn {
+            fd: -1,
+            gen: 0,
+            index,
+            state: State::Backoff,
+            flags: 0,
+            attempts: 0,
+            started_us: 0,
+            deadline: ringpush::timer::NEVER,
+            wheel_at: 0,
+            connect: None,
+            nonce: [0; 16],
+            seq_out: 0,
+            seq_in: SeqTracker::default(),
+            queue: VecDeque::new(),
+            partial: None,
+        }
+    }
+
+    /// Whether `flag` is set.
+    pub fn has(&self, flag: u8) -> bool {
+        self.flags & flag != 0
+    }
+
+    /// Whether an operation of this slot is in the kernel.
+    pub fn busy(&self) -> bool {
+        self.connect.is_some() || self.has(RECV_ARMED) || self.has(SEND_INFLIGHT)
+    }
+}

@@ -1,0 +1,757 @@
+//! One worker: a reactor thread that owns an io_uring, a file table, a provided-buffer ring,
+//! a slab of client connections and a timer wheel, and runs connect → upgrade → recv →
+//! parse → reply → send → timers → close for every connection of its share.
+//!
+//! The loop mirrors the node's shard: it reaps a whole batch of completions and handles
+//! each, then, after the batch, follows the phase the main thread set, fires due timers,
+//! opens connections within the pacing budget, paces echo messages, re-arms starved
+//! receives and flushes every connection that queued frames (one send per connection).
+//!
+//! `lifecycle.rs` holds a connection's life (connect, upgrade, end, backoff, deadlines,
+//! phases); `traffic.rs` what flows on open connections (frames, echo, sends).
+//!
+//! Invariants:
+//! - [`Core`] never pushes SQEs: it records what must be submitted (`dirty`, `starved`,
+//!   `reopen`, `cancels`) and the worker submits after the batch.
+//! - A slot's socket is closed only when no operation of it is in the kernel
+//!   (`Conn::busy`), so no completion names a closed socket.
+//! - Gauges in `counters` follow `set_state`: every state change goes through it.
+
+mod lifecycle;
+mod traffic;
+
+use std::collections::VecDeque;
+use std::sync::atomic::{AtomicU64, AtomicU8, Ordering};
+use std::sync::{mpsc, Arc, Mutex};
+use std::time::{Duration, Instant};
+
+use bytes::{Bytes, BytesMut};
+use ringpush::ring::connect::{self, ConnectId};
+use ringpush::ring::{sys, Completion, Owner, Ring, RingConfig, GEN_MASK};
+use ringpush::timer::Wheel;
+use ringpush::ws::mask::MaskGen;
+use ringpush::ws::{Limits, OpCode, Role};
+use slab::Slab;
+
+use crate::cli::{Plan, Scenario};
+use crate::conn::{self, Conn, State};
+use crate::payload;
+use crate::report::{self, Counters, Failure, Hists, Report};
+
+/// Timer tick when echo messages are paced (their schedule is per millisecond).
+const TICK_PACED: Duration = Duration::from_millis(1);
+/// Timer tick otherwise.
+const TICK_DEFAULT: Duration = Duration::from_millis(10);
+/// Slots in the timer wheel; later deadlines are re-checked at the horizon.
+const WHEEL_SLOTS: usize = 4096;
+/// Queued frames of one connection are merged into one send up to this many bytes.
+const COALESCE_BYTES_MAX: usize = 64 * 1024;
+/// Echo messages paced per batch at most, so a late loop catches up without stalling.
+const PACED_PER_BATCH_MAX: u64 = 65_536;
+/// How often a worker copies its counters for the main thread.
+const PUBLISH_EVERY: Duration = Duration::from_millis(100);
+/// Connect pacing never bursts beyond this much of the per-worker rate.
+const PACING_BURST: Duration = Duration::from_millis(100);
+/// Extra time the close phase waits beyond --close-timeout before giving up on sockets.
+const CLOSE_GRACE: Duration = Duration::from_secs(1);
+
+/// The run's phases, set by the main thread, followed by every worker.
+#[repr(u8)]
+#[derive(Clone, Copy, Debug, PartialEq, Eq, PartialOrd, Ord)]
+pub enum Phase {
+    /// Open every connection of the share (churn skips this).
+    Ramp = 0,
+    /// The scenario's traffic: hold, echo, receive broadcasts, churn.
+    Run = 1,
+    /// No new messages; wait for outstanding echoes and deliveries.
+    Drain = 2,
+    /// Close every connection and exit.
+    Close = 3,
+    /// Reset everything and exit now (a second interrupt).
+    Stop = 4,
+}
+
+impl Phase {
+    fn from_u8(v: u8) -> Phase {
+        match v {
+            0 => Phase::Ramp,
+            1 => Phase::Run,
+            2 => Phase::Drain,
+            3 => Phase::Close,
+            _ => Phase::Stop,
+        }
+    }
+
+    /// The phase's name in the progress line.
+    pub fn name(self) -> &'static str {
+        match self {
+            Phase::Ramp => "ramp",
+            Phase::Run => "run",
+            Phase::Drain => "drain",
+            Phase::Close => "close",
+            Phase::Stop => "stop",
+        }
+    }
+}
+
+/// State shared by the main thread, the workers and the publisher.
+pub struct Shared {
+    /// The current [`Phase`].
+    pub phase: AtomicU8,
+    /// Broadcast: sequence numbers the publisher has used (final before `Close`).
+    pub published: AtomicU64,
+    /// Per worker: its counters as of its last publication.
+    pub counters: Vec<Mutex<Counters>>,
+    /// The common origin of the workers' ramp timestamps.
+    pub epoch: Instant,
+}
+
+impl Shared {
+    /// Fresh shared state for `workers` workers, in the given first phase.
+    pub fn new(workers: usize, first: Phase) -> Shared {
+        Shared {
+            phase: AtomicU8::new(first as u8),
+            published: AtomicU64::new(0),
+            counters: (0..workers)
+                .map(|_| Mutex::new(Counters::default()))
+                .collect(),
+            epoch: Instant::now(),
+        }
+    }
+
+    /// The current phase.
+    pub fn phase(&self) -> Phase {
+        Phase::from_u8(self.phase.load(Ordering::Acquire))
+    }
+
+    /// Moves every thread to `phase`.
+    pub fn set_phase(&self, phase: Phase) {
+        self.phase.store(phase as u8, Ordering::Release);
+    }
+
+    /// The sum of every worker's last published counters; its `phase_seen` is the
+    /// lowest phase any worker had seen when it published.
+    pub fn sum(&self) -> Counters {
+        let mut sum = Counters {
+            phase_seen: u8::MAX,
+            ..Counters::default()
+        };
+        for c in &self.counters {
+            if let Ok(c) = c.lock() {
+                sum.add(&c);
+            }
+        }
+        sum
+    }
+}
+
+/// Everything a worker thread needs.
+pub struct Setup {
+    /// Worker index.
+    pub index: usize,
+    /// The validated plan.
+    pub plan: Arc<Plan>,
+    /// Phase and counters.
+    pub shared: Arc<Shared>,
+    /// Core to pin to.
+    pub core: Option<core_affinity::CoreId>,
+}
+
+/// Thread body: pins, takes its own file table, creates and enables its ring, registers
+/// buffers, reports readiness on `ready` and runs until the close phase completes.
+pub fn spawn(
+    setup: Setup,
+    ready: mpsc::Sender<Result<(), String>>,
+) -> std::thread::JoinHandle<Option<Report>> {
+    let name = format!("loadgen-worker-{}", setup.index);
+    std::thread::Builder::new()
+        .name(name)
+        .spawn(move || {
+            let mut worker = match Worker::start(setup) {
+                Ok(worker) => worker,
+                Err(e) => {
+                    let _ = ready.send(Err(e));
+                    return None;
+                }
+            };
+            let _ = ready.send(Ok(()));
+            drop(ready);
+            Some(worker.run())
+        })
+        .expect("spawning a worker thread")
+}
+
+struct Worker {
+    ring: Ring,
+    core: Core,
+    completions: Vec<Completion>,
+}
+
+impl Worker {
+    fn start(setup: Setup) -> Result<Worker, String> {
+        let i = setup.index;
+        if let Some(core) = setup.core {
+            if !core_affinity::set_for_current(core) {
+                eprintln!(
+                    "ringpush-loadgen worker={i} warn=pin_failed core={}",
+                    core.id
+                );
+            }
+        }
+        sys::unshare_file_table()
+            .map_err(|e| format!("worker {i}: unshare(CLONE_FILES) failed: {e}"))?;
+        let plan = setup.plan;
+        let ring_cfg = RingConfig {
+            sq_entries: plan.sq_entries,
+            cq_entries: plan.cq_entries,
+        };
+        let mut ring = Ring::new(&ring_cfg).map_err(|e| format!("worker {i}: {e}"))?;
+        ring.enable()
+            .map_err(|e| format!("worker {i}: enabling the io_uring failed: {e}"))?;
+        ring.register_buffers(plan.recv_buffers, plan.recv_buffer_bytes)
+            .map_err(|e| {
+                format!(
+                    "worker {i}: registering {} provided buffers of {} bytes failed: {e} \
+                     (--recv-buffers must be a power of two ≤ 32768; kernel ≥ 5.19)",
+                    plan.recv_buffers, plan.recv_buffer_bytes
+                )
+            })?;
+        let mut core = Core::new(i, plan, setup.shared);
+        // The main thread judges the ramp from published gauges: publish before it looks.
+        core.publish();
+        Ok(Worker {
+            ring,
+            core,
+            completions: Vec::with_capacity(1024),
+        })
+    }
+
+    fn run(&mut self) -> Report {
+        self.ring.tick(self.core.tick);
+        loop {
+            self.after_batch();
+            if self.core.finished() {
+                break;
+            }
+            if let Err(e) = self.ring.submit_and_wait() {
+                eprintln!(
+                    "ringpush-loadgen worker={} error=ring_enter {e}",
+                    self.core.index
+                );
+                break;
+            }
+            let mut batch = std::mem::take(&mut self.completions);
+            self.ring.reap(&mut batch);
+            for completion in batch.drain(..) {
+                self.handle(completion);
+            }
+            self.completions = batch;
+        }
+        self.core.close_everything();
+        self.core.publish();
+        Report {
+            counters: self.core.counters.clone(),
+            hists: self.core.hists.clone(),
+        }
+    }
+
+    fn handle(&mut self, completion: Completion) {
+        match completion {
+            Completion::Connect { owner, res } => self.connect_complete(owner, res),
+            Completion::Recv {
+                owner,
+                res,
+                more,
+                bid,
+                buf_more,
+            } => self.recv_complete(owner, res, more, bid, buf_more),
+            Completion::Send {
+                owner,
+                res,
+                frame,
+                offset,
+            } => self.send_complete(owner, res, frame, offset),
+            Completion::Tick { more, .. } => {
+                if !more {
+                    self.ring.tick(self.core.tick);
+                }
+            }
+            Completion::Accept { .. } | Completion::Cancel { .. } | Completion::Msg { .. } => {}
+        }
+    }
+
+    fn connect_complete(&mut self, owner: Owner, res: i32) {
+        let core = &mut self.core;
+        let Some(key) = core.live_key(owner) else {
+            return;
+        };
+        let now_us = core.now_us();
+        let c = &mut core.conns[key];
+        c.connect = None;
+        if c.state == State::Dead {
+            core.maybe_release(key);
+            return;
+        }
+        debug_assert_eq!(c.state, State::Connecting);
+        if res < 0 {
+            core.fail(key, Failure::from_errno(-res));
+            return;
+        }
+        let elapsed = now_us.wrapping_sub(c.started_us);
+        core.counters.tcp_connected += 1;
+        report::record(&mut core.hists.tcp_connect, u64::from(elapsed));
+        core.set_state(key, State::Handshake);
+        let c = &mut core.conns[key];
+        c.flags |= conn::RECV_ARMED;
+        let fd = c.fd;
+        self.ring.recv_multi(fd, owner);
+        let request = core.request(key);
+        core.push_frame(key, request);
+    }
+
+    fn recv_complete(
+        &mut self,
+        owner: Owner,
+        res: i32,
+        more: bool,
+        bid: Option<u16>,
+        buf_more: bool,
+    ) {
+        let core = &mut self.core;
+        let live = core.live_key(owner);
+        if res > 0 {
+            let bid = bid.expect("a recv with data names its buffer");
+            // The buffer goes back to the kernel even when the connection is gone.
+            self.ring
+                .bufs()
+                .consume(bid, res as usize, buf_more, |data| {
+                    if let Some(key) = live {
+                        core.on_data(key, data);
+                    }
+                });
+        }
+        let Some(key) = live else {
+            return;
+        };
+        if more || !core.conns.contains(key) {
+            return;
+        }
+        core.conns[key].flags &= !conn::RECV_ARMED;
+        if res > 0 {
+            // The multishot ended for a reason other than EOF or an error (a CQ overflow,
+            // for one): arm it again so that no data is left unread.
+            if core.conns[key].state != State::Dead {
+                core.counters.recv_rearmed += 1;
+                core.conns[key].flags |= conn::RECV_ARMED;
+                self.ring.recv_multi(core.conns[key].fd, owner);
+            } else {
+                core.maybe_release(key);
+            }
+            return;
+        }
+        if res == -libc::ENOBUFS {
+            core.counters.enobufs += 1;
+            if core.conns[key].state != State::Dead {
+                core.starved.push_back(owner);
+            } else {
+                core.maybe_release(key);
+            }
+            return;
+        }
+        core.recv_ended(key, res);
+    }
+
+    fn send_complete(&mut self, owner: Owner, res: i32, frame: Bytes, offset: usize) {
+        let core = &mut self.core;
+        let Some(key) = core.live_key(owner) else {
+            return;
+        };
+        core.conns[key].flags &= !conn::SEND_INFLIGHT;
+        if core.conns[key].state == State::Dead {
+            core.maybe_release(key);
+            return;
+        }
+        if res <= 0 {
+            if res < 0 {
+                core.counters.send_errors += 1;
+            }
+            core.broken(key, -res);
+            return;
+        }
+        core.counters.bytes_out += res as u64;
+        let sent = offset + res as usize;
+        if sent < frame.len() {
+            // A short send: resume where the kernel stopped, keeping the queue order.
+            core.conns[key].flags |= conn::SEND_INFLIGHT;
+            self.ring.send(core.conns[key].fd, owner, frame, sent);
+            return;
+        }
+        core.mark_dirty(key);
+    }
+
+    fn after_batch(&mut self) {
+        self.core.sync_phase();
+        self.core.advance_timers();
+        for id in self.core.cancels.drain(..) {
+            self.ring.cancel_connect(id);
+        }
+        self.open_more();
+        self.core.pace_echo();
+        let core = &mut self.core;
+        // Re-arm starved receives a few at a time, oldest first, so a burst does not turn
+        // into an ENOBUFS storm.
+        let budget = (self.ring.bufs().count() as usize / 4).max(1);
+        for _ in 0..budget {
+            let Some(owner) = core.starved.pop_front() else {
+                break;
+            };
+            let Some(key) = core.live_key(owner) else {
+                continue;
+            };
+            if core.conns[key].state == State::Dead {
+                core.maybe_release(key);
+                continue;
+            }
+            core.conns[key].flags |= conn::RECV_ARMED;
+            self.ring.recv_multi(core.conns[key].fd, owner);
+        }
+        let mut dirty = std::mem::take(&mut core.dirty);
+        for key in dirty.drain(..) {
+            match core.conns.get_mut(key) {
+                Some(c) => c.flags &= !conn::DIRTY,
+                None => continue,
+            }
+            if let Some((fd, owner, frame)) = core.next_send(key) {
+                self.ring.send(fd, owner, frame, 0);
+            }
+        }
+        core.dirty = dirty;
+        if core.last_publish.elapsed() >= PUBLISH_EVERY {
+            core.publish();
+        }
+    }
+
+    /// Starts connection attempts: reopens first, then new connections of the share,
+    /// within --max-connecting and the --rate budget.
+    fn open_more(&mut self) {
+        let core = &mut self.core;
+        if core.phase > Phase::Drain {
+            return;
+        }
+        let mut budget = core
+            .plan
+            .max_connecting
+            .saturating_sub(core.counters.connecting as usize) as u64;
+        if core.rate > 0.0 {
+            let allowed = (core.rate * core.pace_start.elapsed().as_secs_f64()) as u64;
+            let burst = ((core.rate * PACING_BURST.as_secs_f64()) as u64).max(1);
+            if allowed.saturating_sub(core.paced) > burst {
+                core.paced = allowed - burst;
+            }
+            budget = budget.min(allowed.saturating_sub(core.paced));
+        }
+        while budget > 0 {
+            let key = if let Some(owner) = core.reopen.pop_front() {
+                match core.live_key(owner) {
+                    Some(key) if core.conns[key].state == State::Backoff => key,
+                    _ => continue,
+                }
+            } else if core.may_open_new() {
+                let index = core.index as u64 + core.started_new * core.plan.workers as u64;
+                core.started_new += 1;
+                // A new slot waits for its first attempt like one backing off for no time.
+                core.counters.backoff += 1;
+                core.conns.insert(Conn::new(index))
+            } else {
+                break;
+            };
+            budget -= 1;
+            core.paced += 1;
+            let Some((fd, owner)) = core.open_socket(key) else {
+                continue;
+            };
+            let id = self.ring.connect(fd, &core.plan.dest, owner);
+            core.conns[key].connect = Some(id);
+        }
+    }
+}
+
+/// How data messages are read, by scenario.
+#[derive(Clone, Copy, PartialEq, Eq)]
+enum Traffic {
+    /// Nothing is expected; messages are only counted.
+    None,
+    /// Echoes of our stamped messages (text: hex stamps).
+    Echo { text: bool, closed_loop: bool },
+    /// Stamped broadcasts.
+    Broadcast,
+}
+
+/// The worker minus its ring: connections, timers, pacing, counters.
+struct Core {
+    index: usize,
+    plan: Arc<Plan>,
+    shared: Arc<Shared>,
+    phase: Phase,
+    conns: Slab<Conn>,
+    next_gen: u32,
+    wheel: Wheel,
+    due: Vec<Owner>,
+    tick: Duration,
+    epoch: Instant,
+    dirty: Vec<usize>,
+    starved: VecDeque<Owner>,
+    reopen: VecDeque<Owner>,
+    cancels: Vec<ConnectId>,
+    out: BytesMut,
+    rng: MaskGen,
+    limits: Limits,
+    traffic: Traffic,
+    /// Connections this worker opens (churn: holds at once).
+    share: u64,
+    /// New connection indices started so far.
+    started_new: u64,
+    /// Connect attempts per second for this worker (0: unpaced), and the pacing clock.
+    rate: f64,
+    pace_start: Instant,
+    paced: u64,
+    /// Echo pacing: messages per second for this worker, messages scheduled so far, the
+    /// round-robin cursor and the payload template.
+    echo_rate: f64,
+    echo_sched: u64,
+    echo_cursor: usize,
+    echo_opcode: OpCode,
+    template: Vec<u8>,
+    run_start: Instant,
+    run_start_ns: u64,
+    churn_lifetime: Option<Duration>,
+    ticks_connect: u32,
+    ticks_close: u32,
+    close_deadline: Option<Instant>,
+    counters: Counters,
+    hists: Hists,
+    last_publish: Instant,
+}
+
+fn ticks(d: Duration, tick: Duration) -> u32 {
+    (d.as_nanos().div_ceil(tick.as_nanos())).clamp(1, u128::from(u32::MAX / 4)) as u32
+}
+
+impl Core {
+    fn new(index: usize, plan: Arc<Plan>, shared: Arc<Shared>) -> Core {
+        let workers = plan.workers as f64;
+        let (traffic, echo_rate, size, text) = match &plan.scenario {
+            Scenario::Echo(e) => (
+                Traffic::Echo {
+                    text: e.text,
+                    closed_loop: e.msg_rate == 0.0,
+                },
+                e.msg_rate / workers,
+                e.size,
+                e.text,
+            ),
+            Scenario::Broadcast(b) => (Traffic::Broadcast, 0.0, b.size, false),
+            _ => (Traffic::None, 0.0, 0, false),
+        };
+        let churn_lifetime = match plan.scenario {
+            Scenario::Churn { lifetime } => Some(lifetime),
+            _ => None,
+        };
+        let tick = if echo_rate > 0.0 {
+            TICK_PACED
+        } else {
+            TICK_DEFAULT
+        };
+        let share = plan.share(index) as u64;
+        let now = Instant::now();
+        let seed = plan.seed ^ (index as u64 + 1).wrapping_mul(0x9e37_79b9_7f4a_7c15);
+        Core {
+            index,
+            phase: shared.phase(),
+            conns: Slab::new(),
+            next_gen: 1,
+            wheel: Wheel::new(WHEEL_SLOTS),
+            due: Vec::new(),
+            tick,
+            epoch: now,
+            dirty: Vec::new(),
+            starved: VecDeque::new(),
+            reopen: VecDeque::new(),
+            cancels: Vec::new(),
+            out: BytesMut::new(),
+            rng: MaskGen::new(seed),
+            limits: Limits {
+                role: Role::Client,
+                message_bytes_max: plan.max_message,
+            },
+            traffic,
+            share,
+            started_new: 0,
+            rate: plan.rate / workers,
+            pace_start: now,
+            paced: 0,
+            echo_rate,
+            echo_sched: 0,
+            echo_cursor: 0,
+            echo_opcode: if text { OpCode::Text } else { OpCode::Binary },
+            template: payload::template(size),
+            run_start: now,
+            run_start_ns: payload::now_ns(),
+            churn_lifetime,
+            ticks_connect: ticks(plan.connect_timeout, tick),
+            ticks_close: ticks(plan.close_timeout, tick),
+            close_deadline: None,
+            counters: Counters::default(),
+            hists: Hists::new(
+                matches!(traffic, Traffic::Echo { .. }),
+                traffic == Traffic::Broadcast,
+            ),
+            last_publish: now,
+            plan,
+            shared,
+        }
+    }
+
+    /// Nanoseconds since the shared epoch (at least 1, so 0 can mean "never").
+    fn since_epoch_ns(&self) -> u64 {
+        (self.shared.epoch.elapsed().as_nanos() as u64).max(1)
+    }
+
+    fn now_us(&self) -> u32 {
+        self.epoch.elapsed().as_micros() as u32
+    }
+
+    fn random_u64(&mut self) -> u64 {
+        let a = u32::from_le_bytes(self.rng.next_key());
+        let b = u32::from_le_bytes(self.rng.next_key());
+        (u64::from(a) << 32) | u64::from(b)
+    }
+
+    /// The slot `owner` names, if it still holds the same attempt.
+    fn live_key(&self, owner: Owner) -> Option<usize> {
+        let key = owner.key as usize;
+        self.conns
+            .get(key)
+            .is_some_and(|c| c.gen & GEN_MASK == owner.gen)
+            .then_some(key)
+    }
+
+    fn owner(&self, key: usize) -> Owner {
+        Owner {
+            key: key as u32,
+            gen: self.conns[key].gen & GEN_MASK,
+        }
+    }
+
+    fn retry_allowed(&self) -> bool {
+        (self.plan.reconnect.is_some() || self.churn_lifetime.is_some())
+            && self.phase < Phase::Close
+    }
+
+    fn may_open_new(&self) -> bool {
+        match self.churn_lifetime {
+            Some(_) => self.phase == Phase::Run && (self.conns.len() as u64) < self.share,
+            None => self.phase == Phase::Ramp && self.started_new < self.share,
+        }
+    }
+
+    fn finished(&self) -> bool {
+        match self.phase {
+            Phase::Stop => true,
+            Phase::Close => {
+                self.conns.is_empty() || self.close_deadline.is_some_and(|d| Instant::now() >= d)
+            }
+            _ => false,
+        }
+    }
+
+    /// Moves `key` to `state`, keeping the gauges right.
+    fn set_state(&mut self, key: usize, state: State) {
+        let old = std::mem::replace(&mut self.conns[key].state, state);
+        if let Some(g) = gauge(&mut self.counters, old) {
+            *g -= 1;
+        }
+        if let Some(g) = gauge(&mut self.counters, state) {
+            *g += 1;
+        }
+    }
+
+    /// Frees a slot for good.
+    fn remove(&mut self, key: usize) {
+        let state = self.conns[key].state;
+        if let Some(g) = gauge(&mut self.counters, state) {
+            *g -= 1;
+        }
+        let c = self.conns.remove(key);
+        debug_assert!(!c.busy());
+        debug_assert_eq!(c.fd, -1);
+    }
+
+    /// Sets the slot's deadline; adds a wheel entry only when it moves earlier.
+    fn arm(&mut self, key: usize, at: u32) {
+        let owner = self.owner(key);
+        let c = &mut self.conns[key];
+        c.deadline = at;
+        if c.wheel_at == 0 || at < c.wheel_at {
+            c.wheel_at = self.wheel.schedule(owner, at);
+        }
+    }
+
+    fn mark_dirty(&mut self, key: usize) {
+        let c = &mut self.conns[key];
+        if !c.has(conn::DIRTY) {
+            c.flags |= conn::DIRTY;
+            self.dirty.push(key);
+        }
+    }
+
+    /// Appends a frame to the connection's queue; nothing goes after our close frame.
+    fn push_frame(&mut self, key: usize, frame: Bytes) {
+        let c = &mut self.conns[key];
+        if c.has(conn::CLOSE_SENT) {
+            return;
+        }
+        c.queue.push_back(frame);
+        self.mark_dirty(key);
+    }
+
+    /// Closes every socket still held (the close phase timed out, or a hard stop).
+    fn close_everything(&mut self) {
+        for (_, c) in self.conns.iter() {
+            if c.fd >= 0 {
+                let _ = connect::set_linger_reset(c.fd);
+                sys::close(c.fd);
+            }
+        }
+        self.conns.clear();
+        self.counters.releasing = 0;
+        self.counters.connecting = 0;
+        self.counters.open = 0;
+        self.counters.closing = 0;
+        self.counters.backoff = 0;
+    }
+
+    /// Copies the counters for the main thread.
+    fn publish(&mut self) {
+        self.last_publish = Instant::now();
+        self.counters.phase_seen = self.phase as u8;
+        self.counters.unstarted = match self.churn_lifetime {
+            Some(_) => 0,
+            None => self.share.saturating_sub(self.started_new),
+        };
+        if let Ok(mut slot) = self.shared.counters[self.index].lock() {
+            slot.clone_from(&self.counters);
+        }
+    }
+}
+
+/// The gauge a state is counted in, if any.
+fn gauge(counters: &mut Counters, state: State) -> Option<&mut u64> {
+    match state {
+        State::Connecting | State::Handshake => Some(&mut counters.connecting),
+        State::Open => Some(&mut counters.open),
+        State::Closing => Some(&mut counters.closing),
+        State::Backoff => Some(&mut counters.backoff),
+        State::Dead => Some(&mut counters.releasing),
+    }
+}

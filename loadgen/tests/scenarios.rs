@@ -1,0 +1,410 @@
+//! Every scenario end to end: the real node (`<repo>/target/release/ringpush`, built here
+//! if absent) and the real load generator at small scale, judged by its `--json` summary.
+//!
+//! Each test runs 2 workers, so connections spread over more than one file table, and
+//! the node with 2 shards. The tests run in parallel on two cores, so the deadlines are
+//! generous; a run takes a few seconds.
+
+use std::io::{BufRead, BufReader};
+use std::net::TcpListener;
+use std::path::{Path, PathBuf};
+use std::process::{Child, Command, Output, Stdio};
+use std::sync::mpsc;
+use std::sync::Mutex;
+use std::time::{Duration, Instant};
+
+use serde_json::Value;
+
+/// Connections per scenario.
+const N: u64 = 5000;
+/// How long the node may take to print its listening line.
+const START_WAIT: Duration = Duration::from_secs(20);
+
+/// Serialises the build of the node binary when it is missing.
+static BUILD: Mutex<()> = Mutex::new(());
+
+fn repo_root() -> PathBuf {
+    Path::new(env!("CARGO_MANIFEST_DIR"))
+        .parent()
+        .expect("loadgen/ sits in the repository")
+        .to_path_buf()
+}
+
+/// The node binary: beside the loadgen binary in the workspace's target directory (so
+/// `CARGO_TARGET_DIR` is honoured), built with `cargo build --release` if absent.
+fn node_binary() -> PathBuf {
+    let path = Path::new(env!("CARGO_BIN_EXE_ringpush-loadgen")).with_file_name("ringpush");
+    let _guard = BUILD.lock().unwrap_or_else(|e| e.into_inner());
+    if !path.exists() {
+        let cargo = std::env::var("CARGO").unwrap_or_else(|_| "cargo".into());
+        let status = Command::new(cargo)
+            .args(["build", "--release", "--bin", "ringpush"])
+            .current_dir(repo_root())
+            .status()
+            .expect("running cargo build for the node");
+        assert!(status.success(), "building the node failed");
+    }
+    path
+}
+
+/// A running node, killed on drop.
+struct Node {
+    child: Child,
+    addr: String,
+    admin: String,
+    stdout: mpsc::Receiver<String>,
+}
+
+impl Node {
+    fn start(extra: &[&str]) -> Node {
+        let mut child = Command::new(node_binary())
+            .args([
+                "--listen",
+                "127.0.0.1:0",
+                "--admin",
+                "127.0.0.1:0",
+                "--shards",
+                "2",
+                "--no-pin",
+                "--stats-interval",
+                "1s",
+            ])
+            .args(extra)
+            .stdout(Stdio::piped())
+            .stderr(Stdio::null())
+            .spawn()
+            .expect("spawning the node");
+        let (tx, rx) = mpsc::channel();
+        let stdout = child.stdout.take().expect("piped stdout");
+        std::thread::spawn(move || {
+            for line in BufReader::new(stdout).lines() {
+                let Ok(line) = line else { break };
+                if tx.send(line).is_err() {
+                    break;
+                }
+            }
+        });
+        let line = rx
+            .recv_timeout(START_WAIT)
+            .expect("the node printed no listening line");
+        let word_after = |key: &str| {
+            line.split_whitespace()
+                .skip_while(|w| *w != key)
+                .nth(1)
+                .map(str::to_string)
+        };
+        let addr = word_after("on").unwrap_or_else(|| panic!("unexpected first line: {line}"));
+        let admin = word_after("admin").unwrap_or_else(|| panic!("no admin address: {line}"));
+        Node {
+            child,
+            addr,
+            admin,
+            stdout: rx,
+        }
+    }
+
+    /// Waits for a stats line whose `open=` is 0, printed after this call.
+    fn wait_all_closed(&self, within: Duration) -> bool {
+        let deadline = Instant::now() + within;
+        while let Some(left) = deadline.checked_duration_since(Instant::now()) {
+            match self.stdout.recv_timeout(left) {
+                Ok(line) if line.starts_with("stats") && line.contains(" open=0 ") => return true,
+                Ok(_) => {}
+                Err(_) => return false,
+            }
+        }
+        false
+    }
+}
+
+impl Drop for Node {
+    fn drop(&mut self) {
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+    }
+}
+
+/// Runs the load generator with `args` (plus `--json --workers 2 --no-pin`) and returns
+/// its exit code and JSON summary.
+fn loadgen(args: &[&str]) -> (Option<i32>, Value, Output) {
+    let output = Command::new(env!("CARGO_BIN_EXE_ringpush-loadgen"))
+        .args(args)
+        .args([
+            "--json",
+            "--workers",
+            "2",
+            "--no-pin",
+            "--connect-timeout",
+            "20s",
+        ])
+        .output()
+        .expect("running ringpush-loadgen");
+    let stdout = String::from_utf8_lossy(&output.stdout);
+    let last = stdout.lines().last().unwrap_or_default();
+    let summary: Value = serde_json::from_str(last).unwrap_or_else(|e| {
+        panic!(
+            "no JSON summary ({e}); stdout:\n{stdout}\nstderr:\n{}",
+            String::from_utf8_lossy(&output.stderr)
+        )
+    });
+    (output.status.code(), summary, output)
+}
+
+fn assert_clean(code: Option<i32>, s: &Value, output: &Output) {
+    let context = || {
+        format!(
+            "summary: {s}\nstderr:\n{}",
+            String::from_utf8_lossy(&output.stderr)
+        )
+    };
+    assert_eq!(s["errors"], 0, "{}", context());
+    assert_eq!(s["connect_failures_total"], 0, "{}", context());
+    assert_eq!(s["protocol_errors"], serde_json::json!({}), "{}", context());
+    assert_eq!(s["closed_by_server"], 0, "{}", context());
+    assert_eq!(s["dropped"], 0, "{}", context());
+    assert_eq!(code, Some(0), "{}", context());
+}
+
+/// A port on which nothing listens (bound, read, released).
+fn closed_port() -> u16 {
+    let listener = TcpListener::bind("127.0.0.1:0").expect("binding an ephemeral port");
+    listener.local_addr().expect("local address").port()
+}
+
+#[test]
+fn connect_opens_holds_and_closes_every_connection() {
+    let node = Node::start(&[]);
+    let (code, s, out) = loadgen(&[
+        "connect",
+        "--addr",
+        &node.addr,
+        "-n",
+        &N.to_string(),
+        "--duration",
+        "1s",
+    ]);
+    assert_clean(code, &s, &out);
+    assert_eq!(s["scenario"], "connect");
+    assert_eq!(s["connected"], N);
+    assert_eq!(s["upgrades"], N);
+    assert_eq!(s["handshake_status"]["101"], N);
+    assert_eq!(s["closed_clean"], N);
+    assert_eq!(s["close_codes_received"]["1000"], N);
+    assert_eq!(s["latency_us"]["connect"]["count"], N);
+    assert!(s["connects_per_s"].as_f64().unwrap_or(0.0) > 0.0, "{s}");
+    let stdout = String::from_utf8_lossy(&out.stdout);
+    assert!(
+        stdout.contains("Percentile TotalCount"),
+        "no spectrum: {stdout}"
+    );
+    assert!(
+        stdout.lines().any(|l| l.starts_with("summary ")),
+        "no summary line"
+    );
+}
+
+#[test]
+fn echo_answers_every_message_in_order() {
+    let node = Node::start(&[]);
+    let (code, s, out) = loadgen(&[
+        "echo",
+        "--url",
+        &format!("ws://{}/echo", node.addr),
+        "-n",
+        &N.to_string(),
+        "--msg-rate",
+        "20000",
+        "--size",
+        "64",
+        "--duration",
+        "2s",
+    ]);
+    assert_clean(code, &s, &out);
+    assert_eq!(s["connected"], N);
+    let sent = s["messages_sent"].as_u64().unwrap_or(0);
+    assert!(sent > 20_000, "too few messages: {s}");
+    assert_eq!(s["messages_received"], sent, "{s}");
+    assert_eq!(s["unanswered"], 0);
+    assert_eq!(s["missing"], 0);
+    assert_eq!(s["out_of_order"], 0);
+    assert_eq!(s["duplicates"], 0);
+    assert_eq!(s["latency_us"]["rtt"]["count"], sent);
+}
+
+#[test]
+fn echo_closed_loop_with_text_frames() {
+    let node = Node::start(&[]);
+    let (code, s, out) = loadgen(&[
+        "echo",
+        "--addr",
+        &node.addr,
+        "-n",
+        "500",
+        "--msg-rate",
+        "0",
+        "--pipeline",
+        "4",
+        "--text",
+        "--size",
+        "40",
+        "--duration",
+        "1s",
+    ]);
+    assert_clean(code, &s, &out);
+    let sent = s["messages_sent"].as_u64().unwrap_or(0);
+    assert!(sent >= 2000, "{s}");
+    assert_eq!(s["messages_received"], sent);
+    assert_eq!(s["bad_payload"], 0);
+}
+
+#[test]
+fn churn_opens_and_closes_without_leaks() {
+    let node = Node::start(&[]);
+    let (code, s, out) = loadgen(&[
+        "churn",
+        "--addr",
+        &node.addr,
+        "-n",
+        "1000",
+        "--rate",
+        "2500",
+        "--lifetime",
+        "200ms",
+        "--duration",
+        "2s",
+    ]);
+    assert_clean(code, &s, &out);
+    let opened = s["opened"].as_u64().unwrap_or(0);
+    assert!(opened > 1000, "too little churn: {s}");
+    assert_eq!(s["closed"], opened, "{s}");
+    assert_eq!(s["failed"], 0);
+    assert!(
+        node.wait_all_closed(Duration::from_secs(10)),
+        "the node still holds connections after the churn"
+    );
+    // Abortive churn: resets instead of close handshakes.
+    let (code, s, out) = loadgen(&[
+        "churn",
+        "--addr",
+        &node.addr,
+        "-n",
+        "500",
+        "--rate",
+        "2000",
+        "--lifetime",
+        "100ms",
+        "--close",
+        "abort",
+        "--duration",
+        "1s",
+    ]);
+    assert_clean(code, &s, &out);
+    assert_eq!(s["closed_abort"], s["opened"]);
+    assert!(node.wait_all_closed(Duration::from_secs(10)));
+}
+
+#[test]
+fn broadcast_through_the_admin_api_delivers_each_message_once_in_order() {
+    let node = Node::start(&[]);
+    let (code, s, out) = loadgen(&[
+        "broadcast",
+        "--addr",
+        &node.addr,
+        "--admin",
+        &node.admin,
+        "--channel",
+        "loadgen-test",
+        "-n",
+        &N.to_string(),
+        "--msg-rate",
+        "20",
+        "--size",
+        "64",
+        "--duration",
+        "2s",
+    ]);
+    assert_clean(code, &s, &out);
+    let published = s["publish"]["published"].as_u64().unwrap_or(0);
+    assert!(published >= 10, "{s}");
+    assert_eq!(s["publish"]["acked"], published);
+    assert_eq!(s["publish"]["last_subscribers"], N);
+    assert_eq!(s["messages_received"], published * N, "{s}");
+    assert_eq!(s["missing"], 0);
+    assert_eq!(s["out_of_order"], 0);
+    assert_eq!(s["duplicates"], 0);
+    assert_eq!(s["latency_us"]["delivery"]["count"], published * N);
+}
+
+#[test]
+fn broadcast_through_a_client_publisher() {
+    let node = Node::start(&["--client-publish"]);
+    let (code, s, out) = loadgen(&[
+        "broadcast",
+        "--addr",
+        &node.addr,
+        "--publisher",
+        "client",
+        "--channel",
+        "loadgen-client",
+        "-n",
+        "1000",
+        "--count",
+        "50",
+        "--msg-rate",
+        "100",
+        "--size",
+        "16",
+    ]);
+    assert_clean(code, &s, &out);
+    assert_eq!(s["publish"]["published"], 50);
+    assert_eq!(s["messages_received"], 50 * 1000, "{s}");
+    assert_eq!(s["missing"], 0);
+    assert_eq!(s["out_of_order"], 0);
+}
+
+#[test]
+fn failures_are_counted_and_fail_the_run() {
+    let port = closed_port();
+    let (code, s, _) = loadgen(&[
+        "connect",
+        "--addr",
+        &format!("127.0.0.1:{port}"),
+        "-n",
+        "50",
+        "--duration",
+        "0s",
+    ]);
+    assert_eq!(code, Some(1), "{s}");
+    assert_eq!(s["connect_failures"]["refused"], 50);
+    assert_eq!(s["connected"], 0);
+    assert_eq!(s["errors"], 50);
+    // Within --max-errors the same run passes.
+    let (code, _, _) = loadgen(&[
+        "connect",
+        "--addr",
+        &format!("127.0.0.1:{port}"),
+        "-n",
+        "50",
+        "--duration",
+        "0s",
+        "--max-errors",
+        "50",
+    ]);
+    assert_eq!(code, Some(0));
+    // A path the node does not serve: every handshake is refused with 404.
+    let node = Node::start(&[]);
+    let (code, s, _) = loadgen(&[
+        "connect",
+        "--addr",
+        &node.addr,
+        "--path",
+        "/nowhere",
+        "-n",
+        "100",
+        "--duration",
+        "0s",
+    ]);
+    assert_eq!(code, Some(1));
+    assert_eq!(s["handshake_status"]["404"], 100);
+    assert_eq!(s["connect_failures"]["handshake_status"], 100);
+}
