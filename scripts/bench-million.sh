@@ -37,19 +37,13 @@ SHARDS=${SHARDS:-$((N / PER_TABLE + 1))}
 WORKERS=${WORKERS:-$SHARDS}
 
 NODE=$ROOT/target/release/ringpush
-LOADGEN=$ROOT/loadgen/target/release/ringpush-loadgen
-[[ -x $LOADGEN ]] || LOADGEN=$ROOT/target/release/ringpush-loadgen
+LOADGEN=$ROOT/target/release/ringpush-loadgen
 
 say() { echo "bench-million: $*"; }
 
-if [[ ! -x $NODE ]]; then
-    say "building the node (cargo build --release)"
-    cargo build --release --bin ringpush
-fi
-if [[ ! -x $LOADGEN ]]; then
-    say "building the load generator (loadgen/: cargo build --release)"
-    (cd loadgen && cargo build --release)
-    LOADGEN=$ROOT/loadgen/target/release/ringpush-loadgen
+if [[ ! -x $NODE || ! -x $LOADGEN ]]; then
+    say "building the node and the load generator (cargo build --release --workspace)"
+    cargo build --release --workspace --bins
 fi
 
 RUN_DIR=benches/runs/$(date +%Y-%m-%d)-$(hostname)
@@ -90,8 +84,11 @@ BLOCK=$(( ($(date +%s) / 60) % 100 * 2 + 20 ))
 SRC1="127.$BLOCK.0.1-127.$BLOCK.0.254"
 SRC2="127.$((BLOCK + 1)).0.1-127.$((BLOCK + 1)).0.254"
 
-NODE_ARGS=(--listen "127.0.0.1:$PORT" --admin "127.0.0.1:$ADMIN_PORT" --shards "$SHARDS"
-    --recv-buffers 16 --recv-buffer-bytes 4KiB --stats-interval 10s)
+# --no-pin: taskset decides the CPU; the node's own pinning would spread shards over cores.
+# Small rings and buffer rings: these are fixed costs per shard, and there are ~53 shards.
+NODE_ARGS=(--listen "127.0.0.1:$PORT" --admin "127.0.0.1:$ADMIN_PORT" --shards "$SHARDS" --no-pin
+    --recv-buffers 16 --recv-buffer-bytes 4KiB --sq-entries 1024 --cq-entries 8192
+    --stats-interval 10s)
 say "node: taskset -c $NODE_CPU $NODE ${NODE_ARGS[*]}"
 taskset -c "$NODE_CPU" "$NODE" "${NODE_ARGS[@]}" >"$RAW/node.out" 2>"$RAW/node.err" &
 NODE_PID=$!
@@ -111,7 +108,7 @@ sleep 1
 node_rss_idle=$(awk '/^VmRSS:/ {print $2 * 1024}' "/proc/$NODE_PID/status")
 say "node pid=$NODE_PID idle VmRSS=$node_rss_idle bytes ($((node_rss_idle / SHARDS)) per shard)"
 
-LG_COMMON=(--addr "127.0.0.1:$PORT" --admin "127.0.0.1:$ADMIN_PORT" -n "$N" --workers "$WORKERS"
+LG_COMMON=(--addr "127.0.0.1:$PORT" --admin "127.0.0.1:$ADMIN_PORT" -n "$N" --workers "$WORKERS" --no-pin
     --recv-buffers 32 --recv-buffer-bytes 4KiB --close abort --ramp-timeout 30m
     --drain-timeout 300s --connect-timeout 30s --node-pid "$NODE_PID" --json)
 

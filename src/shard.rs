@@ -961,7 +961,7 @@ impl Core {
             return;
         }
         let mut c = self.conns.remove(key);
-        for frame in c.queue.drain(..) {
+        for frame in c.queue.take_all() {
             self.retire(&frame);
         }
         sys::close(c.fd);

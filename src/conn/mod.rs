@@ -13,15 +13,14 @@
 //! - The slot is freed only when neither is set, so no completion can name a freed slot
 //!   except through a stale generation.
 
-use std::collections::VecDeque;
 use std::os::fd::RawFd;
-
-use bytes::Bytes;
 
 use crate::fanout::SessionTag;
 use crate::ws::Decoder;
 
 pub mod send;
+
+pub use send::SendQueue;
 
 /// The per-connection struct is pinned at or under this many bytes.
 pub const CONN_BYTES_MAX: usize = 128;
@@ -91,7 +90,7 @@ pub struct Conn {
     /// Bytes queued or in flight for this connection (bounded by --max-pending).
     pub queued_bytes: u32,
     /// Frames waiting for the in-flight send to finish, in order.
-    pub queue: VecDeque<Bytes>,
+    pub queue: SendQueue,
     /// Bytes in progress (None while idle).
     pub partial: Option<Box<Partial>>,
     /// Channel id on this shard (`NO_CHANNEL` when not subscribed).
@@ -119,7 +118,7 @@ impl Conn {
             last_seen: now,
             accepted_us,
             queued_bytes: 0,
-            queue: VecDeque::new(),
+            queue: SendQueue::default(),
             partial: None,
             channel: NO_CHANNEL,
             sub_slot: 0,
@@ -130,5 +129,18 @@ impl Conn {
     /// Whether `flag` is set.
     pub fn has(&self, flag: u8) -> bool {
         self.flags & flag != 0
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn a_connection_is_small() {
+        // The compile-time assertion pins the bound; this reports the figure.
+        let bytes = std::mem::size_of::<Conn>();
+        println!("size_of::<Conn>() = {bytes}");
+        assert!(bytes <= CONN_BYTES_MAX);
     }
 }
