@@ -613,7 +613,6 @@ impl Core {
             self.log(format_args!("event=refused reason=at_capacity open={open}"));
             return None;
         }
-        let _ = sys::set_nodelay(fd);
         let gen = self.next_gen;
         self.next_gen = (self.next_gen + 1) & GEN_MASK;
         if self.next_gen == 0 {

@@ -117,6 +117,9 @@ pub fn reuseport_listener(addr: &SocketAddr) -> io::Result<RawFd> {
     let setup = || -> io::Result<()> {
         set_int_opt(fd, libc::SOL_SOCKET, libc::SO_REUSEADDR, 1)?;
         set_int_opt(fd, libc::SOL_SOCKET, libc::SO_REUSEPORT, 1)?;
+        // Accepted sockets inherit TCP_NODELAY from the listener on Linux, which saves a
+        // setsockopt per accept: a push node sends small frames that must leave now.
+        set_int_opt(fd, libc::IPPROTO_TCP, libc::TCP_NODELAY, 1)?;
         let (storage, len) = sockaddr_of(addr);
         // SAFETY: `storage` outlives the call and `len` is its meaningful length.
         cvt(unsafe { libc::bind(fd, std::ptr::addr_of!(storage).cast(), len) })?;
@@ -139,11 +142,6 @@ pub fn local_addr(fd: RawFd) -> io::Result<SocketAddr> {
     // SAFETY: `storage` and `len` outlive the call; the kernel writes at most `len` bytes.
     cvt(unsafe { libc::getsockname(fd, std::ptr::addr_of_mut!(storage).cast(), &mut len) })?;
     addr_from_storage(&storage)
-}
-
-/// Disables Nagle on an accepted socket: a push node sends small frames that must leave now.
-pub fn set_nodelay(fd: RawFd) -> io::Result<()> {
-    set_int_opt(fd, libc::IPPROTO_TCP, libc::TCP_NODELAY, 1)
 }
 
 /// Closes a descriptor of this thread's file table; errors are irrelevant after the fact.
