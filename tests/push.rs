@@ -517,3 +517,28 @@ fn every_way_of_leaving_frees_the_connection() {
     assert_eq!(metric(&node, "ringpush_subscriptions{shard=\"0\"}"), 0);
     assert_eq!(metric(&node, "ringpush_subscriptions{shard=\"1\"}"), 0);
 }
+
+#[test]
+fn expect_100_continue_is_answered_before_the_body() {
+    use std::io::{Read, Write};
+    let node = Node::start(&["--shards", "1"]);
+    let mut sub = node.ws("/ws/big");
+    let body = vec![b'b'; 5000];
+    let mut s = std::net::TcpStream::connect(node.admin).unwrap();
+    s.set_read_timeout(Some(util::WAIT)).unwrap();
+    let head = format!(
+        "POST /publish/big HTTP/1.1\r\nHost: a\r\nContent-Length: {}\r\n\
+         Expect: 100-continue\r\nConnection: close\r\n\r\n",
+        body.len()
+    );
+    s.write_all(head.as_bytes()).unwrap();
+    let mut interim = [0u8; 25];
+    s.read_exact(&mut interim).unwrap();
+    assert_eq!(&interim, b"HTTP/1.1 100 Continue\r\n\r\n");
+    s.write_all(&body).unwrap();
+    let mut rest = Vec::new();
+    s.read_to_end(&mut rest).unwrap();
+    let resp = util::parse_response(&rest);
+    assert_eq!(resp.status, 200);
+    assert_eq!(sub.recv(), Msg::Binary(body));
+}

@@ -43,21 +43,23 @@ pub enum State {
 }
 
 /// A multishot recv is armed for this connection.
-pub const RECV_ARMED: u8 = 1 << 0;
+pub const RECV_ARMED: u16 = 1 << 0;
 /// A send is in the kernel.
-pub const SEND_INFLIGHT: u8 = 1 << 1;
+pub const SEND_INFLIGHT: u16 = 1 << 1;
 /// We queued a close frame (or an HTTP refusal): nothing else is queued after it.
-pub const CLOSE_SENT: u8 = 1 << 2;
+pub const CLOSE_SENT: u16 = 1 << 2;
 /// The peer's close frame arrived: its further bytes are ignored.
-pub const CLOSE_RECEIVED: u8 = 1 << 3;
+pub const CLOSE_RECEIVED: u16 = 1 << 3;
 /// Send FIN once the queue drains.
-pub const FIN_AFTER_FLUSH: u8 = 1 << 4;
+pub const FIN_AFTER_FLUSH: u16 = 1 << 4;
 /// A ping is out and unanswered.
-pub const PING_OUT: u8 = 1 << 5;
+pub const PING_OUT: u16 = 1 << 5;
 /// Listed in the shard's dirty list (a flush is due after this batch).
-pub const DIRTY: u8 = 1 << 6;
+pub const DIRTY: u16 = 1 << 6;
 /// The upgrade completed: bytes are WebSocket frames.
-pub const UPGRADED: u8 = 1 << 7;
+pub const UPGRADED: u16 = 1 << 7;
+/// Admin connection: `100 Continue` was sent for the request in progress.
+pub const CONTINUE_SENT: u16 = 1 << 8;
 
 /// Bytes in progress that do not fit in the provided receive buffer they arrived in.
 pub enum Partial {
@@ -76,7 +78,7 @@ pub struct Conn {
     /// Life-cycle state.
     pub state: State,
     /// Bit flags (`RECV_ARMED`, `SEND_INFLIGHT`, ...).
-    pub flags: u8,
+    pub flags: u16,
     /// The route the connection upgraded on (index into the shard's routes).
     pub route: u8,
     /// Tick at which the connection's timer must act (`timer::NEVER` when none).
@@ -127,7 +129,7 @@ impl Conn {
     }
 
     /// Whether `flag` is set.
-    pub fn has(&self, flag: u8) -> bool {
+    pub fn has(&self, flag: u16) -> bool {
         self.flags & flag != 0
     }
 }
