@@ -15,7 +15,9 @@
 # Environment (defaults in brackets): N [1000000], HOLD [60s], SUSTAIN [60s],
 # SUSTAIN_DELIVERIES [100000], SHARDS [N/(nofile-1000)+1], WORKERS [SHARDS], PORT [18400],
 # ADMIN_PORT [18401], NODE_CPU [0], LOADGEN_CPU [1], FORCE [0: refuse when memory looks short],
-# SKIP_SUSTAINED [0].
+# NETNS [0: 1 runs everything in a fresh network namespace whose TCP established-connection
+# hash has EHASH [4194304] buckets; the host's, sized at boot (262144 here), holds 2M sockets
+# in chains of 8 and slows every lookup as the ramp fills it], SKIP_SUSTAINED [0], NODE_EXTRA [none: extra node flags, e.g. "--ping-interval 120s"].
 set -euo pipefail
 cd "$(dirname "$0")/.."
 ROOT=$(pwd)
@@ -40,6 +42,21 @@ NODE=$ROOT/target/release/ringpush
 LOADGEN=$ROOT/target/release/ringpush-loadgen
 
 say() { echo "bench-million: $*"; }
+
+if [[ ${NETNS:-0} == 1 && -z ${RINGPUSH_BENCH_IN_NETNS:-} ]]; then
+    ns=ringpush-bench-$$
+    EHASH=${EHASH:-4194304}
+    say "running inside network namespace $ns: net.ipv4.tcp_child_ehash_entries=$EHASH"
+    sysctl -qw net.ipv4.tcp_child_ehash_entries="$EHASH"
+    ip netns add "$ns"
+    trap 'ip netns del "$ns"' EXIT
+    ip netns exec "$ns" ip link set lo up
+    ip netns exec "$ns" sysctl -qw net.core.somaxconn=65535 net.ipv4.tcp_max_syn_backlog=65535 \
+        "net.ipv4.ip_local_port_range=10000 65535"
+    say "namespace ehash: $(ip netns exec "$ns" sysctl -n net.ipv4.tcp_ehash_entries)"
+    RINGPUSH_BENCH_IN_NETNS=1 ip netns exec "$ns" "$0" "$@"
+    exit $?
+fi
 
 if [[ ! -x $NODE || ! -x $LOADGEN ]]; then
     say "building the node and the load generator (cargo build --release --workspace)"
@@ -89,6 +106,8 @@ SRC2="127.$((BLOCK + 1)).0.1-127.$((BLOCK + 1)).0.254"
 NODE_ARGS=(--listen "127.0.0.1:$PORT" --admin "127.0.0.1:$ADMIN_PORT" --shards "$SHARDS" --no-pin
     --recv-buffers 16 --recv-buffer-bytes 4KiB --sq-entries 1024 --cq-entries 8192
     --stats-interval 10s)
+# shellcheck disable=SC2206 # NODE_EXTRA is a list of flags, split on purpose.
+NODE_ARGS+=(${NODE_EXTRA:-})
 say "node: taskset -c $NODE_CPU $NODE ${NODE_ARGS[*]}"
 taskset -c "$NODE_CPU" "$NODE" "${NODE_ARGS[@]}" >"$RAW/node.out" 2>"$RAW/node.err" &
 NODE_PID=$!
