@@ -385,10 +385,17 @@ impl Shard {
                 sys::close(fd);
             }
         }
+        let mut rang = false;
         for (target, ring) in core.doorbells.iter_mut().enumerate() {
             if std::mem::take(ring) {
                 self.ring.msg_ring(core.peers.ring_fds[target], 1, 0);
+                rang = true;
             }
+        }
+        if rang {
+            // Other shards (the admin shard waiting for a publish count) act on these now,
+            // not after this batch's sends have been queued and submitted.
+            self.ring.submit_now();
         }
         // Re-arm starved receives a few at a time, oldest first, so a burst does not turn
         // into an ENOBUFS storm.

@@ -323,6 +323,13 @@ impl Ring {
         self.push(entry);
     }
 
+    /// Hands every queued SQE to the kernel now, without waiting (used so that replies and
+    /// doorbells leave before a long run of sends is queued behind them).
+    pub fn submit_now(&mut self) {
+        self.flush_backlog();
+        let _ = self.ring.submit();
+    }
+
     /// Submits everything queued and waits for at least one completion. EINTR is retried;
     /// EBUSY (CQ overflowed) returns at once so the caller reaps first.
     pub fn submit_and_wait(&mut self) -> io::Result<()> {
