@@ -120,7 +120,10 @@ impl Core {
         }
         // An empty queue takes any frame (up to --max-message), so the bound is
         // --max-pending plus one message and a message as large as allowed always fits.
-        if c.queued_bytes == 0 || c.queued_bytes as usize + frame.len() <= self.cfg.max_pending {
+        // Each queued frame also costs its 32-byte `Bytes` handle, which counts too: a
+        // backlog of tiny frames is bounded by memory, not only by payload bytes.
+        let pending = c.queued_bytes as usize + c.queue.len() * std::mem::size_of::<Bytes>();
+        if c.queued_bytes == 0 || pending + frame.len() <= self.cfg.max_pending {
             self.push_frame(key, frame);
             return Queued::Yes;
         }
