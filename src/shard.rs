@@ -151,34 +151,18 @@ struct Shard {
 impl Shard {
     fn start(setup: Setup) -> Result<Shard, String> {
         let i = setup.index;
-        if let Some(core) = setup.core {
-            if !core_affinity::set_for_current(core) {
-                crate::elog!("ringpush shard={i} warn=pin_failed core={}", core.id);
-            }
-        }
-        sys::unshare_file_table()
-            .map_err(|e| format!("shard {i}: unshare(CLONE_FILES) failed: {e}"))?;
-        for fd in &setup.foreign_fds {
-            sys::close(*fd);
-        }
-        let mut ring = setup.ring;
-        ring.enable()
-            .map_err(|e| format!("shard {i}: enabling the io_uring failed: {e}"))?;
         let cfg = setup.cfg;
-        let buf_bytes = u32::try_from(cfg.recv_buffer_bytes)
-            .map_err(|_| "--recv-buffer-bytes too large".to_string())?;
-        ring.register_buffers(cfg.recv_buffers, buf_bytes)
-            .map_err(|e| {
-                format!(
-                    "shard {i}: registering {} provided buffers of {} bytes failed: {e} \
-                 (--recv-buffers must be a power of two ≤ 32768; kernel ≥ 5.19)",
-                    cfg.recv_buffers, cfg.recv_buffer_bytes
-                )
-            })?;
-        if !ring.bufs().incremental() {
-            crate::elog!(
-                "ringpush shard={i} note=buffer_ring_whole_buffers (kernel lacks IOU_PBUF_RING_INC)"
-            );
+        let mut ring = setup.ring;
+        // Closed after the unshare `adopt` does: they are the other shards' listeners.
+        let foreign_fds = setup.foreign_fds;
+        ring.adopt(
+            &format!("ringpush shard {i}"),
+            setup.core,
+            cfg.recv_buffers,
+            cfg.recv_buffer_bytes,
+        )?;
+        for fd in &foreign_fds {
+            sys::close(*fd);
         }
         let core = Core::new(
             &setup.kind,

@@ -194,6 +194,40 @@ impl Ring {
         self.ring.submitter().register_enable_rings()
     }
 
+    /// Makes the calling thread this ring's driver, as every shard and load generator worker
+    /// does at start: pins it to `core` (a warning if that fails), gives it its own file
+    /// table, enables the ring for it (single issuer) and registers `count` provided buffers
+    /// of `buf_bytes`. `who` names the thread in errors (`"shard 3"`).
+    pub fn adopt(
+        &mut self,
+        who: &str,
+        core: Option<core_affinity::CoreId>,
+        count: u16,
+        buf_bytes: usize,
+    ) -> Result<(), String> {
+        if let Some(core) = core {
+            if !core_affinity::set_for_current(core) {
+                crate::elog!("{who}: warn=pin_failed core={}", core.id);
+            }
+        }
+        sys::unshare_file_table()
+            .map_err(|e| format!("{who}: unshare(CLONE_FILES) failed: {e}"))?;
+        self.enable()
+            .map_err(|e| format!("{who}: enabling the io_uring failed: {e}"))?;
+        let bytes =
+            u32::try_from(buf_bytes).map_err(|_| format!("{who}: receive buffers too large"))?;
+        self.register_buffers(count, bytes).map_err(|e| {
+            format!(
+                "{who}: registering {count} provided buffers of {buf_bytes} bytes failed: {e} \
+                 (the count must be a power of two ≤ 32768; kernel ≥ 5.19)"
+            )
+        })?;
+        if !self.bufs().incremental() {
+            crate::elog!("{who}: note=buffer_ring_whole_buffers (kernel lacks IOU_PBUF_RING_INC)");
+        }
+        Ok(())
+    }
+
     /// Registers the shard's provided-buffer ring as group 0.
     pub fn register_buffers(&mut self, count: u16, buf_bytes: u32) -> io::Result<()> {
         let bufs = BufRing::register(&self.ring.submitter(), 0, count, buf_bytes)?;

@@ -190,32 +190,18 @@ struct Worker {
 impl Worker {
     fn start(setup: Setup) -> Result<Worker, String> {
         let i = setup.index;
-        if let Some(core) = setup.core {
-            if !core_affinity::set_for_current(core) {
-                eprintln!(
-                    "ringpush-loadgen worker={i} warn=pin_failed core={}",
-                    core.id
-                );
-            }
-        }
-        sys::unshare_file_table()
-            .map_err(|e| format!("worker {i}: unshare(CLONE_FILES) failed: {e}"))?;
         let plan = setup.plan;
         let ring_cfg = RingConfig {
             sq_entries: plan.sq_entries,
             cq_entries: plan.cq_entries,
         };
         let mut ring = Ring::new(&ring_cfg).map_err(|e| format!("worker {i}: {e}"))?;
-        ring.enable()
-            .map_err(|e| format!("worker {i}: enabling the io_uring failed: {e}"))?;
-        ring.register_buffers(plan.recv_buffers, plan.recv_buffer_bytes)
-            .map_err(|e| {
-                format!(
-                    "worker {i}: registering {} provided buffers of {} bytes failed: {e} \
-                     (--recv-buffers must be a power of two ≤ 32768; kernel ≥ 5.19)",
-                    plan.recv_buffers, plan.recv_buffer_bytes
-                )
-            })?;
+        ring.adopt(
+            &format!("ringpush-loadgen worker {i}"),
+            setup.core,
+            plan.recv_buffers,
+            plan.recv_buffer_bytes as usize,
+        )?;
         let mut core = Core::new(i, plan, setup.shared);
         // The main thread judges the ramp from published gauges: publish before it looks.
         core.publish();
