@@ -20,6 +20,7 @@ pub mod fanout;
 pub mod http;
 pub mod metrics;
 pub mod node;
+pub mod reactor;
 pub mod ring;
 pub mod route;
 pub mod shard;

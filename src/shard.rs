@@ -125,21 +125,12 @@ pub fn spawn(
         ShardKind::Client => format!("ringpush-shard-{}", setup.index),
         ShardKind::Admin => "ringpush-admin".to_string(),
     };
-    std::thread::Builder::new()
-        .name(name)
-        .spawn(move || {
-            let mut shard = match Shard::start(setup) {
-                Ok(shard) => shard,
-                Err(e) => {
-                    let _ = ready.send(Err(e));
-                    return None;
-                }
-            };
-            let _ = ready.send(Ok(()));
-            drop(ready);
-            Some(shard.run())
-        })
-        .expect("spawning a shard thread")
+    crate::reactor::spawn(
+        name,
+        ready,
+        move || Shard::start(setup),
+        |mut shard| shard.run(),
+    )
 }
 
 struct Shard {

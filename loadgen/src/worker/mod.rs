@@ -164,21 +164,12 @@ pub fn spawn(
     ready: mpsc::Sender<Result<(), String>>,
 ) -> std::thread::JoinHandle<Option<Report>> {
     let name = format!("loadgen-worker-{}", setup.index);
-    std::thread::Builder::new()
-        .name(name)
-        .spawn(move || {
-            let mut worker = match Worker::start(setup) {
-                Ok(worker) => worker,
-                Err(e) => {
-                    let _ = ready.send(Err(e));
-                    return None;
-                }
-            };
-            let _ = ready.send(Ok(()));
-            drop(ready);
-            Some(worker.run())
-        })
-        .expect("spawning a worker thread")
+    ringpush::reactor::spawn(
+        name,
+        ready,
+        move || Worker::start(setup),
+        |mut worker| worker.run(),
+    )
 }
 
 struct Worker {
