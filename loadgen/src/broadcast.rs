@@ -30,7 +30,9 @@ use crate::report::PublishReport;
 use crate::worker::{Phase, Shared};
 
 /// Longest wait for the admin API or the publishing WebSocket to answer.
-const IO_TIMEOUT: Duration = Duration::from_secs(10);
+// Generous: a publish to a million subscribers is answered after every shard has queued
+// it, which takes seconds on a small box.
+const IO_TIMEOUT: Duration = Duration::from_secs(60);
 /// The pacing loop looks at the phase at least this often.
 const PHASE_POLL: Duration = Duration::from_millis(20);
 /// Largest admin response head or body accepted.
@@ -144,7 +146,14 @@ impl AdminSink {
         // a fresh one before counting an error.
         let reused = self.stream.is_some();
         let mut result = self.round_trip(body);
-        if result.is_err() && reused {
+        // Only a connection that failed before the node could have acted is retried: after
+        // a timeout the publish may well have gone out, and sending it again would deliver
+        // it twice.
+        let timed_out = matches!(
+            &result,
+            Err(e) if matches!(e.kind(), io::ErrorKind::TimedOut | io::ErrorKind::WouldBlock)
+        );
+        if result.is_err() && reused && !timed_out {
             self.stream = None;
             result = self.round_trip(body);
         }
