@@ -404,3 +404,38 @@ fn a_client_that_never_reads_is_closed_with_1008_past_max_pending() {
     assert!(echoes < 512, "the node queued everything: {echoes}");
     node.expect_log("event=slow_consumer");
 }
+
+#[test]
+fn a_starved_buffer_ring_loses_no_data() {
+    // Two 4 KiB receive buffers for 40 clients sending 64 KiB each at once: receives end
+    // with ENOBUFS and are re-armed a few at a time; every byte must still arrive in order.
+    let mut node = Node::start(&[
+        "--shards",
+        "1",
+        "--recv-buffers",
+        "2",
+        "--recv-buffer-bytes",
+        "4KiB",
+    ]);
+    let mut clients: Vec<Client> = (0..40).map(|_| node.ws("/echo")).collect();
+    let payloads: Vec<Vec<u8>> = (0..40u32)
+        .map(|i| (0..64 * 1024u32).map(|j| (i * 7 + j) as u8).collect())
+        .collect();
+    for (c, p) in clients.iter_mut().zip(&payloads) {
+        c.send(OpCode::Binary, p);
+    }
+    for (c, p) in clients.iter_mut().zip(&payloads) {
+        assert_eq!(c.recv(), Msg::Binary(p.clone()));
+    }
+    // The starvation really happened (else this test would prove nothing).
+    drop(clients);
+    node.signal(2);
+    let (code, out) = node.wait_exit(Duration::from_secs(15));
+    assert_eq!(code, 0);
+    let enobufs: u64 = out
+        .split_whitespace()
+        .find_map(|w| w.strip_prefix("enobufs="))
+        .and_then(|n| n.parse().ok())
+        .unwrap_or_else(|| panic!("no enobufs figure in {out}"));
+    assert!(enobufs > 0, "the buffer ring never ran dry: {out}");
+}
