@@ -439,3 +439,25 @@ fn a_starved_buffer_ring_loses_no_data() {
         .unwrap_or_else(|| panic!("no enobufs figure in {out}"));
     assert!(enobufs > 0, "the buffer ring never ran dry: {out}");
 }
+
+#[test]
+fn a_refused_ring_setup_is_a_clear_error_not_a_panic() {
+    let out = std::process::Command::new(env!("CARGO_BIN_EXE_ringpush"))
+        .args([
+            "--listen",
+            "127.0.0.1:0",
+            "--admin",
+            "127.0.0.1:0",
+            "--sq-entries",
+            "100000",
+        ])
+        .output()
+        .unwrap();
+    assert_eq!(out.status.code(), Some(1));
+    let err = String::from_utf8_lossy(&out.stderr);
+    assert!(
+        err.contains("io_uring setup") && err.contains("--sq-entries"),
+        "{err}"
+    );
+    assert!(!err.contains("panicked"), "{err}");
+}

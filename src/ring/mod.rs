@@ -109,7 +109,8 @@ pub struct RingConfig {
 /// Why a ring could not be set up; each variant says what to change.
 #[derive(Debug)]
 pub enum RingError {
-    /// The kernel refused SINGLE_ISSUER | DEFER_TASKRUN (needs Linux 6.1 or later).
+    /// The kernel refused the setup (EINVAL): SINGLE_ISSUER | DEFER_TASKRUN need Linux 6.1
+    /// or later, and the entry counts have kernel maxima.
     FlagsRefused(io::Error),
     /// Ring memory is locked memory: RLIMIT_MEMLOCK without CAP_IPC_LOCK is too small.
     MemoryLocked(io::Error),
@@ -122,8 +123,9 @@ impl std::fmt::Display for RingError {
         match self {
             RingError::FlagsRefused(e) => write!(
                 f,
-                "the kernel refused io_uring setup flags SINGLE_ISSUER|DEFER_TASKRUN ({e}); \
-                 ringpush needs Linux 6.1 or later"
+                "the kernel refused the io_uring setup ({e}): SINGLE_ISSUER|DEFER_TASKRUN need \
+                 Linux 6.1 or later, and rings take at most 32768 SQ / 65536 CQ entries \
+                 (--sq-entries, --cq-entries)"
             ),
             RingError::MemoryLocked(e) => write!(
                 f,

@@ -1,0 +1,237 @@
+//! A connection's protocol: the HTTP upgrade (or its refusal), then WebSocket frames through
+//! the decoder, replies, client publishes, and the peer's close.
+//!
+//! Invariants:
+//! - A request head or frame split across receives is the only thing a connection keeps
+//!   between receives (`Partial`), and only while it is incomplete.
+//! - Replies to one receive are encoded into one buffer and queued as one frame.
+
+use bytes::Bytes;
+
+use crate::conn::{self, Partial, State};
+use crate::http::handshake::{self, HandshakeError};
+use crate::route::{self, Route, RouteKind};
+use crate::shard::{CloseMode, Core};
+use crate::stats;
+use crate::ws::{frame, CloseCode, Decoder, Event, OpCode};
+
+impl Core {
+    /// Bytes arrived for `key` (unmasked in place by the decoder).
+    pub(crate) fn on_data(&mut self, key: usize, data: &mut [u8]) {
+        self.counters.bytes_in += data.len() as u64;
+        let c = &self.conns[key];
+        match c.state {
+            State::Handshake => self.on_head(key, data),
+            State::Open if c.route == RouteKind::Admin as u8 => self.on_admin(key, data),
+            State::Open | State::Closing
+                if c.has(conn::UPGRADED) && !c.has(conn::CLOSE_RECEIVED) =>
+            {
+                self.on_frames(key, data)
+            }
+            // Refused, lingering or dead: the peer's bytes no longer matter.
+            _ => {}
+        }
+    }
+
+    fn on_head(&mut self, key: usize, data: &mut [u8]) {
+        let mut slot = self.conns[key].partial.take();
+        let was_partial = slot.is_some();
+        let mut new_head = None;
+        let echo_path = &self.cfg.echo_path;
+        let buf: &mut [u8] = match slot.as_deref_mut() {
+            Some(Partial::Head(head)) => {
+                head.extend_from_slice(data);
+                head.as_mut_slice()
+            }
+            _ => data,
+        };
+        let parsed =
+            handshake::parse_request(buf, &self.hs_cfg, |path| route::route(path, echo_path));
+        match parsed {
+            Ok(None) => {
+                if !was_partial {
+                    new_head = Some(buf.to_vec());
+                }
+            }
+            Ok(Some(upgrade)) => {
+                let mut response = Vec::with_capacity(160);
+                handshake::write_switching_protocols(
+                    &mut response,
+                    &upgrade.accept,
+                    upgrade.subprotocol.as_deref(),
+                );
+                let now = self.wheel.now();
+                let elapsed = self.now_us().wrapping_sub(self.conns[key].accepted_us);
+                let _ = self.handshake_us.record(u64::from(elapsed).max(1));
+                self.counters.upgraded += 1;
+                let c = &mut self.conns[key];
+                c.state = State::Open;
+                c.flags |= conn::UPGRADED;
+                c.last_seen = now;
+                self.push_frame(key, Bytes::from(response));
+                match upgrade.route {
+                    Route::Echo => self.conns[key].route = RouteKind::Echo as u8,
+                    Route::Channel { channel, session } => {
+                        self.conns[key].route = RouteKind::Channel as u8;
+                        self.subscribe(key, &channel);
+                        if let Some((session, tab)) = session {
+                            self.bind_session(key, session, tab);
+                        }
+                    }
+                }
+                self.arm(key, now + self.ticks_ping);
+                let rest = &mut buf[upgrade.header_bytes..];
+                if !rest.is_empty() {
+                    // Pipelined frames sent right behind the request belong to the stream.
+                    self.on_frames(key, rest);
+                }
+                return;
+            }
+            Err(err) => {
+                self.refuse(key, &err);
+                return;
+            }
+        }
+        self.conns[key].partial = match new_head {
+            Some(head) => Some(Box::new(Partial::Head(head))),
+            None => slot,
+        };
+    }
+
+    fn refuse(&mut self, key: usize, err: &HandshakeError) {
+        self.counters.refused[stats::refusal_slot(err)] += 1;
+        let status = err.status();
+        self.log(format_args!(
+            "event=handshake_refused status={status} reason={}",
+            err.reason()
+        ));
+        let mut response = Vec::with_capacity(256);
+        err.write_refusal(&mut response);
+        self.push_frame(key, Bytes::from(response));
+        let c = &mut self.conns[key];
+        c.flags |= conn::CLOSE_SENT | conn::FIN_AFTER_FLUSH;
+        c.state = State::Closing;
+        let at = self.wheel.now() + self.ticks_close;
+        self.arm(key, at);
+    }
+
+    pub(crate) fn on_frames(&mut self, key: usize, data: &mut [u8]) {
+        let now = self.wheel.now();
+        let now_us = self.now_us();
+        let c = &mut self.conns[key];
+        c.last_seen = now;
+        let ping_out = c.has(conn::PING_OUT);
+        c.flags &= !conn::PING_OUT;
+        let closing = c.has(conn::CLOSE_SENT);
+        let route = RouteKind::from_u8(c.route);
+        let client_publish = self.cfg.client_publish;
+        let mut slot = c.partial.take();
+        let mut local = Decoder::default();
+        let decoder = match slot.as_deref_mut() {
+            Some(Partial::Frames(d)) => d,
+            _ => &mut local,
+        };
+        let out = &mut self.out;
+        let counters = &mut self.counters;
+        let ping_rtt = &mut self.ping_rtt_us;
+        let client_frames = &mut self.client_frames;
+        let mut peer_close = None;
+        let result = decoder.feed(data, &self.limits, |event| {
+            match event {
+                Event::Text(payload) | Event::Binary(payload) => {
+                    counters.messages_in += 1;
+                    let opcode = if matches!(event, Event::Text(_)) {
+                        OpCode::Text
+                    } else {
+                        OpCode::Binary
+                    };
+                    match route {
+                        _ if closing => {}
+                        RouteKind::Echo => {
+                            frame::encode_into(out, true, opcode, payload, None);
+                            counters.messages_out += 1;
+                        }
+                        RouteKind::Channel if client_publish => {
+                            client_frames.push(frame::encode(opcode, payload));
+                        }
+                        _ => counters.client_messages_ignored += 1,
+                    }
+                }
+                Event::Ping(payload) => {
+                    if !closing {
+                        frame::encode_into(out, true, OpCode::Pong, payload, None);
+                    }
+                }
+                Event::Pong(payload) => {
+                    counters.pongs_received += 1;
+                    if let (true, Ok(sent)) = (ping_out, <[u8; 8]>::try_from(payload)) {
+                        let rtt = now_us.wrapping_sub(u64::from_be_bytes(sent) as u32);
+                        let rtt = u64::from(rtt).max(1);
+                        let _ = ping_rtt.record(rtt);
+                        counters.ping_rtt.record(rtt);
+                    }
+                }
+                Event::Close(code, _reason) => {
+                    peer_close = Some(code);
+                    return std::ops::ControlFlow::Break(());
+                }
+            }
+            std::ops::ControlFlow::Continue(())
+        });
+        let idle = decoder.is_idle();
+        if slot.is_some() {
+            if idle {
+                slot = None;
+            }
+        } else if !idle {
+            slot = Some(Box::new(Partial::Frames(local)));
+        }
+        self.conns[key].partial = slot;
+        if !self.out.is_empty() {
+            let replies = self.out.split().freeze();
+            self.enqueue(key, replies);
+        }
+        if !self.client_frames.is_empty() {
+            self.client_publish(key);
+        }
+        if let Err(err) = result {
+            self.counters.protocol_errors += 1;
+            let code = CloseCode::from(&err);
+            self.log(format_args!(
+                "event=protocol_error close={} error={err}",
+                code.0
+            ));
+            self.conns[key].partial = None;
+            self.close_with(key, code, "", CloseMode::Fail);
+            return;
+        }
+        if let Some(code) = peer_close {
+            self.peer_closed(key, code);
+        }
+    }
+
+    /// The peer's close frame arrived: answer it (echoing its code) unless we already sent
+    /// ours, and FIN once the answer is out.
+    fn peer_closed(&mut self, key: usize, code: Option<CloseCode>) {
+        let slot = stats::close_code_slot(code.map_or(0, |c| c.0));
+        self.counters.closes_received[slot] += 1;
+        self.leave(key);
+        let c = &mut self.conns[key];
+        c.flags |= conn::CLOSE_RECEIVED;
+        c.partial = None;
+        if !c.has(conn::CLOSE_SENT) {
+            let reply = match code {
+                Some(code) => frame::encode_close(code, ""),
+                None => frame::encode(OpCode::Close, &[]),
+            };
+            self.counters.closes_sent[slot] += 1;
+            self.push_frame(key, reply);
+            let at = self.wheel.now() + self.ticks_close;
+            self.arm(key, at);
+        }
+        let c = &mut self.conns[key];
+        c.flags |= conn::CLOSE_SENT | conn::FIN_AFTER_FLUSH;
+        c.state = State::Closing;
+        self.mark_dirty(key);
+    }
+}
