@@ -336,9 +336,10 @@ impl Hists {
     }
 }
 
-/// Records `us` (clamped to the histogram's range).
+/// Records `us` (at least 1 µs, the lowest value a histogram tells apart). The histograms
+/// grow with the largest value (see `ringpush::stats::latency_histogram`).
 pub fn record(hist: &mut Histogram<u64>, us: u64) {
-    let _ = hist.record(us.clamp(1, hist.high()));
+    let _ = hist.record(us.max(1));
 }
 
 /// What a worker hands back when it exits.
