@@ -321,8 +321,9 @@ impl Shard {
         }
         if res <= 0 {
             core.retire(&frame);
-            let errno = -res;
-            core.abort(key, format_args!("event=send_failed errno={errno}"));
+            // A send that fails means the peer reset or vanished: ordinary for a push node,
+            // counted in `aborted`, not logged.
+            core.abort(key, None);
             return;
         }
         core.counters.bytes_out += res as u64;
@@ -679,12 +680,9 @@ impl Core {
                 }
             }
             _ => {
-                let what = if res == 0 {
-                    "eof".to_string()
-                } else {
-                    format!("errno={}", -res)
-                };
-                self.abort(key, format_args!("event=peer_gone state={state:?} {what}"));
+                // A peer gone without a close frame (EOF or reset) is ordinary for a push
+                // node, phones lose their network: counted in `aborted`, not logged.
+                self.abort(key, None);
             }
         }
     }
@@ -699,7 +697,8 @@ impl Core {
     }
 
     /// An abnormal end: shut the socket down both ways (which also ends an armed recv).
-    pub(crate) fn abort(&mut self, key: usize, why: std::fmt::Arguments<'_>) {
+    /// `why` is logged when given (timeouts, drain); a peer that simply went away is not.
+    pub(crate) fn abort(&mut self, key: usize, why: Option<std::fmt::Arguments<'_>>) {
         let c = &mut self.conns[key];
         if c.state == State::Dead {
             return;
@@ -708,7 +707,7 @@ impl Core {
         sys::shutdown(c.fd, libc::SHUT_RDWR);
         c.state = State::Dead;
         self.counters.aborted += 1;
-        if upgraded {
+        if let (true, Some(why)) = (upgraded, why) {
             self.log(why);
         }
         self.leave(key);
@@ -764,7 +763,7 @@ impl Core {
                 let left = keys.len();
                 self.log(format_args!("event=drain_timeout aborting={left}"));
                 for key in keys {
-                    self.abort(key, format_args!("event=drain_abort"));
+                    self.abort(key, Some(format_args!("event=drain_abort")));
                 }
             }
         }
@@ -789,7 +788,7 @@ impl Core {
             State::Handshake => {
                 self.counters.handshake_timeouts += 1;
                 self.log(format_args!("event=handshake_timeout"));
-                self.abort(key, format_args!("event=handshake_timeout"));
+                self.abort(key, Some(format_args!("event=handshake_timeout")));
             }
             State::Open if c.route == RouteKind::Admin as u8 => {
                 let next = c.last_seen + self.ticks_idle;
@@ -831,7 +830,10 @@ impl Core {
             }
             State::Closing | State::Linger => {
                 let state = c.state;
-                self.abort(key, format_args!("event=close_timeout state={state:?}"));
+                self.abort(
+                    key,
+                    Some(format_args!("event=close_timeout state={state:?}")),
+                );
             }
             State::Dead => {}
         }
@@ -855,7 +857,7 @@ impl Core {
                     "server shutting down",
                     CloseMode::Graceful,
                 ),
-                State::Handshake => self.abort(key, format_args!("event=drain_handshake")),
+                State::Handshake => self.abort(key, Some(format_args!("event=drain_handshake"))),
                 _ => {}
             }
         }
