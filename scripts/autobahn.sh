@@ -144,7 +144,7 @@ else
     # Case group 9.* sends messages of up to 16 MiB: the limits are raised to fit them
     # (the defaults, 1 MiB, are a policy, not a conformance rule).
     "$BIN" --listen "127.0.0.1:$PORT" --admin 127.0.0.1:0 --echo-path / --shards 2 --no-pin \
-        --max-message 16MiB --max-pending 16MiB \
+        --max-message 16MiB --max-pending 16MiB --sq-entries 256 --cq-entries 2048 \
         </dev/null >"$OUT/server.log" 2>&1 &
 fi
 SERVER_PID=$!

@@ -66,6 +66,12 @@ impl Node {
                 "--shards",
                 "2",
                 "--no-pin",
+                // Small rings: ring memory is locked memory (8 MiB per user without
+                // CAP_IPC_LOCK), shared by every node and worker the tests run at once.
+                "--sq-entries",
+                "256",
+                "--cq-entries",
+                "2048",
                 "--stats-interval",
                 "1s",
             ])
@@ -134,6 +140,10 @@ fn loadgen(args: &[&str]) -> (Option<i32>, Value, Output) {
             "--workers",
             "2",
             "--no-pin",
+            "--sq-entries",
+            "256",
+            "--cq-entries",
+            "2048",
             "--connect-timeout",
             "20s",
         ])

@@ -50,6 +50,9 @@ impl Node {
                 "--stats-interval",
                 "0",
             ])
+            // Small rings: ring memory is locked memory, and without CAP_IPC_LOCK a user has
+            // 8 MiB of it for every node the tests run at once.
+            .args(["--sq-entries", "256", "--cq-entries", "2048"])
             .args(args)
             .stdout(Stdio::piped())
             .stderr(Stdio::piped())
