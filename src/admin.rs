@@ -3,9 +3,12 @@
 //! `fanout.rs` and are answered once every client shard has reported its count.
 //!
 //! Invariants:
-//! - One request per connection is in progress at a time: while a publish waits for the
-//!   shards' counts, later pipelined requests stay in the connection's buffer, so responses
-//!   go out in request order.
+//! - Pipelined requests are handled as they arrive, several publishes of one connection may
+//!   wait for their counts at once, and responses still leave in request order: each
+//!   request takes a slot in the connection's `admin_slots` queue, and only the ready slots
+//!   at its front are sent. At most `ADMIN_PIPELINE_MAX` slots wait per connection.
+//! - After a response that closes the connection (`Connection: close`, or a refusal),
+//!   nothing more is parsed or answered.
 //! - The request buffer is bounded by the parser (head cap + body cap); anything beyond is
 //!   answered with 431 or 413 and the connection is closed.
 
@@ -21,29 +24,103 @@ use crate::metrics;
 use crate::shard::Core;
 use crate::ws::{frame, OpCode};
 
+/// Requests of one admin connection answered or waiting at once, at most.
+const ADMIN_PIPELINE_MAX: usize = 64;
+
+/// One request's place in its connection's response order.
+pub(crate) enum AdminSlot {
+    /// The response, and whether the connection closes after it.
+    Ready(Bytes, bool),
+    /// A publish waiting for the shards' counts (`pending` id).
+    Waiting(u32),
+}
+
 impl Core {
     /// Bytes from an admin connection.
     pub(crate) fn on_admin(&mut self, key: usize, data: &mut [u8]) {
         let now = self.wheel.now();
+        let closing = self.admin_closing(key);
         let c = &mut self.conns[key];
         c.last_seen = now;
-        match c.partial.as_deref_mut() {
-            Some(Partial::Head(buf)) => buf.extend_from_slice(data),
-            _ => c.partial = Some(Box::new(Partial::Head(data.to_vec()))),
+        if c.has(conn::CLOSE_SENT) || closing {
+            // An answer that closes the connection is queued: later bytes are not read.
+            return;
+        }
+        let buffered = match c.partial.as_deref_mut() {
+            Some(Partial::Head(buf)) => {
+                buf.extend_from_slice(data);
+                buf.len()
+            }
+            _ => {
+                c.partial = Some(Box::new(Partial::Head(data.to_vec())));
+                data.len()
+            }
+        };
+        // Pipelined requests wait in this buffer while earlier ones are answered; bound it.
+        if buffered > 2 * (self.admin_cfg.head_bytes_max + self.admin_cfg.body_bytes_max) {
+            self.admin_refuse(key, &AdminError::BodyTooLarge);
+            return;
         }
         self.process_admin(key);
     }
 
-    /// Whether a publish of this connection is waiting for shard counts.
+    /// Whether a request of this connection still waits for its answer.
     pub(crate) fn pending_for(&self, key: usize) -> bool {
-        let owner = self.owner(key);
-        self.pending.iter().any(|(_, p)| p.owner == owner)
+        self.admin_slots.get(&key).is_some_and(|q| !q.is_empty())
+    }
+
+    /// Takes the next place in the connection's response order.
+    fn admin_slot(&mut self, key: usize, slot: AdminSlot) {
+        self.admin_slots.entry(key).or_default().push_back(slot);
+        self.admin_flush(key);
+    }
+
+    /// Sends the ready responses at the front of the connection's order.
+    fn admin_flush(&mut self, key: usize) {
+        let Some(mut slots) = self.admin_slots.remove(&key) else {
+            return;
+        };
+        while let Some(AdminSlot::Ready(..)) = slots.front() {
+            let Some(AdminSlot::Ready(response, close)) = slots.pop_front() else {
+                unreachable!("the front was just matched as ready");
+            };
+            self.push_frame(key, response);
+            if close {
+                self.end_admin(key);
+                return;
+            }
+        }
+        if !slots.is_empty() {
+            self.admin_slots.insert(key, slots);
+        }
+    }
+
+    /// Whether an answer that closes the connection is already queued.
+    fn admin_closing(&self, key: usize) -> bool {
+        match self.admin_slots.get(&key).and_then(|q| q.back()) {
+            Some(AdminSlot::Ready(_, close)) => *close,
+            Some(AdminSlot::Waiting(id)) => self
+                .pending
+                .get(*id as usize)
+                .is_some_and(|p| !p.keep_alive),
+            None => false,
+        }
+    }
+
+    /// Whether the connection takes no further requests for now: it closes after an answer
+    /// already queued, or too many answers are outstanding.
+    fn admin_saturated(&self, key: usize) -> bool {
+        self.admin_closing(key)
+            || self
+                .admin_slots
+                .get(&key)
+                .is_some_and(|q| q.len() >= ADMIN_PIPELINE_MAX)
     }
 
     /// Answers every complete request in the connection's buffer, in order.
     fn process_admin(&mut self, key: usize) {
         loop {
-            if self.pending_for(key) {
+            if self.admin_saturated(key) {
                 return;
             }
             let c = &mut self.conns[key];
@@ -133,11 +210,7 @@ impl Core {
                 }
             }
             if !response.is_empty() {
-                self.push_frame(key, Bytes::from(response));
-                if !keep_alive {
-                    self.end_admin(key);
-                    return;
-                }
+                self.admin_slot(key, AdminSlot::Ready(Bytes::from(response), !keep_alive));
             }
         }
     }
@@ -167,6 +240,7 @@ impl Core {
         } else {
             Target::Channel(name)
         };
+        self.admin_slot(key, AdminSlot::Waiting(id));
         self.publish_to_clients(Publish {
             target,
             frame,
@@ -201,8 +275,9 @@ impl Core {
         ));
         let mut response = Vec::new();
         err.write_response(&mut response);
-        self.push_frame(key, Bytes::from(response));
-        self.end_admin(key);
+        // In order, after the answers to the requests before it; then the connection closes.
+        self.conns[key].partial = None;
+        self.admin_slot(key, AdminSlot::Ready(Bytes::from(response), true));
     }
 
     /// A client shard's count for admin request `id`; the last one answers the request.
@@ -234,12 +309,15 @@ impl Core {
             p.count,
             p.keep_alive,
         );
-        self.push_frame(key, Bytes::from(response));
-        if p.keep_alive {
-            self.process_admin(key);
-        } else {
-            self.end_admin(key);
+        if let Some(slot) = self.admin_slots.get_mut(&key).and_then(|q| {
+            q.iter_mut()
+                .find(|s| matches!(s, AdminSlot::Waiting(w) if *w == id))
+        }) {
+            *slot = AdminSlot::Ready(Bytes::from(response), !p.keep_alive);
         }
+        self.admin_flush(key);
+        // Requests held back by the pipeline cap may go on now.
+        self.process_admin(key);
     }
 
     fn render_metrics(&mut self) -> String {

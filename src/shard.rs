@@ -453,6 +453,7 @@ pub(crate) struct Core {
     pub(crate) client_frames: Vec<Bytes>,
     // Admin state (admin.rs).
     pub(crate) pending: Slab<Pending>,
+    pub(crate) admin_slots: HashMap<usize, VecDeque<crate::admin::AdminSlot>>,
 }
 
 fn ticks(d: Duration) -> u32 {
@@ -527,6 +528,7 @@ impl Core {
             deliver_keys: Vec::new(),
             client_frames: Vec::new(),
             pending: Slab::new(),
+            admin_slots: HashMap::new(),
             cfg,
             shared,
         }
@@ -720,6 +722,9 @@ impl Core {
         debug_assert_eq!(c.state, State::Dead);
         if c.has(conn::RECV_ARMED) || c.has(conn::SEND_INFLIGHT) {
             return;
+        }
+        if !self.admin_slots.is_empty() {
+            self.admin_slots.remove(&key);
         }
         let mut c = self.conns.remove(key);
         for frame in c.queue.take_all() {

@@ -542,3 +542,75 @@ fn expect_100_continue_is_answered_before_the_body() {
     assert_eq!(resp.status, 200);
     assert_eq!(sub.recv(), Msg::Binary(body));
 }
+
+/// Splits a stream of HTTP/1.1 responses (each with Content-Length) into (status, body).
+fn responses(mut raw: &[u8]) -> Vec<(u16, String)> {
+    let mut out = Vec::new();
+    while !raw.is_empty() {
+        let end = raw
+            .windows(4)
+            .position(|w| w == b"\r\n\r\n")
+            .expect("a response head");
+        let head = String::from_utf8_lossy(&raw[..end]).to_string();
+        let status = head.split_whitespace().nth(1).unwrap().parse().unwrap();
+        let len: usize = head
+            .lines()
+            .find_map(|l| l.strip_prefix("Content-Length: "))
+            .map_or(0, |v| v.trim().parse().unwrap());
+        let body = String::from_utf8_lossy(&raw[end + 4..end + 4 + len]).to_string();
+        out.push((status, body));
+        raw = &raw[end + 4 + len..];
+    }
+    out
+}
+
+#[test]
+fn pipelined_admin_requests_are_answered_in_order() {
+    let node = Node::start(&["--shards", "2"]);
+    let mut subs: Vec<Client> = (0..4).map(|_| node.ws("/ws/p")).collect();
+    let mut batch = Vec::new();
+    for i in 0..20 {
+        let body = format!("m{i}");
+        batch.extend_from_slice(
+            format!(
+                "POST /publish/p HTTP/1.1\r\nHost: a\r\nContent-Type: text/plain\r\n\
+                 Content-Length: {}\r\n\r\n{body}",
+                body.len()
+            )
+            .as_bytes(),
+        );
+        if i == 10 {
+            batch.extend_from_slice(b"GET /healthz HTTP/1.1\r\nHost: a\r\n\r\n");
+        }
+    }
+    batch.extend_from_slice(b"POST /publish/nobody HTTP/1.1\r\nHost: a\r\nContent-Length: 1\r\n");
+    batch.extend_from_slice(b"Connection: close\r\n\r\nx");
+    let raw = util::http_raw_bytes(node.admin, &batch);
+    let got = responses(&raw);
+    assert_eq!(got.len(), 22, "{got:?}");
+    for (i, (status, body)) in got.iter().enumerate() {
+        assert_eq!(*status, 200, "response {i}: {body}");
+        let want = match i {
+            11 => "ok\n",
+            21 => "{\"channel\":\"nobody\",\"subscribers\":0}",
+            _ => "{\"channel\":\"p\",\"subscribers\":4}",
+        };
+        assert_eq!(body, want, "response {i}");
+    }
+    for s in &mut subs {
+        for i in 0..20 {
+            assert_eq!(s.recv(), Msg::Text(format!("m{i}")));
+        }
+    }
+    // A refusal in the middle comes after the answers before it, then the connection ends.
+    let mut batch = b"POST /publish/p HTTP/1.1\r\nHost: a\r\nContent-Length: 1\r\n\r\nx".to_vec();
+    batch.extend_from_slice(b"BREW /pot HTTP/1.1\r\n\r\n");
+    batch.extend_from_slice(b"GET /healthz HTTP/1.1\r\nHost: a\r\n\r\n");
+    let got = responses(&util::http_raw_bytes(node.admin, &batch));
+    assert_eq!(got.len(), 2, "{got:?}");
+    assert_eq!(
+        got[0],
+        (200, "{\"channel\":\"p\",\"subscribers\":4}".to_string())
+    );
+    assert_eq!(got[1].0, 400);
+}
