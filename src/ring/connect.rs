@@ -20,7 +20,7 @@ use std::os::fd::RawFd;
 use io_uring::{opcode, types};
 use slab::Slab;
 
-use super::{pack, Completion, OpKind, Owner, Ring};
+use super::{pack, sys, Completion, OpKind, Owner, Ring};
 
 /// `IP_BIND_ADDRESS_NO_PORT` (Linux 4.2): bind the address now, choose the port at connect.
 const IP_BIND_ADDRESS_NO_PORT: libc::c_int = 24;
@@ -94,52 +94,16 @@ pub(super) fn complete(connects: &mut Slab<InflightConnect>, slot: u32, res: i32
 
 impl SockAddr {
     fn new(addr: &SocketAddr) -> SockAddr {
-        let (storage, len) = super::sys::sockaddr_of(addr);
+        let (storage, len) = sys::sockaddr_of(addr);
         SockAddr { storage, len }
     }
-}
-
-fn cvt(ret: libc::c_int) -> io::Result<libc::c_int> {
-    if ret < 0 {
-        Err(io::Error::last_os_error())
-    } else {
-        Ok(ret)
-    }
-}
-
-fn set_opt<T>(fd: RawFd, level: libc::c_int, name: libc::c_int, value: T) -> io::Result<()> {
-    // SAFETY: `value` lives on this stack frame for the whole call and the length passed
-    // is its size; the kernel only reads it.
-    cvt(unsafe {
-        libc::setsockopt(
-            fd,
-            level,
-            name,
-            std::ptr::addr_of!(value).cast(),
-            std::mem::size_of::<T>() as libc::socklen_t,
-        )
-    })
-    .map(drop)
 }
 
 /// Opens a non-blocking TCP socket for a connect to `dest`, with TCP_NODELAY, bound to
 /// `source` (port chosen at connect time) when one is given. The caller owns the fd.
 pub fn client_socket(source: Option<IpAddr>, dest: &SocketAddr) -> io::Result<RawFd> {
-    let family = if dest.is_ipv4() {
-        libc::AF_INET
-    } else {
-        libc::AF_INET6
-    };
-    // SAFETY: socket(2) takes no pointers.
-    let fd = cvt(unsafe {
-        libc::socket(
-            family,
-            libc::SOCK_STREAM | libc::SOCK_NONBLOCK | libc::SOCK_CLOEXEC,
-            0,
-        )
-    })?;
-    let setup = || -> io::Result<()> {
-        set_opt(fd, libc::IPPROTO_TCP, libc::TCP_NODELAY, 1 as libc::c_int)?;
+    sys::tcp_socket(dest, |fd| {
+        sys::set_opt(fd, libc::IPPROTO_TCP, libc::TCP_NODELAY, 1 as libc::c_int)?;
         if let Some(ip) = source {
             if ip.is_ipv4() != dest.is_ipv4() {
                 return Err(io::Error::new(
@@ -147,24 +111,16 @@ pub fn client_socket(source: Option<IpAddr>, dest: &SocketAddr) -> io::Result<Ra
                     "source and destination address families differ",
                 ));
             }
-            set_opt(
+            sys::set_opt(
                 fd,
                 libc::IPPROTO_IP,
                 IP_BIND_ADDRESS_NO_PORT,
                 1 as libc::c_int,
             )?;
-            let local = SockAddr::new(&SocketAddr::new(ip, 0));
-            // SAFETY: `local` outlives the call and `len` is its meaningful length; the
-            // kernel copies the address before bind(2) returns.
-            cvt(unsafe { libc::bind(fd, std::ptr::addr_of!(local.storage).cast(), local.len) })?;
+            sys::bind(fd, &SocketAddr::new(ip, 0))?;
         }
         Ok(())
-    };
-    if let Err(e) = setup() {
-        super::sys::close(fd);
-        return Err(e);
-    }
-    Ok(fd)
+    })
 }
 
 /// Makes the final close of `fd` reset the connection (SO_LINGER with a zero timeout):
@@ -174,7 +130,7 @@ pub fn set_linger_reset(fd: RawFd) -> io::Result<()> {
         l_onoff: 1,
         l_linger: 0,
     };
-    set_opt(fd, libc::SOL_SOCKET, libc::SO_LINGER, linger)
+    sys::set_opt(fd, libc::SOL_SOCKET, libc::SO_LINGER, linger)
 }
 
 #[cfg(test)]

@@ -11,7 +11,7 @@ use std::os::fd::RawFd;
 /// Listen backlog for every shard's listener; the kernel clamps it to `somaxconn`.
 pub const LISTEN_BACKLOG: i32 = 65_535;
 
-fn cvt(ret: libc::c_int) -> io::Result<libc::c_int> {
+pub(crate) fn cvt(ret: libc::c_int) -> io::Result<libc::c_int> {
     if ret < 0 {
         Err(io::Error::last_os_error())
     } else {
@@ -79,28 +79,41 @@ fn addr_from_storage(storage: &libc::sockaddr_storage) -> io::Result<SocketAddr>
     }
 }
 
-fn set_int_opt(
+/// Sets a socket option from a value that lives on this stack frame.
+pub(crate) fn set_opt<T>(
     fd: RawFd,
     level: libc::c_int,
     name: libc::c_int,
-    value: libc::c_int,
+    value: T,
 ) -> io::Result<()> {
-    // SAFETY: `value` lives on this stack frame for the whole call.
+    // SAFETY: `value` lives on this stack frame for the whole call and the length passed is
+    // its size; the kernel only reads it.
     cvt(unsafe {
         libc::setsockopt(
             fd,
             level,
             name,
             std::ptr::addr_of!(value).cast(),
-            std::mem::size_of::<libc::c_int>() as libc::socklen_t,
+            std::mem::size_of::<T>() as libc::socklen_t,
         )
     })
     .map(drop)
 }
 
-/// Opens a non-blocking TCP listener with SO_REUSEADDR and SO_REUSEPORT on `addr`, so that
-/// every shard can own one listener on the same port and the kernel spreads connections.
-pub fn reuseport_listener(addr: &SocketAddr) -> io::Result<RawFd> {
+/// Binds `fd` to `addr`.
+pub(crate) fn bind(fd: RawFd, addr: &SocketAddr) -> io::Result<()> {
+    let (storage, len) = sockaddr_of(addr);
+    // SAFETY: `storage` outlives the call and `len` is its meaningful length; the kernel
+    // copies the address before bind(2) returns.
+    cvt(unsafe { libc::bind(fd, std::ptr::addr_of!(storage).cast(), len) }).map(drop)
+}
+
+/// Opens a non-blocking, close-on-exec TCP socket of `addr`'s family and runs `setup` on
+/// it; the socket is closed again if `setup` fails. The caller owns the returned fd.
+pub(crate) fn tcp_socket(
+    addr: &SocketAddr,
+    setup: impl FnOnce(RawFd) -> io::Result<()>,
+) -> io::Result<RawFd> {
     let family = if addr.is_ipv4() {
         libc::AF_INET
     } else {
@@ -114,24 +127,26 @@ pub fn reuseport_listener(addr: &SocketAddr) -> io::Result<RawFd> {
             0,
         )
     })?;
-    let setup = || -> io::Result<()> {
-        set_int_opt(fd, libc::SOL_SOCKET, libc::SO_REUSEADDR, 1)?;
-        set_int_opt(fd, libc::SOL_SOCKET, libc::SO_REUSEPORT, 1)?;
-        // Accepted sockets inherit TCP_NODELAY from the listener on Linux, which saves a
-        // setsockopt per accept: a push node sends small frames that must leave now.
-        set_int_opt(fd, libc::IPPROTO_TCP, libc::TCP_NODELAY, 1)?;
-        let (storage, len) = sockaddr_of(addr);
-        // SAFETY: `storage` outlives the call and `len` is its meaningful length.
-        cvt(unsafe { libc::bind(fd, std::ptr::addr_of!(storage).cast(), len) })?;
-        // SAFETY: listen(2) takes no pointers.
-        cvt(unsafe { libc::listen(fd, LISTEN_BACKLOG) })?;
-        Ok(())
-    };
-    if let Err(e) = setup() {
+    if let Err(e) = setup(fd) {
         close(fd);
         return Err(e);
     }
     Ok(fd)
+}
+
+/// Opens a non-blocking TCP listener with SO_REUSEADDR and SO_REUSEPORT on `addr`, so that
+/// every shard can own one listener on the same port and the kernel spreads connections.
+pub fn reuseport_listener(addr: &SocketAddr) -> io::Result<RawFd> {
+    tcp_socket(addr, |fd| {
+        set_opt(fd, libc::SOL_SOCKET, libc::SO_REUSEADDR, 1 as libc::c_int)?;
+        set_opt(fd, libc::SOL_SOCKET, libc::SO_REUSEPORT, 1 as libc::c_int)?;
+        // Accepted sockets inherit TCP_NODELAY from the listener on Linux, which saves a
+        // setsockopt per accept: a push node sends small frames that must leave now.
+        set_opt(fd, libc::IPPROTO_TCP, libc::TCP_NODELAY, 1 as libc::c_int)?;
+        bind(fd, addr)?;
+        // SAFETY: listen(2) takes no pointers.
+        cvt(unsafe { libc::listen(fd, LISTEN_BACKLOG) }).map(drop)
+    })
 }
 
 /// The address a socket is bound to (resolves port 0).
