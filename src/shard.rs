@@ -297,6 +297,7 @@ impl Shard {
         if res == -libc::ENOBUFS {
             core.counters.enobufs += 1;
             if core.conns[key].state != State::Dead {
+                core.conns[key].flags |= conn::STARVED;
                 core.starved.push_back(owner);
             } else {
                 core.maybe_release(key);
@@ -384,6 +385,7 @@ impl Shard {
                 continue;
             }
             let key = owner.key as usize;
+            core.conns[key].flags &= !conn::STARVED;
             if core.conns[key].state == State::Dead {
                 core.maybe_release(key);
                 continue;

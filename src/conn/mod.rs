@@ -61,6 +61,8 @@ pub const DIRTY: u16 = 1 << 6;
 pub const UPGRADED: u16 = 1 << 7;
 /// Admin connection: `100 Continue` was sent for the request in progress.
 pub const CONTINUE_SENT: u16 = 1 << 8;
+/// Listed in the shard's `starved` queue: its recv ended on ENOBUFS and waits to re-arm.
+pub const STARVED: u16 = 1 << 9;
 
 /// Bytes in progress that do not fit in the provided receive buffer they arrived in.
 pub enum Partial {

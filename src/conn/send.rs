@@ -158,7 +158,7 @@ impl Core {
                 let c = &mut self.conns[key];
                 sys::shutdown(c.fd, libc::SHUT_WR);
                 c.state = State::Linger;
-                if !c.has(conn::RECV_ARMED) && !self.starved.contains(&owner) {
+                if !c.has(conn::RECV_ARMED) && !c.has(conn::STARVED) {
                     // The peer already sent EOF: nothing left to wait for.
                     self.finish(key);
                 }
