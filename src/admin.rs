@@ -135,7 +135,7 @@ impl Core {
             };
             let (request, used) = match admin::parse(buf, &self.admin_cfg) {
                 Ok(None) => {
-                    let wants_continue = expects_continue(buf);
+                    let wants_continue = admin::expects_continue(buf);
                     let c = &mut self.conns[key];
                     c.partial = Some(part);
                     if wants_continue && !c.has(conn::CONTINUE_SENT) {
@@ -330,37 +330,5 @@ impl Core {
             }
         }
         metrics::render(&shards, self.peers.clients, self.draining.is_some())
-    }
-}
-
-/// Whether `buf` holds a complete request head that asks for `100 Continue`.
-fn expects_continue(buf: &[u8]) -> bool {
-    let Some(end) = buf.windows(4).position(|w| w == b"\r\n\r\n") else {
-        return false;
-    };
-    buf[..end].split(|&b| b == b'\n').any(|line| {
-        let line = line.strip_suffix(b"\r").unwrap_or(line);
-        let Some(colon) = line.iter().position(|&b| b == b':') else {
-            return false;
-        };
-        line[..colon].eq_ignore_ascii_case(b"expect")
-            && line[colon + 1..]
-                .trim_ascii()
-                .eq_ignore_ascii_case(b"100-continue")
-    })
-}
-
-#[cfg(test)]
-mod tests {
-    use super::*;
-
-    #[test]
-    fn expect_continue_is_recognised_only_in_a_complete_head() {
-        let head = b"POST /publish/c HTTP/1.1\r\nHost: a\r\nExpect: 100-Continue\r\n\r\n";
-        assert!(expects_continue(head));
-        assert!(!expects_continue(&head[..head.len() - 2]));
-        assert!(!expects_continue(
-            b"POST /publish/c HTTP/1.1\r\nHost: a\r\n\r\n"
-        ));
     }
 }

@@ -229,6 +229,15 @@ impl fmt::Display for AdminError {
 
 impl std::error::Error for AdminError {}
 
+/// Whether `buf` starts with a complete request head that asks for `100 Continue`
+/// (curl sends `Expect: 100-continue` for bodies over 1 KiB and waits a second for it).
+pub fn expects_continue(buf: &[u8]) -> bool {
+    let mut header_storage = [httparse::EMPTY_HEADER; HEADER_LINES_MAX];
+    let mut request = httparse::Request::new(&mut header_storage);
+    matches!(request.parse(buf), Ok(httparse::Status::Complete(_)))
+        && has_token(request.headers, "expect", b"100-continue")
+}
+
 /// Parses one request (head and body) from the start of `buf`.
 ///
 /// Returns `Ok(None)` while the head is incomplete and shorter than the cap, or while the head is
@@ -543,6 +552,16 @@ fn is_plain_key(key: &str) -> bool {
 
 #[cfg(test)]
 mod tests {
+    #[test]
+    fn expect_continue_is_recognised_only_in_a_complete_head() {
+        let head = b"POST /publish/c HTTP/1.1\r\nHost: a\r\nExpect: 100-Continue\r\n\r\n";
+        assert!(expects_continue(head));
+        assert!(!expects_continue(&head[..head.len() - 2]));
+        assert!(!expects_continue(
+            b"POST /publish/c HTTP/1.1\r\nHost: a\r\n\r\n"
+        ));
+    }
+
     use super::*;
 
     const TOKEN: &str = "s3cret-token";
