@@ -67,7 +67,7 @@ pub fn spawn(
                         sink.close();
                     }
                     Err(e) => {
-                        eprintln!("ringpush-loadgen publisher: {e}");
+                        ringpush::elog!("ringpush-loadgen publisher: {e}");
                         *report.errors.entry("connect").or_default() += 1;
                     }
                 },
@@ -190,7 +190,7 @@ impl AdminSink {
                     _ => "io",
                 };
                 if report.errors.values().sum::<u64>() == 0 {
-                    eprintln!(
+                    ringpush::elog!(
                         "ringpush-loadgen publisher: POST to {} failed: {e}",
                         self.addr
                     );
@@ -429,7 +429,7 @@ impl ClientSink {
             Ok(()) => report.acked += 1,
             Err(e) => {
                 if report.errors.values().sum::<u64>() == 0 {
-                    eprintln!("ringpush-loadgen publisher: send failed: {e}");
+                    ringpush::elog!("ringpush-loadgen publisher: send failed: {e}");
                 }
                 *report.errors.entry("io").or_default() += 1;
             }

@@ -528,7 +528,7 @@ impl Plan {
                 for host in 1..=count as u8 {
                     sources.push(IpAddr::V4(Ipv4Addr::new(127, 0, 1, host)));
                 }
-                eprintln!(
+                ringpush::elog!(
                     "ringpush-loadgen note: {} connections are more than one (source, \
                      destination) pair connects quickly (~{fast_ports} of its {ports} ports); \
                      binding sources 127.0.1.1-127.0.1.{count} (choose with --source)",
@@ -551,7 +551,7 @@ impl Plan {
                 ));
             }
             if per_source > fast_ports {
-                eprintln!(
+                ringpush::elog!(
                     "ringpush-loadgen warning: {per_source} connections per source address \
                      are past the ~{fast_ports} a (source, destination) pair connects quickly; \
                      expect slow connects late in the ramp (give more --source addresses)"

@@ -42,14 +42,14 @@ fn main() -> ExitCode {
     let plan = match Plan::from_cli(cli) {
         Ok(plan) => Arc::new(plan),
         Err(e) => {
-            eprintln!("ringpush-loadgen: {e}");
+            ringpush::elog!("ringpush-loadgen: {e}");
             return ExitCode::from(2);
         }
     };
     match run(plan) {
         Ok(code) => code,
         Err(e) => {
-            eprintln!("ringpush-loadgen: {e}");
+            ringpush::elog!("ringpush-loadgen: {e}");
             ExitCode::from(2)
         }
     }
@@ -86,7 +86,7 @@ fn run(plan: Arc<Plan>) -> Result<ExitCode, String> {
         (Some(a), _) => a.to_string(),
         _ => "kernel".to_string(),
     };
-    eprintln!(
+    ringpush::elog!(
         "ringpush-loadgen scenario={} target={} dest={} path={} workers={} sources={sources} \
          rate={} pid={}",
         plan.scenario.name(),
@@ -176,7 +176,7 @@ fn run(plan: Arc<Plan>) -> Result<ExitCode, String> {
                 let published = shared.published.load(std::sync::atomic::Ordering::Acquire);
                 line.push_str(&format!(" published={published}"));
             }
-            eprintln!("{line}");
+            ringpush::elog!("{line}");
             last_counters = sum;
         }
         if driver.phase >= Phase::Close && handles.iter().all(|h| h.is_finished()) {
@@ -199,7 +199,9 @@ fn run(plan: Arc<Plan>) -> Result<ExitCode, String> {
                 hists.add(&hs);
             }
             _ => {
-                eprintln!("ringpush-loadgen: worker {i} ended abnormally; its figures are lost");
+                ringpush::elog!(
+                    "ringpush-loadgen: worker {i} ended abnormally; its figures are lost"
+                );
                 lost_workers += 1;
             }
         }
@@ -276,7 +278,7 @@ impl Driver {
             if let Some(publisher) = self.publisher.take() {
                 match publisher.join() {
                     Ok(report) => self.publish = Some(report),
-                    Err(_) => eprintln!("ringpush-loadgen: the publisher thread panicked"),
+                    Err(_) => ringpush::elog!("ringpush-loadgen: the publisher thread panicked"),
                 }
             }
         }
@@ -294,7 +296,9 @@ impl Driver {
     fn interrupt(&mut self) {
         self.interrupts += 1;
         if self.interrupts == 1 && self.phase < Phase::Close {
-            eprintln!("ringpush-loadgen: interrupted, closing connections (again to stop now)");
+            ringpush::elog!(
+                "ringpush-loadgen: interrupted, closing connections (again to stop now)"
+            );
             self.set(Phase::Close);
         } else {
             self.set(Phase::Stop);
@@ -317,7 +321,7 @@ impl Driver {
                         return;
                     }
                     if !settled {
-                        eprintln!(
+                        ringpush::elog!(
                             "ringpush-loadgen: ramp timeout after {:?}: {} open, {} still \
                              connecting, {} backing off, {} not started",
                             self.plan.ramp_timeout,

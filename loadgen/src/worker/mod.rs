@@ -211,7 +211,7 @@ impl Worker {
                 break;
             }
             if let Err(e) = self.ring.submit_and_wait() {
-                eprintln!(
+                ringpush::elog!(
                     "ringpush-loadgen worker={} error=ring_enter {e}",
                     self.core.index
                 );
