@@ -33,9 +33,9 @@ use ringpush::ws::mask::MaskGen;
 use ringpush::ws::{Limits, OpCode, Role};
 use slab::Slab;
 
-use crate::cli::{Plan, Scenario};
 use crate::conn::{self, Conn, State};
 use crate::payload;
+use crate::plan::{Plan, Scenario};
 use crate::report::{self, Counters, Failure, Hists, Report};
 
 /// Timer tick when echo messages are paced (their schedule is per millisecond).
