@@ -14,6 +14,10 @@
 //! - [`Core`] (everything but the ring) never pushes SQEs; it records what must be
 //!   submitted (`dirty`, `starved`, `doorbells`) and the shard submits after the batch.
 //! - A connection's slot is freed only when no operation of it is in the kernel.
+//! - When the loop ends, every socket is shut down and `Ring::quiesce` cancels and reaps
+//!   everything of this shard in the kernel before any fd is closed or buffer freed.
+//! - The wheel follows the wall clock: a tick moves it by the ticks elapsed since `epoch`,
+//!   and only a tick that expired (-ETIME) moves it at all.
 //! - Nothing is queued after a connection's close frame (or HTTP refusal).
 
 use std::collections::{HashMap, VecDeque};

@@ -543,6 +543,7 @@ impl Ring {
     /// Sends `frame[offset..]` on `fd`. The frame is held by the ring until the completion,
     /// which hands it back.
     pub fn send(&mut self, fd: RawFd, owner: Owner, frame: Bytes, offset: usize) {
+        debug_assert!(!self.stopping, "nothing is armed after quiesce");
         debug_assert!(offset < frame.len());
         let len = (frame.len() - offset).min(u32::MAX as usize) as u32;
         let ptr = frame[offset..].as_ptr();
@@ -564,6 +565,7 @@ impl Ring {
     /// ring keeps it armed from then on: a one-shot tick is re-armed after each expiry and a
     /// multishot one when it ends; a tick that failed is re-armed one interval later.
     pub fn tick(&mut self, every: Duration) {
+        debug_assert!(!self.stopping, "nothing is armed after quiesce");
         self.tick_every = Some(every);
         self.arm_tick();
     }
