@@ -14,6 +14,10 @@
 //! - [`Core`] (everything but the ring) never pushes SQEs; it records what must be
 //!   submitted (`dirty`, `starved`, `doorbells`) and the shard submits after the batch.
 //! - A connection's slot is freed only when no operation of it is in the kernel.
+//! - When the loop ends, every socket is shut down and `Ring::quiesce` cancels and reaps
+//!   everything of this shard in the kernel before any fd is closed or buffer freed.
+//! - The wheel follows the wall clock: a tick moves it by the ticks elapsed since `epoch`,
+//!   and only a tick that expired (-ETIME) moves it at all.
 //! - Nothing is queued after a connection's close frame (or HTTP refusal).
 
 use std::collections::{HashMap, VecDeque};
@@ -32,7 +36,7 @@ use crate::conn::{self, Conn, State};
 use crate::fanout::{Channel, Fanout, Peers, Pending, SessionTab, ShardMsg};
 use crate::http::admin::AdminConfig;
 use crate::http::handshake::{self, HandshakeError};
-use crate::ring::{sys, Completion, Owner, Ring, GEN_MASK};
+use crate::ring::{sys, Completion, Owner, Ring, GEN_MASK, QUIESCE_MS};
 use crate::route::RouteKind;
 use crate::stats::{self, Counters};
 use crate::timer::{Wheel, NEVER};
@@ -192,6 +196,7 @@ impl Shard {
                 break;
             }
         }
+        self.quiesce();
         self.core.close_everything();
         if self.core.kind == ShardKind::Client {
             self.core
@@ -219,15 +224,61 @@ impl Shard {
                 frame,
                 offset,
             } => self.send_complete(owner, res, frame, offset),
-            Completion::Tick { more, .. } => {
-                self.core.tick();
-                if !more {
-                    self.ring.tick(Duration::from_millis(TICK_MS));
-                }
+            // The ring re-arms the tick itself; only an expiry moves the wheel, and it moves
+            // to the wall clock, so a late or merged tick does not make deadlines drift.
+            Completion::Tick { res, .. } if res == -libc::ETIME => self.core.tick(),
+            Completion::Tick { res, more } => {
+                self.core.counters.tick_errors += 1;
+                let mode = self.ring.tick_mode();
+                self.core.log(format_args!(
+                    "event=tick_failed res={res} more={more} mode={mode:?} (re-armed after \
+                     one interval)"
+                ));
             }
             // A doorbell from another shard: its messages wait in our inbox.
             Completion::Msg { .. } => self.core.drain_inbox(),
+            Completion::DoorbellFailed { target, res } => {
+                // The target still drains its inbox on its next tick, so the messages are
+                // late by at most a tick, not lost.
+                self.core.counters.doorbell_failures += 1;
+                self.core.log(format_args!(
+                    "event=doorbell_failed target={target} res={res} (its tick drains the inbox)"
+                ));
+            }
+            Completion::Unknown { user_data, res } => {
+                self.core.counters.ring_unknown_completions += 1;
+                self.core.log(format_args!(
+                    "event=unknown_completion user_data={user_data:#x} res={res}"
+                ));
+            }
+            Completion::SubmitFailed { errno } => {
+                self.core.counters.ring_submit_errors += 1;
+                self.core.log(format_args!(
+                    "event=submit_failed errno={errno} (the SQEs stay queued)"
+                ));
+            }
             Completion::Cancel { .. } | Completion::Connect { .. } => {}
+        }
+    }
+
+    /// Ends every operation of this shard in the kernel before its memory is freed: shuts
+    /// every socket down (which ends its recv and send), then cancels and reaps for at most
+    /// `QUIESCE_MS`. Dropping the ring would cancel nothing, since every file table holds
+    /// its fd. If the kernel keeps something, the ring leaks its buffers and frames.
+    fn quiesce(&mut self) {
+        for (_, c) in self.core.conns.iter() {
+            sys::shutdown(c.fd, libc::SHUT_RDWR);
+        }
+        let index = self.core.index;
+        match self.ring.quiesce(Duration::from_millis(QUIESCE_MS)) {
+            Ok(()) => {}
+            Err(left) => {
+                self.core.counters.ring_quiesce_timeouts += 1;
+                crate::elog!(
+                    "ringpush shard={index} error=ring_quiesce_gave_up {left} after \
+                     {QUIESCE_MS} ms (its buffers and frames are leaked, not freed)"
+                );
+            }
         }
     }
 
@@ -237,6 +288,7 @@ impl Shard {
         }
         if res >= 0 {
             if let Some(owner) = self.core.accepted(res) {
+                debug_assert!(self.core.conns[owner.key as usize].has(conn::RECV_ARMED));
                 self.ring.recv_multi(res, owner);
             }
             if !more && self.core.draining.is_none() {
@@ -281,12 +333,17 @@ impl Shard {
             return;
         }
         let key = owner.key as usize;
+        debug_assert!(
+            core.conns[key].has(conn::RECV_ARMED),
+            "a recv ended that the connection did not arm"
+        );
         core.conns[key].flags &= !conn::RECV_ARMED;
         if res > 0 {
             // The multishot ended for a reason other than EOF or an error (for example a CQ
             // overflow): arm it again so no data is left unread.
             if core.conns[key].state != State::Dead {
                 core.counters.recv_rearmed += 1;
+                debug_assert!(!core.conns[key].has(conn::RECV_ARMED));
                 core.conns[key].flags |= conn::RECV_ARMED;
                 self.ring.recv_multi(core.conns[key].fd, owner);
             } else {
@@ -314,6 +371,10 @@ impl Shard {
         }
         let key = owner.key as usize;
         let core = &mut self.core;
+        debug_assert!(
+            core.conns[key].has(conn::SEND_INFLIGHT),
+            "a send completed that the connection did not have in flight"
+        );
         core.conns[key].flags &= !conn::SEND_INFLIGHT;
         if core.conns[key].state == State::Dead {
             core.retire(&frame);
@@ -365,7 +426,8 @@ impl Shard {
         let mut rang = false;
         for (target, ring) in core.doorbells.iter_mut().enumerate() {
             if std::mem::take(ring) {
-                self.ring.msg_ring(core.peers.ring_fds[target], 1, 0);
+                self.ring
+                    .msg_ring(core.peers.ring_fds[target], target as u32, 1, 0);
                 rang = true;
             }
         }
@@ -390,6 +452,7 @@ impl Shard {
                 core.maybe_release(key);
                 continue;
             }
+            debug_assert!(!core.conns[key].has(conn::RECV_ARMED));
             core.conns[key].flags |= conn::RECV_ARMED;
             self.ring.recv_multi(core.conns[key].fd, owner);
         }
@@ -401,6 +464,7 @@ impl Shard {
                 continue;
             }
             if let Some((fd, owner, frame)) = core.next_send(key) {
+                debug_assert!(core.conns[key].has(conn::SEND_INFLIGHT));
                 self.ring.send(fd, owner, frame, 0);
             }
         }
@@ -736,9 +800,24 @@ impl Core {
         self.counters.open -= 1;
     }
 
-    /// One timer tick: expire due connections, publish counters, drain the inbox (in case a
-    /// doorbell was lost), start the drain when the main thread asks for it.
+    /// A tick expired: advance the wheel to the wall clock (one step per `TICK_MS` elapsed
+    /// since `epoch`, however many expiries that took), then drain the inbox (in case a
+    /// doorbell was lost), publish counters, and start the drain when the main thread asks.
     fn tick(&mut self) {
+        let target = (self.epoch.elapsed().as_millis() / u128::from(TICK_MS)) as u32 + 1;
+        while self.wheel.now() < target {
+            self.tick_step();
+        }
+        self.drain_inbox();
+        self.publish();
+        if self.draining.is_none() && self.shared.shutdown.load(Ordering::Relaxed) {
+            self.start_drain();
+        }
+    }
+
+    /// One step of the wheel: expire due connections, refill the log budget each second,
+    /// abort what is left when the drain deadline comes.
+    fn tick_step(&mut self) {
         let mut due = std::mem::take(&mut self.due);
         self.wheel.advance(&mut due);
         let now = self.wheel.now();
@@ -748,7 +827,6 @@ impl Core {
             }
         }
         self.due = due;
-        self.drain_inbox();
         if now % (1000 / TICK_MS as u32) == 0 {
             if self.log_suppressed > 0 {
                 crate::elog!(
@@ -759,10 +837,6 @@ impl Core {
                 self.log_suppressed = 0;
             }
             self.log_budget = LOG_LINES_PER_SEC_MAX;
-        }
-        self.publish();
-        if self.draining.is_none() && self.shared.shutdown.load(Ordering::Relaxed) {
-            self.start_drain();
         }
         if let Some(end) = self.draining {
             if now == end && self.kind == ShardKind::Client {
@@ -870,8 +944,11 @@ impl Core {
         }
     }
 
+    /// Closes every socket and the listener. Runs after `Shard::quiesce`, so no operation
+    /// of ours refers to them any more, and each socket was shut down before its close.
     fn close_everything(&mut self) {
         for c in self.conns.drain() {
+            sys::shutdown(c.fd, libc::SHUT_RDWR);
             sys::close(c.fd);
         }
         if let Some(fd) = self.listen_fd.take() {

@@ -248,10 +248,19 @@ impl Worker {
                 frame,
                 offset,
             } => self.send_complete(owner, res, frame, offset),
-            Completion::Tick { more, .. } => {
-                if !more {
-                    self.ring.tick(self.core.tick);
-                }
+            // The ring re-arms the tick itself; the wheel follows the wall clock.
+            Completion::Tick { .. } => {}
+            Completion::DoorbellFailed { res, .. } | Completion::Unknown { res, .. } => {
+                ringpush::elog!(
+                    "ringpush-loadgen worker={} error=ring_completion res={res}",
+                    self.core.index
+                );
+            }
+            Completion::SubmitFailed { errno } => {
+                ringpush::elog!(
+                    "ringpush-loadgen worker={} error=ring_submit errno={errno}",
+                    self.core.index
+                );
             }
             Completion::Accept { .. } | Completion::Cancel { .. } | Completion::Msg { .. } => {}
         }
