@@ -81,6 +81,20 @@ pub fn run(cfg: Config) -> Result<(), String> {
              use more --shards to hold more)"
         );
     }
+    if !cfg.reuse_port_with_others {
+        // Every listener uses SO_REUSEPORT (one per shard), which would also let this node
+        // join another process's port silently and split the clients and publishes with it.
+        for (addr, flag) in [(&cfg.listen, "--listen"), (&cfg.admin, "--admin")] {
+            let taken = sys::someone_listens_on(addr)
+                .map_err(|e| format!("probing {addr} ({flag}): {e}"))?;
+            if taken {
+                return Err(format!(
+                    "another process already listens on {addr} ({flag}); stop it or choose \
+                     another address (--reuse-port-with-others shares the port on purpose)"
+                ));
+            }
+        }
+    }
     sys::block_shutdown_signals().map_err(|e| format!("blocking signals: {e}"))?;
 
     // Rings first (every table copies every ring fd at its unshare), then listeners; the
