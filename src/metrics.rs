@@ -345,6 +345,32 @@ pub fn render(shards: &[Counters], clients: usize, draining: bool) -> String {
         clients,
         |c| c.ring_quiesce_timeouts,
     );
+    o.per_shard(
+        "shard_inbox_full_total",
+        "counter",
+        "Publishes and session claims refused because a shard's inbox was full.",
+        shards,
+        clients,
+        |c| c.shard_inbox_full,
+    );
+    o.per_shard(
+        "client_publish_rate_closes_total",
+        "counter",
+        "Clients closed for publishing faster than --client-publish-rate.",
+        shards,
+        clients,
+        |c| c.client_publish_rate_closes,
+    );
+    o.family(
+        "admin_publishes_refused_draining_total",
+        "counter",
+        "Admin publishes and sends answered 503 during the drain.",
+    );
+    o.sample(
+        "admin_publishes_refused_draining_total",
+        "",
+        total.admin_publishes_refused_draining,
+    );
     o.family(
         "admin_requests_total",
         "counter",

@@ -22,7 +22,7 @@
 
 use std::collections::{HashMap, VecDeque};
 use std::os::fd::RawFd;
-use std::sync::atomic::{AtomicBool, AtomicU64, AtomicUsize, Ordering};
+use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use std::sync::mpsc::Receiver;
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
@@ -33,7 +33,7 @@ use slab::Slab;
 
 use crate::config::Config;
 use crate::conn::{self, Conn, State};
-use crate::fanout::{Channel, Fanout, Peers, Pending, SessionTab, ShardMsg};
+use crate::fanout::{Channel, Fanout, Peers, Pending, PublishWindow, SessionTab, ShardMsg};
 use crate::http::admin::AdminConfig;
 use crate::http::handshake::{self, HandshakeError};
 use crate::ring::{sys, Completion, Owner, Ring, GEN_MASK, QUIESCE_MS};
@@ -50,13 +50,43 @@ const WHEEL_SLOTS: usize = 2048;
 const LOG_LINES_PER_SEC_MAX: u32 = 20;
 /// Ticks between retries of an accept that ended on EMFILE.
 const ACCEPT_RETRY_TICKS: u32 = 2;
+/// Ticks a client shard waits after its drain deadline for the completions of the
+/// connections it aborted then (they arrive within milliseconds); past it the shard exits
+/// anyway, so shutdown ends within --drain-timeout plus about a second.
+const DRAIN_REAP_TICKS: u32 = 20;
+/// Test hook: `RINGPUSH_TEST_FAIL_SHARD=<i>` makes shard `i` fail its start-up (as a
+/// failed buffer registration would); `<i>:run` makes it leave its loop on its first tick
+/// (as a ring error would). Unset in production; the tests of issue 8 use it.
+const TEST_FAIL_SHARD_ENV: &str = "RINGPUSH_TEST_FAIL_SHARD";
+
+/// How the test hook in [`TEST_FAIL_SHARD_ENV`] treats shard `index`.
+#[derive(Clone, Copy, PartialEq, Eq)]
+enum TestFailure {
+    None,
+    Start,
+    Run,
+}
+
+fn test_failure(index: usize) -> TestFailure {
+    let Ok(value) = std::env::var(TEST_FAIL_SHARD_ENV) else {
+        return TestFailure::None;
+    };
+    let (shard, when) = value.split_once(':').unwrap_or((&value, "start"));
+    match (shard.parse::<usize>(), when) {
+        (Ok(i), "start") if i == index => TestFailure::Start,
+        (Ok(i), "run") if i == index => TestFailure::Run,
+        _ => TestFailure::None,
+    }
+}
 
 /// State shared between the main thread and the shards.
 pub struct Shared {
     /// Set by the main thread on SIGINT / SIGTERM.
     pub shutdown: AtomicBool,
-    /// Client shards that have finished their drain (the admin shard waits for all).
-    pub client_shards_done: AtomicUsize,
+    /// Per shard: set (Release) once its thread has left its loop and dropped its inbox, or
+    /// failed to start. The admin shard waits for every client shard's flag, and counts an
+    /// exited shard as having answered its waiting publishes with 0.
+    pub exited: Vec<AtomicBool>,
     /// Orders (session, tab) claims node-wide: the highest sequence wins.
     pub session_seq: AtomicU64,
     /// Per shard: its counters as of its last publication (every tick).
@@ -129,11 +159,24 @@ pub fn spawn(
         ShardKind::Client => format!("ringpush-shard-{}", setup.index),
         ShardKind::Admin => "ringpush-admin".to_string(),
     };
+    let index = setup.index;
+    let shared = Arc::clone(&setup.shared);
+    let shared_run = Arc::clone(&setup.shared);
     crate::reactor::spawn(
         name,
         ready,
-        move || Shard::start(setup),
-        |mut shard| shard.run(),
+        move || {
+            // A failed start drops the setup, inbox included, before the flag is set.
+            Shard::start(setup).inspect_err(|_| shared.exited[index].store(true, Ordering::Release))
+        },
+        move |mut shard| {
+            let report = shard.run();
+            // The inbox goes with the shard: senders see it gone, then the admin shard
+            // sees the flag and stops waiting for this shard's counts.
+            drop(shard);
+            shared_run.exited[index].store(true, Ordering::Release);
+            report
+        },
     )
 }
 
@@ -159,7 +202,13 @@ impl Shard {
         for fd in &foreign_fds {
             sys::close(*fd);
         }
-        let core = Core::new(
+        let failure = test_failure(i);
+        if failure == TestFailure::Start {
+            return Err(format!(
+                "ringpush shard {i}: start-up failed on purpose ({TEST_FAIL_SHARD_ENV})"
+            ));
+        }
+        let mut core = Core::new(
             &setup.kind,
             i,
             setup.listen_fd,
@@ -168,6 +217,7 @@ impl Shard {
             setup.shared,
         )
         .with_peers(setup.peers, setup.inbox);
+        core.test_exit = failure == TestFailure::Run;
         Ok(Shard {
             ring,
             core,
@@ -196,14 +246,12 @@ impl Shard {
                 break;
             }
         }
+        // The listener stays open during a drain (late sockets hear the shutdown 503), and a
+        // ring error leaves the accept armed: the quiesce cancels it with everything else,
+        // so no connection is taken that nobody would serve.
         self.quiesce();
+        self.core.accept_armed = false;
         self.core.close_everything();
-        if self.core.kind == ShardKind::Client {
-            self.core
-                .shared
-                .client_shards_done
-                .fetch_add(1, Ordering::Release);
-        }
         self.core.publish();
         self.core.report()
     }
@@ -291,7 +339,7 @@ impl Shard {
                 debug_assert!(self.core.conns[owner.key as usize].has(conn::RECV_ARMED));
                 self.ring.recv_multi(res, owner);
             }
-            if !more && self.core.draining.is_none() {
+            if !more && !self.core.stop_accepting {
                 self.core.accept_retry_at = self.core.wheel.now();
             }
             return;
@@ -409,7 +457,7 @@ impl Shard {
             && !core.accept_armed
         {
             core.accept_retry_at = 0;
-            if let (Some(fd), None) = (core.listen_fd, core.draining) {
+            if let (Some(fd), false) = (core.listen_fd, core.stop_accepting) {
                 self.ring.accept_multi(fd);
                 core.accept_armed = true;
             }
@@ -499,6 +547,8 @@ pub(crate) struct Core {
     pub(crate) admin_cfg: AdminConfig,
     pub(crate) limits: Limits,
     pub(crate) refusal_busy: Vec<u8>,
+    /// The 503 a socket accepted during the drain gets (`HandshakeError::ShuttingDown`).
+    pub(crate) refusal_shutdown: Vec<u8>,
     pub(crate) draining: Option<u32>,
     pub(crate) ticks_handshake: u32,
     pub(crate) ticks_ping: u32,
@@ -520,6 +570,13 @@ pub(crate) struct Core {
     // Admin state (admin.rs).
     pub(crate) pending: Slab<Pending>,
     pub(crate) admin_slots: HashMap<usize, VecDeque<crate::admin::AdminSlot>>,
+    /// Admin shard: client shards already seen exited (logged once each).
+    pub(crate) shards_gone: Vec<bool>,
+    /// Client shards: the current `--client-publish-rate` window of each connection that
+    /// published (by slab key; removed when the slot is freed).
+    pub(crate) publish_windows: HashMap<usize, PublishWindow>,
+    /// Test hook: leave the loop on the next tick, as on a ring error.
+    test_exit: bool,
 }
 
 fn ticks(d: Duration) -> u32 {
@@ -549,6 +606,8 @@ impl Core {
         };
         let mut refusal_busy = Vec::new();
         HandshakeError::Overloaded.write_refusal(&mut refusal_busy);
+        let mut refusal_shutdown = Vec::new();
+        HandshakeError::ShuttingDown.write_refusal(&mut refusal_shutdown);
         Core {
             kind: *kind,
             index,
@@ -576,6 +635,7 @@ impl Core {
                 message_bytes_max: cfg.max_message,
             },
             refusal_busy,
+            refusal_shutdown,
             draining: None,
             ticks_handshake: ticks(cfg.handshake_timeout),
             ticks_ping: ticks(cfg.ping_interval),
@@ -595,6 +655,9 @@ impl Core {
             client_frames: Vec::new(),
             pending: Slab::new(),
             admin_slots: HashMap::new(),
+            shards_gone: Vec::new(),
+            publish_windows: HashMap::new(),
+            test_exit: false,
             cfg,
             shared,
         }
@@ -602,6 +665,7 @@ impl Core {
 
     fn with_peers(mut self, peers: Arc<Peers>, inbox: Receiver<ShardMsg>) -> Core {
         self.doorbells = vec![false; peers.ring_fds.len()];
+        self.shards_gone = vec![false; peers.clients];
         self.peers = peers;
         self.inbox = Some(inbox);
         self
@@ -637,14 +701,21 @@ impl Core {
     }
 
     fn finished(&self) -> bool {
+        if self.test_exit {
+            return true;
+        }
         let Some(end) = self.draining else {
             return false;
         };
         match self.kind {
-            ShardKind::Client => self.conns.is_empty() || self.wheel.now() > end + self.ticks_close,
-            // The admin listener answers (healthz 503) until every client shard is done.
+            ShardKind::Client => self.conns.is_empty() || self.wheel.now() > end + DRAIN_REAP_TICKS,
+            // The admin listener answers (healthz 503, publishes 503) until every client
+            // shard has exited, however it ended: drained, stopped on a ring error, or never
+            // started. Requests still waiting count exited shards as 0 (`count_exited_shards`).
             ShardKind::Admin => {
-                self.shared.client_shards_done.load(Ordering::Acquire) >= self.peers.clients
+                self.shared.exited[..self.peers.clients]
+                    .iter()
+                    .all(|done| done.load(Ordering::Acquire))
                     && self.pending.is_empty()
             }
         }
@@ -654,8 +725,15 @@ impl Core {
     /// deadline. Returns the owner to arm its recv for.
     fn accepted(&mut self, fd: RawFd) -> Option<Owner> {
         self.counters.accepted += 1;
-        let draining = self.draining.is_some() && self.kind == ShardKind::Client;
-        if draining || self.conns.len() >= self.conns_max {
+        if self.draining.is_some() && self.kind == ShardKind::Client {
+            // A fresh socket's send buffer is empty, so this small response goes out whole.
+            let _ = sys::send_now(fd, &self.refusal_shutdown);
+            sys::close(fd);
+            self.counters.refused[stats::refusal_slot(&HandshakeError::ShuttingDown)] += 1;
+            self.log(format_args!("event=refused reason=shutting_down"));
+            return None;
+        }
+        if self.conns.len() >= self.conns_max {
             // A fresh socket's send buffer is empty, so this small response goes out whole.
             let _ = sys::send_now(fd, &self.refusal_busy);
             sys::close(fd);
@@ -792,6 +870,9 @@ impl Core {
         if !self.admin_slots.is_empty() {
             self.admin_slots.remove(&key);
         }
+        if !self.publish_windows.is_empty() {
+            self.publish_windows.remove(&key);
+        }
         let mut c = self.conns.remove(key);
         for frame in c.queue.take_all() {
             self.retire(&frame);
@@ -809,6 +890,14 @@ impl Core {
             self.tick_step();
         }
         self.drain_inbox();
+        if self.kind == ShardKind::Admin {
+            self.count_exited_shards();
+        }
+        if self.test_exit {
+            self.log(format_args!(
+                "event=shard_stopped reason=test_hook ({TEST_FAIL_SHARD_ENV})"
+            ));
+        }
         self.publish();
         if self.draining.is_none() && self.shared.shutdown.load(Ordering::Relaxed) {
             self.start_drain();
@@ -928,7 +1017,13 @@ impl Core {
             // drained; `finished` ends it.
             return;
         }
-        self.stop_accepting = true;
+        if self.cfg.reuse_port_with_others {
+            // Another process shares the port (an overlapping restart): close the listener
+            // so the kernel sends every new client there.
+            self.stop_accepting = true;
+        }
+        // Otherwise the listener stays open until the shard exits: a client that connects
+        // during the drain hears 503 "shutting down" (`accepted`), not a reset.
         let keys: Vec<usize> = self.conns.iter().map(|(k, _)| k).collect();
         for key in keys {
             match self.conns[key].state {

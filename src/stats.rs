@@ -100,6 +100,13 @@ pub struct Counters {
     pub tick_errors: u64,
     /// Shutdowns whose ring still had operations in the kernel after the quiesce bound.
     pub ring_quiesce_timeouts: u64,
+    /// Publishes and session claims refused because a target shard's inbox held
+    /// `--max-shard-inbox` messages, counted by the sending shard.
+    pub shard_inbox_full: u64,
+    /// Clients closed with 1008 for publishing faster than `--client-publish-rate`.
+    pub client_publish_rate_closes: u64,
+    /// Admin publishes and sends answered 503 because the node is draining.
+    pub admin_publishes_refused_draining: u64,
     /// Fan-out latency: publish accepted → last local send completed.
     pub fanout: Buckets,
     /// Server ping → pong round trip.
@@ -205,6 +212,9 @@ impl Counters {
         self.ring_unknown_completions += other.ring_unknown_completions;
         self.tick_errors += other.tick_errors;
         self.ring_quiesce_timeouts += other.ring_quiesce_timeouts;
+        self.shard_inbox_full += other.shard_inbox_full;
+        self.client_publish_rate_closes += other.client_publish_rate_closes;
+        self.admin_publishes_refused_draining += other.admin_publishes_refused_draining;
         self.fanout.add(&other.fanout);
         self.ping_rtt.add(&other.ping_rtt);
     }
