@@ -1007,13 +1007,7 @@ mod tests {
 
     #[test]
     fn issue_8_item_15_dropping_the_ring_leaves_nothing_in_the_kernel() {
-        let cfg = RingConfig {
-            sq_entries: 16,
-            cq_entries: 64,
-        };
-        let mut ring = Ring::new(&cfg).expect("ring");
-        ring.enable().expect("enable");
-        ring.register_buffers(4, 4096).expect("buffers");
+        let mut ring = test_ring();
         let (a, _b) = UnixStream::pair().expect("socketpair");
         a.set_nonblocking(true).expect("nonblocking");
         let chunk = vec![0u8; 64 * 1024];
