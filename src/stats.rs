@@ -100,6 +100,15 @@ pub struct Counters {
     pub tick_errors: u64,
     /// Shutdowns whose ring still had operations in the kernel after the quiesce bound.
     pub ring_quiesce_timeouts: u64,
+    /// Admin connections whose parsing paused because their queued answers reached
+    /// --max-pending (counted once per pause).
+    pub admin_paused: u64,
+    /// Admin connections closed because their answers were not read: paused past
+    /// --admin-request-timeout, or their request buffer filled while paused.
+    pub admin_slow_reader_closes: u64,
+    /// Admin connections that had completed no request, evicted (503) to make room for a
+    /// new connection when the admin listener was full.
+    pub admin_evicted: u64,
     /// Fan-out latency: publish accepted → last local send completed.
     pub fanout: Buckets,
     /// Server ping → pong round trip.
@@ -205,6 +214,9 @@ impl Counters {
         self.ring_unknown_completions += other.ring_unknown_completions;
         self.tick_errors += other.tick_errors;
         self.ring_quiesce_timeouts += other.ring_quiesce_timeouts;
+        self.admin_paused += other.admin_paused;
+        self.admin_slow_reader_closes += other.admin_slow_reader_closes;
+        self.admin_evicted += other.admin_evicted;
         self.fanout.add(&other.fanout);
         self.ping_rtt.add(&other.ping_rtt);
     }
