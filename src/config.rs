@@ -44,6 +44,12 @@ pub struct Config {
     #[arg(long)]
     pub admin_token: Option<String>,
 
+    /// Time an admin request has from its first byte to its complete head, and again from
+    /// its head to its complete body; past either it is answered 408 and the connection
+    /// closed. A connection whose answers pile up unread must drain within it as well.
+    #[arg(long, default_value = "10s", value_parser = parse_duration)]
+    pub admin_request_timeout: Duration,
+
     /// Publish data messages that clients send on /ws/<channel> to that channel.
     #[arg(long)]
     pub client_publish: bool,
@@ -244,5 +250,6 @@ mod tests {
         assert_eq!(cfg.ping_interval, Duration::from_secs(30));
         assert_eq!(cfg.idle_timeout, Duration::from_secs(75));
         assert_eq!(cfg.drain_timeout, Duration::from_secs(10));
+        assert_eq!(cfg.admin_request_timeout, Duration::from_secs(10));
     }
 }

@@ -389,6 +389,28 @@ pub fn render(shards: &[Counters], clients: usize, draining: bool) -> String {
             total.admin_refused.get(i).copied().unwrap_or(0),
         );
     }
+    o.family(
+        "admin_paused_total",
+        "counter",
+        "Admin connections paused because their answers reached --max-pending unread.",
+    );
+    o.sample("admin_paused_total", "", total.admin_paused);
+    o.family(
+        "admin_slow_reader_closes_total",
+        "counter",
+        "Admin connections closed because their answers were not read in time.",
+    );
+    o.sample(
+        "admin_slow_reader_closes_total",
+        "",
+        total.admin_slow_reader_closes,
+    );
+    o.family(
+        "admin_evicted_total",
+        "counter",
+        "Admin connections without a completed request evicted for a new one (503).",
+    );
+    o.sample("admin_evicted_total", "", total.admin_evicted);
     o.histogram(
         "fanout_latency_seconds",
         "Publish accepted to last local send completed, per shard.",

@@ -31,6 +31,7 @@ use bytes::{Bytes, BytesMut};
 use hdrhistogram::Histogram;
 use slab::Slab;
 
+use crate::admin::AdminConn;
 use crate::config::Config;
 use crate::conn::{self, Conn, State};
 use crate::fanout::{Channel, Fanout, Peers, Pending, PublishWindow, SessionTab, ShardMsg};
@@ -446,8 +447,13 @@ impl Shard {
         }
         let c = &mut core.conns[key];
         c.queued_bytes = c.queued_bytes.saturating_sub(frame.len() as u32);
+        let admin = c.route == RouteKind::Admin as u8;
         core.retire(&frame);
         core.mark_dirty(key);
+        if admin {
+            // A paused admin connection takes requests again once its answers drain.
+            core.admin_sent(key);
+        }
     }
 
     fn after_batch(&mut self) {
@@ -569,7 +575,11 @@ pub(crate) struct Core {
     pub(crate) client_frames: Vec<Bytes>,
     // Admin state (admin.rs).
     pub(crate) pending: Slab<Pending>,
-    pub(crate) admin_slots: HashMap<usize, VecDeque<crate::admin::AdminSlot>>,
+    pub(crate) admin_conns: HashMap<usize, AdminConn>,
+    /// Admin connections in accept order that may not have completed a request yet: the
+    /// eviction candidates when the admin listener is full (stale entries are skipped).
+    pub(crate) admin_unproven: VecDeque<Owner>,
+    pub(crate) ticks_admin_request: u32,
     /// Admin shard: client shards already seen exited (logged once each).
     pub(crate) shards_gone: Vec<bool>,
     /// Client shards: the current `--client-publish-rate` window of each connection that
@@ -654,7 +664,9 @@ impl Core {
             deliver_keys: Vec::new(),
             client_frames: Vec::new(),
             pending: Slab::new(),
-            admin_slots: HashMap::new(),
+            admin_conns: HashMap::new(),
+            admin_unproven: VecDeque::new(),
+            ticks_admin_request: ticks(cfg.admin_request_timeout),
             shards_gone: Vec::new(),
             publish_windows: HashMap::new(),
             test_exit: false,
@@ -733,7 +745,13 @@ impl Core {
             self.log(format_args!("event=refused reason=shutting_down"));
             return None;
         }
-        if self.conns.len() >= self.conns_max {
+        // A full admin listener makes room by evicting a connection that has not completed
+        // a request, so a publisher is never locked out by sockets that only hold slots. The
+        // evicted slot is freed once its recv ends, so the slab may briefly hold a few more
+        // than the cap; the connections still open never exceed it.
+        let full = self.conns.len() >= self.conns_max
+            && !(self.kind == ShardKind::Admin && self.admin_evict_unproven());
+        if full {
             // A fresh socket's send buffer is empty, so this small response goes out whole.
             let _ = sys::send_now(fd, &self.refusal_busy);
             sys::close(fd);
@@ -758,6 +776,7 @@ impl Core {
                 c.state = State::Open;
                 c.route = RouteKind::Admin as u8;
                 self.arm(key, now + self.ticks_idle);
+                self.admin_accepted(key);
             }
         }
         Some(self.owner(key))
@@ -867,8 +886,8 @@ impl Core {
         if c.has(conn::RECV_ARMED) || c.has(conn::SEND_INFLIGHT) {
             return;
         }
-        if !self.admin_slots.is_empty() {
-            self.admin_slots.remove(&key);
+        if !self.admin_conns.is_empty() {
+            self.admin_conns.remove(&key);
         }
         if !self.publish_windows.is_empty() {
             self.publish_windows.remove(&key);
@@ -960,14 +979,7 @@ impl Core {
                 self.log(format_args!("event=handshake_timeout"));
                 self.abort(key, Some(format_args!("event=handshake_timeout")));
             }
-            State::Open if c.route == RouteKind::Admin as u8 => {
-                let next = c.last_seen + self.ticks_idle;
-                if now < next || self.pending_for(key) {
-                    self.arm(key, next.max(now + 1));
-                } else {
-                    self.finish(key);
-                }
-            }
+            State::Open if c.route == RouteKind::Admin as u8 => self.admin_expire(key, now),
             State::Open => {
                 let ping_out = c.has(conn::PING_OUT);
                 let next = c.last_seen

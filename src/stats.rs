@@ -107,6 +107,15 @@ pub struct Counters {
     pub client_publish_rate_closes: u64,
     /// Admin publishes and sends answered 503 because the node is draining.
     pub admin_publishes_refused_draining: u64,
+    /// Admin connections whose parsing paused because their queued answers reached
+    /// --max-pending (counted once per pause).
+    pub admin_paused: u64,
+    /// Admin connections closed because their answers were not read: paused past
+    /// --admin-request-timeout, or their request buffer filled while paused.
+    pub admin_slow_reader_closes: u64,
+    /// Admin connections that had completed no request, evicted (503) to make room for a
+    /// new connection when the admin listener was full.
+    pub admin_evicted: u64,
     /// Fan-out latency: publish accepted → last local send completed.
     pub fanout: Buckets,
     /// Server ping → pong round trip.
@@ -215,6 +224,9 @@ impl Counters {
         self.shard_inbox_full += other.shard_inbox_full;
         self.client_publish_rate_closes += other.client_publish_rate_closes;
         self.admin_publishes_refused_draining += other.admin_publishes_refused_draining;
+        self.admin_paused += other.admin_paused;
+        self.admin_slow_reader_closes += other.admin_slow_reader_closes;
+        self.admin_evicted += other.admin_evicted;
         self.fanout.add(&other.fanout);
         self.ping_rtt.add(&other.ping_rtt);
     }

@@ -7,6 +7,9 @@
 //! either asks for more bytes (`Ok(None)`), returns one [`AdminRequest`] with the number of bytes
 //! it used, or refuses with an [`AdminError`] that knows its status, its metrics label and how
 //! to write its own response. [`write_json_ok`] writes the 200 for a publish or a send.
+//! [`head_complete`] tells the caller when a request's head is in, so its body can get a
+//! deadline of its own; [`AdminError::RequestTimeout`] (408) is the one refusal the caller's
+//! timer decides rather than [`parse`].
 //!
 //! Invariants:
 //! - Nothing here touches a file descriptor; input is a borrowed slice and output is appended to
@@ -131,6 +134,10 @@ pub enum AdminError {
     /// The request has a `Transfer-Encoding` header; only `Content-Length` framing is
     /// implemented (501).
     ChunkedUnsupported,
+    /// The request's head was not complete within the admin request deadline of its first
+    /// byte, or its body not within the same deadline again after its head (408). The parser
+    /// never returns it: the connection's timer decides it.
+    RequestTimeout,
 }
 
 impl AdminError {
@@ -146,6 +153,7 @@ impl AdminError {
         "invalid_utf8",
         "invalid_name",
         "chunked_unsupported",
+        "request_timeout",
     ];
 
     /// The HTTP status code of the refusal.
@@ -155,6 +163,7 @@ impl AdminError {
             Self::Unauthorized => 401,
             Self::NotFound => 404,
             Self::MethodNotAllowed(_) => 405,
+            Self::RequestTimeout => 408,
             Self::LengthRequired => 411,
             Self::BodyTooLarge => 413,
             Self::HeadTooLarge => 431,
@@ -175,6 +184,7 @@ impl AdminError {
             Self::InvalidUtf8 => "invalid_utf8",
             Self::InvalidName => "invalid_name",
             Self::ChunkedUnsupported => "chunked_unsupported",
+            Self::RequestTimeout => "request_timeout",
         }
     }
 
@@ -191,6 +201,7 @@ impl AdminError {
             Self::InvalidUtf8 => "a text message body must be valid UTF-8",
             Self::InvalidName => "names must match [A-Za-z0-9_.:-]{1,128}",
             Self::ChunkedUnsupported => "Transfer-Encoding is not supported; send Content-Length",
+            Self::RequestTimeout => "request not completed in time",
         }
     }
 
@@ -236,6 +247,14 @@ pub fn expects_continue(buf: &[u8]) -> bool {
     let mut request = httparse::Request::new(&mut header_storage);
     matches!(request.parse(buf), Ok(httparse::Status::Complete(_)))
         && has_token(request.headers, "expect", b"100-continue")
+}
+
+/// Whether `buf` starts with a complete request head (whatever its validity): from then on the
+/// request's body has its own deadline.
+pub fn head_complete(buf: &[u8]) -> bool {
+    let mut header_storage = [httparse::EMPTY_HEADER; HEADER_LINES_MAX];
+    let mut request = httparse::Request::new(&mut header_storage);
+    matches!(request.parse(buf), Ok(httparse::Status::Complete(_)))
 }
 
 /// Parses one request (head and body) from the start of `buf`.
@@ -562,6 +581,15 @@ mod tests {
         ));
     }
 
+    #[test]
+    fn head_complete_needs_the_blank_line_only() {
+        let head = b"POST /publish/c HTTP/1.1\r\nHost: a\r\nContent-Length: 9\r\n\r\n";
+        assert!(head_complete(head));
+        assert!(head_complete(&[&head[..], b"part of the body"].concat()));
+        assert!(!head_complete(&head[..head.len() - 1]));
+        assert!(!head_complete(b""));
+    }
+
     use super::*;
 
     const TOKEN: &str = "s3cret-token";
@@ -637,6 +665,7 @@ mod tests {
             AdminError::InvalidUtf8,
             AdminError::InvalidName,
             AdminError::ChunkedUnsupported,
+            AdminError::RequestTimeout,
         ];
         for error in &all {
             match error {
@@ -649,7 +678,8 @@ mod tests {
                 | AdminError::BodyTooLarge
                 | AdminError::InvalidUtf8
                 | AdminError::InvalidName
-                | AdminError::ChunkedUnsupported => {}
+                | AdminError::ChunkedUnsupported
+                | AdminError::RequestTimeout => {}
             }
         }
         all
@@ -1243,6 +1273,7 @@ mod tests {
             (AdminError::InvalidUtf8, 400),
             (AdminError::InvalidName, 400),
             (AdminError::ChunkedUnsupported, 501),
+            (AdminError::RequestTimeout, 408),
         ];
         assert_eq!(expected.len(), every_error().len());
         for (error, status) in expected {
