@@ -4,9 +4,11 @@
 //! Invariants:
 //! - A request head or frame split across receives is the only thing a connection keeps
 //!   between receives (`Partial`), and only while it is incomplete.
-//! - Replies to one receive are encoded into one buffer and queued as one frame.
+//! - Replies to one receive are encoded into one buffer and queued as one frame, which
+//!   owns its memory: it never shares an allocation with other connections' replies, so
+//!   `--max-pending` bounds what a reader that stalls can pin (`take_replies`).
 
-use bytes::Bytes;
+use bytes::{Bytes, BytesMut};
 
 use crate::conn::{self, Partial, State};
 use crate::http::handshake::{self, HandshakeError};
@@ -14,6 +16,9 @@ use crate::route::{self, Route, RouteKind};
 use crate::shard::{CloseMode, Core};
 use crate::stats;
 use crate::ws::{frame, CloseCode, Decoder, Event, OpCode};
+
+/// The shard-wide reply buffer keeps at most this much capacity between receives.
+const OUT_KEPT_BYTES_MAX: usize = 64 * 1024;
 
 impl Core {
     /// Bytes arrived for `key` (unmasked in place by the decoder).
@@ -188,7 +193,7 @@ impl Core {
         }
         self.conns[key].partial = slot;
         if !self.out.is_empty() {
-            let replies = self.out.split().freeze();
+            let replies = self.take_replies();
             self.enqueue(key, replies);
         }
         if !self.client_frames.is_empty() {
@@ -208,6 +213,31 @@ impl Core {
         if let Some(code) = peer_close {
             self.peer_closed(key, code);
         }
+    }
+
+    /// Takes the replies encoded into the shard-wide `out` buffer as one frame that pins no
+    /// more memory than it is charged for (`enqueue` charges its length).
+    ///
+    /// Splitting `out` would hand out a view of a shared allocation: a 127-byte pong split
+    /// off a buffer that just carried a 1 MiB echo keeps the whole megabyte alive for as
+    /// long as it waits in a full socket. So replies that fill less than half of `out` are
+    /// copied into an allocation of their exact size and `out` is reused; replies that fill
+    /// at least half of it take the buffer whole (pinning at most twice their length, the
+    /// slack of `Vec` doubling), and the next batch starts a fresh one.
+    fn take_replies(&mut self) -> Bytes {
+        let replies = if self.out.len() * 2 < self.out.capacity() {
+            let copy = Bytes::copy_from_slice(&self.out);
+            self.out.clear();
+            copy
+        } else {
+            std::mem::take(&mut self.out).freeze()
+        };
+        if self.out.capacity() > OUT_KEPT_BYTES_MAX {
+            // A burst of large replies must not leave a large buffer behind for good.
+            self.out = BytesMut::new();
+        }
+        debug_assert!(self.out.is_empty());
+        replies
     }
 
     /// The peer's close frame arrived: answer it (echoing its code) unless we already sent
