@@ -827,7 +827,7 @@ impl Core {
                         CloseMode::Graceful,
                     );
                 } else {
-                    let payload = u64::from(now_us).to_be_bytes();
+                    let payload = crate::conn::protocol::ping_payload(key, c.gen, now_us);
                     c.flags |= conn::PING_OUT;
                     let at = c.last_seen + self.ticks_idle;
                     self.counters.pings_sent += 1;

@@ -17,6 +17,42 @@ use crate::shard::{CloseMode, Core};
 use crate::stats;
 use crate::ws::{frame, CloseCode, Decoder, Event, OpCode};
 
+/// Our ping payload: 4 bytes of send time (shard microseconds) and a 4-byte tag over that
+/// time and the connection, keyed by a secret of this process.
+pub(crate) const PING_PAYLOAD_BYTES: usize = 8;
+
+/// The process's secret key for ping tags, drawn once (SipHash with random keys).
+fn ping_key() -> &'static std::collections::hash_map::RandomState {
+    static KEY: std::sync::OnceLock<std::collections::hash_map::RandomState> =
+        std::sync::OnceLock::new();
+    KEY.get_or_init(Default::default)
+}
+
+/// The tag of a ping sent at `sent_us` to the connection in slot `key`, generation `gen`.
+fn ping_tag(key: usize, gen: u32, sent_us: u32) -> u32 {
+    use std::hash::BuildHasher as _;
+    ping_key().hash_one((key, gen, sent_us)) as u32
+}
+
+/// The payload of a ping sent now to (`key`, `gen`): the pong that answers it carries it
+/// back, and only such a pong is timed (`ping_sent_us`). Nothing is stored per connection:
+/// the tag lets the payload be re-validated.
+pub(crate) fn ping_payload(key: usize, gen: u32, now_us: u32) -> [u8; PING_PAYLOAD_BYTES] {
+    let mut payload = [0; PING_PAYLOAD_BYTES];
+    payload[..4].copy_from_slice(&now_us.to_be_bytes());
+    payload[4..].copy_from_slice(&ping_tag(key, gen, now_us).to_be_bytes());
+    payload
+}
+
+/// The send time of the ping a pong payload answers, if it is a payload we made for this
+/// connection; a pong the client chose (unsolicited, or with a made-up time) gives None.
+fn ping_sent_us(key: usize, gen: u32, payload: &[u8]) -> Option<u32> {
+    let payload = <[u8; PING_PAYLOAD_BYTES]>::try_from(payload).ok()?;
+    let sent = u32::from_be_bytes([payload[0], payload[1], payload[2], payload[3]]);
+    let tag = u32::from_be_bytes([payload[4], payload[5], payload[6], payload[7]]);
+    (tag == ping_tag(key, gen, sent)).then_some(sent)
+}
+
 /// The shard-wide reply buffer keeps at most this much capacity between receives.
 const OUT_KEPT_BYTES_MAX: usize = 64 * 1024;
 
@@ -126,7 +162,10 @@ impl Core {
         let c = &mut self.conns[key];
         c.last_seen = now;
         let ping_out = c.has(conn::PING_OUT);
+        let gen = c.gen;
         c.flags &= !conn::PING_OUT;
+        // A pong later than the idle close would have come is no answer to our ping.
+        let rtt_us_max = u64::from(self.ticks_idle) * crate::shard::TICK_MS * 1000;
         let closing = c.has(conn::CLOSE_SENT);
         let route = RouteKind::from_u8(c.route);
         let client_publish = self.cfg.client_publish;
@@ -169,11 +208,15 @@ impl Core {
                 }
                 Event::Pong(payload) => {
                     counters.pongs_received += 1;
-                    if let (true, Ok(sent)) = (ping_out, <[u8; 8]>::try_from(payload)) {
-                        let rtt = now_us.wrapping_sub(u64::from_be_bytes(sent) as u32);
-                        let rtt = u64::from(rtt).max(1);
-                        let _ = ping_rtt.record(rtt);
-                        counters.ping_rtt.record(rtt);
+                    // Only the answer to our outstanding ping is timed: the payload must be
+                    // one we made for this connection, or the client would choose the RTT.
+                    let sent = ping_out.then(|| ping_sent_us(key, gen, payload)).flatten();
+                    if let Some(sent) = sent {
+                        let rtt = u64::from(now_us.wrapping_sub(sent)).max(1);
+                        if rtt <= rtt_us_max {
+                            let _ = ping_rtt.record(rtt);
+                            counters.ping_rtt.record(rtt);
+                        }
                     }
                 }
                 Event::Close(code, _reason) => {
@@ -263,5 +306,25 @@ impl Core {
         c.flags |= conn::CLOSE_SENT | conn::FIN_AFTER_FLUSH;
         c.state = State::Closing;
         self.mark_dirty(key);
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn only_our_ping_payload_for_this_connection_is_timed() {
+        let payload = ping_payload(7, 3, 123_456);
+        assert_eq!(ping_sent_us(7, 3, &payload), Some(123_456));
+        // Another connection, or a later occupant of the slot, cannot use it.
+        assert_eq!(ping_sent_us(8, 3, &payload), None);
+        assert_eq!(ping_sent_us(7, 4, &payload), None);
+        // A client that picks the time (or any payload) is not timed.
+        let mut forged = payload;
+        forged[3] ^= 1;
+        assert_eq!(ping_sent_us(7, 3, &forged), None);
+        assert_eq!(ping_sent_us(7, 3, &1u64.to_be_bytes()), None);
+        assert_eq!(ping_sent_us(7, 3, &payload[..7]), None);
     }
 }
