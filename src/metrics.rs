@@ -333,6 +333,12 @@ pub fn render(shards: &[Counters], clients: usize, draining: bool) -> String {
         "Heartbeat ping to pong round trip.",
         &total.ping_rtt,
     );
+    o.family(
+        "log_lines_dropped_total",
+        "counter",
+        "Log lines dropped because stderr did not keep up (shards never wait on it).",
+    );
+    o.sample("log_lines_dropped_total", "", crate::log::dropped_lines());
     o.family("draining", "gauge", "1 while the node drains for shutdown.");
     o.sample("draining", "", u64::from(draining));
     o.text

@@ -141,6 +141,8 @@ struct Shard {
 
 impl Shard {
     fn start(setup: Setup) -> Result<Shard, String> {
+        // A shard never waits on stderr: its log lines are queued or dropped and counted.
+        crate::log::never_block_this_thread();
         let i = setup.index;
         let cfg = setup.cfg;
         let mut ring = setup.ring;
