@@ -428,6 +428,10 @@ pub(crate) struct Core {
     pub(crate) dirty: Vec<usize>,
     pub(crate) starved: VecDeque<Owner>,
     pub(crate) out: BytesMut,
+    /// Bytes held by decoders reassembling messages; may overestimate (buffers dropped with
+    /// their connection elsewhere are not subtracted) until `enforce_reassembly_budget`
+    /// recounts.
+    pub(crate) reassembly_bytes: usize,
     pub(crate) epoch: Instant,
     pub(crate) counters: Counters,
     pub(crate) handshake_us: Histogram<u64>,
@@ -502,6 +506,7 @@ impl Core {
             dirty: Vec::new(),
             starved: VecDeque::new(),
             out: BytesMut::new(),
+            reassembly_bytes: 0,
             epoch: Instant::now(),
             counters: Counters::new(),
             handshake_us: stats::latency_histogram(),

@@ -15,7 +15,7 @@ use crate::http::handshake::{self, HandshakeError};
 use crate::route::{self, Route, RouteKind};
 use crate::shard::{CloseMode, Core};
 use crate::stats;
-use crate::ws::{frame, CloseCode, Decoder, Event, OpCode};
+use crate::ws::{frame, CloseCode, DataMode, Decoder, Event, OpCode};
 
 /// Our ping payload: 4 bytes of send time (shard microseconds) and a 4-byte tag over that
 /// time and the connection, keyed by a secret of this process.
@@ -169,18 +169,25 @@ impl Core {
         let closing = c.has(conn::CLOSE_SENT);
         let route = RouteKind::from_u8(c.route);
         let client_publish = self.cfg.client_publish;
+        // Data nobody will read is checked and dropped as it arrives, not reassembled.
+        let mode = match route {
+            _ if closing => DataMode::Discard,
+            RouteKind::Channel if !client_publish => DataMode::Discard,
+            _ => DataMode::Keep,
+        };
         let mut slot = c.partial.take();
         let mut local = Decoder::default();
         let decoder = match slot.as_deref_mut() {
             Some(Partial::Frames(d)) => d,
             _ => &mut local,
         };
+        let held_before = decoder.buffered_bytes();
         let out = &mut self.out;
         let counters = &mut self.counters;
         let ping_rtt = &mut self.ping_rtt_us;
         let client_frames = &mut self.client_frames;
         let mut peer_close = None;
-        let result = decoder.feed(data, &self.limits, |event| {
+        let result = decoder.feed_with(data, &self.limits, mode, |event| {
             match event {
                 Event::Text(payload) | Event::Binary(payload) => {
                     counters.messages_in += 1;
@@ -226,6 +233,7 @@ impl Core {
             }
             std::ops::ControlFlow::Continue(())
         });
+        let held_after = decoder.buffered_bytes();
         let idle = decoder.is_idle();
         if slot.is_some() {
             if idle {
@@ -235,6 +243,11 @@ impl Core {
             slot = Some(Box::new(Partial::Frames(local)));
         }
         self.conns[key].partial = slot;
+        self.reassembly_bytes = (self.reassembly_bytes + held_after).saturating_sub(held_before);
+        if held_after > held_before && self.reassembly_bytes > self.cfg.reassembly_budget {
+            self.enforce_reassembly_budget();
+        }
+        self.counters.reassembly_bytes = self.reassembly_bytes as u64;
         if !self.out.is_empty() {
             let replies = self.take_replies();
             self.enqueue(key, replies);
@@ -255,6 +268,50 @@ impl Core {
         }
         if let Some(code) = peer_close {
             self.peer_closed(key, code);
+        }
+    }
+
+    /// The shard holds more than `--reassembly-budget` in partial messages: close the
+    /// connections holding the most with 1009 until it fits again.
+    ///
+    /// The running total is recounted first: it does not subtract buffers dropped with
+    /// their connection (aborts, releases), so it can only overestimate. Each recount walks
+    /// the slab, which happens only when the budget looks spent.
+    fn enforce_reassembly_budget(&mut self) {
+        let budget = self.cfg.reassembly_budget;
+        for _ in 0..self.conns.len() {
+            let mut total = 0;
+            let mut largest: Option<(usize, usize)> = None;
+            for (key, c) in self.conns.iter() {
+                let Some(Partial::Frames(decoder)) = c.partial.as_deref() else {
+                    continue;
+                };
+                let held = decoder.buffered_bytes();
+                total += held;
+                if held > largest.map_or(0, |(_, most)| most) {
+                    largest = Some((key, held));
+                }
+            }
+            self.reassembly_bytes = total;
+            let Some((key, held)) = largest.filter(|_| total > budget) else {
+                return;
+            };
+            if let Some(Partial::Frames(decoder)) = self.conns[key].partial.as_deref_mut() {
+                // The framing state stays: the rest of the message is read in discard mode.
+                decoder.discard_message();
+            }
+            self.reassembly_bytes = total - held;
+            self.counters.reassembly_budget_closes += 1;
+            self.log(format_args!(
+                "event=reassembly_budget close=1009 held_bytes={held} shard_bytes={total} \
+                 budget={budget}"
+            ));
+            self.close_with(
+                key,
+                CloseCode::TOO_BIG,
+                "reassembly budget",
+                CloseMode::Fail,
+            );
         }
     }
 
