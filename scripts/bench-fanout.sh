@@ -60,3 +60,6 @@ print(l['max'], l['p50'], l['p99'], d['missing'], d['errors'])")
         "$(echo "$m_p50 / 1000" | bc -l)" "$(echo "$m_p99 / 1000" | bc -l)" "$runs" >>"$SUMMARY"
 done
 cat "$SUMMARY"
+
+# Raw output stays in the run directory compressed; the summary stays readable.
+tar -C "$OUT" -cJf "$OUT/raw.tar.xz" raw && rm -rf "$OUT/raw"

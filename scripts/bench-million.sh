@@ -225,3 +225,7 @@ open(out, "w").write("\n".join(L) + "\n")
 print("\n".join(L))
 EOF
 say "summary: $RUN_DIR/summary.md"
+
+# Raw output stays in the run directory compressed; the summary and commands stay readable.
+tar -C "$RUN_DIR" -cJf "$RUN_DIR/raw.tar.xz" raw && rm -rf "$RAW"
+say "raw output: $RUN_DIR/raw.tar.xz"

@@ -94,3 +94,6 @@ for scenario in "${SCENARIOS[@]}"; do
         sleep 1
     done
 done
+
+# The summary is written by hand from raw/; commit raw/ compressed, not as it is.
+echo "raw output: $RAW (before committing: tar -C $OUT -cJf $OUT/raw.tar.xz raw && rm -rf $RAW)"

@@ -12,12 +12,13 @@
 //! - The request buffer is bounded by the parser (head cap + body cap); anything beyond is
 //!   answered with 431 or 413 and the connection is closed.
 
+use std::sync::atomic::Ordering;
 use std::time::Instant;
 
 use bytes::Bytes;
 
 use crate::conn::{self, Partial, State};
-use crate::fanout::{Pending, Publish, Target};
+use crate::fanout::{Pending, Publish, Target, Unsent};
 use crate::http::admin::{self, AdminError, BodyKind};
 use crate::http::response::write_response;
 use crate::metrics;
@@ -216,7 +217,8 @@ impl Core {
     }
 
     /// Sends a publish or session send to every client shard; the answer waits for their
-    /// counts (`admin_reply`).
+    /// counts (`admin_reply`). While the node drains it is answered 503 at once (some client
+    /// shards may be gone already), and 503 when a client shard's inbox is full.
     fn admin_publish(
         &mut self,
         key: usize,
@@ -225,13 +227,30 @@ impl Core {
         frame: Bytes,
         keep_alive: bool,
     ) {
+        if self.draining.is_some() {
+            self.counters.admin_publishes_refused_draining += 1;
+            self.log(format_args!("event=admin_publish_refused reason=draining"));
+            let mut response = Vec::new();
+            write_response(
+                &mut response,
+                503,
+                &[],
+                Some("text/plain; charset=utf-8"),
+                b"draining: the node is shutting down\n",
+                false,
+            );
+            self.admin_slot(key, AdminSlot::Ready(Bytes::from(response), true));
+            return;
+        }
         let name: Box<str> = name.into();
         let owner = self.owner(key);
+        let clients = self.peers.clients;
         let id = self.pending.insert(Pending {
             owner,
             name: name.clone(),
             session,
-            waiting: self.peers.clients,
+            waiting_on: vec![true; clients],
+            waiting: clients,
             count: 0,
             keep_alive,
         }) as u32;
@@ -241,12 +260,37 @@ impl Core {
             Target::Channel(name)
         };
         self.admin_slot(key, AdminSlot::Waiting(id));
-        self.publish_to_clients(Publish {
+        let sent = self.publish_to_clients(Publish {
             target,
             frame,
             accepted: Instant::now(),
             origin: Some((self.index, id)),
         });
+        if sent == Err(Unsent::Full) {
+            // Nothing was sent to any shard: answer now, keeping the connection.
+            self.pending.remove(id as usize);
+            let mut response = Vec::new();
+            write_response(
+                &mut response,
+                503,
+                &[("Retry-After", "1")],
+                Some("text/plain; charset=utf-8"),
+                b"shard inbox full: the node is behind on publishes; retry later\n",
+                keep_alive,
+            );
+            self.admin_ready(key, id, Bytes::from(response), !keep_alive);
+        }
+    }
+
+    /// Puts the answer to waiting request `id` in its place and sends what is ready.
+    fn admin_ready(&mut self, key: usize, id: u32, response: Bytes, close: bool) {
+        if let Some(slot) = self.admin_slots.get_mut(&key).and_then(|q| {
+            q.iter_mut()
+                .find(|s| matches!(s, AdminSlot::Waiting(w) if *w == id))
+        }) {
+            *slot = AdminSlot::Ready(response, close);
+        }
+        self.admin_flush(key);
     }
 
     /// Close after the queued response: FIN once it is sent.
@@ -280,11 +324,15 @@ impl Core {
         self.admin_slot(key, AdminSlot::Ready(Bytes::from(response), true));
     }
 
-    /// A client shard's count for admin request `id`; the last one answers the request.
-    pub(crate) fn admin_reply(&mut self, id: u32, count: u64) {
+    /// Client shard `from`'s count for admin request `id`; the last one answers the request.
+    /// A count from a shard already counted (answered for as gone) is ignored.
+    pub(crate) fn admin_reply(&mut self, id: u32, from: usize, count: u64) {
         let Some(p) = self.pending.get_mut(id as usize) else {
             return;
         };
+        if !std::mem::take(&mut p.waiting_on[from]) {
+            return;
+        }
         p.count += count;
         p.waiting -= 1;
         if p.waiting > 0 {
@@ -309,15 +357,42 @@ impl Core {
             p.count,
             p.keep_alive,
         );
-        if let Some(slot) = self.admin_slots.get_mut(&key).and_then(|q| {
-            q.iter_mut()
-                .find(|s| matches!(s, AdminSlot::Waiting(w) if *w == id))
-        }) {
-            *slot = AdminSlot::Ready(Bytes::from(response), !p.keep_alive);
-        }
-        self.admin_flush(key);
+        self.admin_ready(key, id, Bytes::from(response), !p.keep_alive);
         // Requests held back by the pipeline cap may go on now.
         self.process_admin(key);
+    }
+
+    /// Answers for client shards that have exited, in every request still waiting for
+    /// them: each counts as 0 connections. Called on every admin tick.
+    pub(crate) fn count_exited_shards(&mut self) {
+        let clients = self.peers.clients;
+        let mut gone = Vec::new();
+        for i in 0..clients {
+            // Acquire: every reply the shard sent before exiting is in the inbox now.
+            if self.shared.exited[i].load(Ordering::Acquire) {
+                gone.push(i);
+            }
+        }
+        if gone.is_empty() {
+            return;
+        }
+        for &i in &gone {
+            if !std::mem::replace(&mut self.shards_gone[i], true) && self.draining.is_none() {
+                self.log(format_args!(
+                    "event=shard_gone shard={i} (publishes count it as 0 connections)"
+                ));
+            }
+        }
+        if self.pending.is_empty() {
+            return;
+        }
+        self.drain_inbox();
+        let ids: Vec<u32> = self.pending.iter().map(|(id, _)| id as u32).collect();
+        for id in ids {
+            for &i in &gone {
+                self.admin_reply(id, i, 0);
+            }
+        }
     }
 
     fn render_metrics(&mut self) -> String {

@@ -120,6 +120,24 @@ pub struct Config {
     /// Completion queue entries per shard ring.
     #[arg(long, default_value_t = 32768)]
     pub cq_entries: u32,
+
+    /// Data messages one client may publish per second with --client-publish (counted per
+    /// connection over one-second windows); past it the client is closed with 1008
+    /// "publish rate".
+    #[arg(long, default_value_t = 1000, value_parser = clap::value_parser!(u32).range(1..))]
+    pub client_publish_rate: u32,
+
+    /// Cross-shard messages (publishes, session claims) waiting in one shard's inbox at
+    /// most; a publish that finds an inbox full is refused (admin: 503, client publisher:
+    /// close 1008 "publish queue full").
+    #[arg(long, default_value_t = 16384, value_parser = clap::value_parser!(u32).range(1..))]
+    pub max_shard_inbox: u32,
+
+    /// Share the client and admin ports with other processes that already listen on them
+    /// (SO_REUSEPORT across processes, e.g. an overlapping restart). Without it the node
+    /// refuses to start when another process listens on either address.
+    #[arg(long)]
+    pub reuse_port_with_others: bool,
 }
 
 impl Config {
@@ -131,7 +149,13 @@ impl Config {
     }
 }
 
-/// Parses `500ms`, `5s`, `2m`, `1h` or a bare number of seconds.
+/// The longest duration any flag takes, in seconds (one year). The timer wheel counts
+/// 50 ms ticks in a `u32` and clamps a deadline at `u32::MAX / 4` ticks (about 621 days);
+/// one year stays well inside it, and no timeout of this node needs more.
+pub const DURATION_SECS_MAX: u64 = 365 * 24 * 3600;
+
+/// Parses `500ms`, `5s`, `2m`, `1h` or a bare number of seconds, at most
+/// [`DURATION_SECS_MAX`].
 pub fn parse_duration(s: &str) -> Result<Duration, String> {
     let s = s.trim();
     let split = s
@@ -150,7 +174,12 @@ pub fn parse_duration(s: &str) -> Result<Duration, String> {
     if !secs.is_finite() || secs < 0.0 {
         return Err(format!("not a duration: {s:?}"));
     }
-    Ok(Duration::from_secs_f64(secs))
+    if secs > DURATION_SECS_MAX as f64 {
+        return Err(format!(
+            "duration too long: {s:?} (at most {DURATION_SECS_MAX}s, one year)"
+        ));
+    }
+    Duration::try_from_secs_f64(secs).map_err(|e| format!("not a duration: {s:?} ({e})"))
 }
 
 /// Parses `1048576`, `64KiB`, `1MiB`, `1GiB` (also `K`, `M`, `G`, `KB`, `MB`: binary units).
@@ -182,6 +211,23 @@ mod tests {
         assert_eq!(parse_duration("2m"), Ok(Duration::from_secs(120)));
         assert_eq!(parse_duration("3"), Ok(Duration::from_secs(3)));
         assert!(parse_duration("5 parsecs").is_err());
+    }
+
+    #[test]
+    fn issue_8_item_13_durations_past_a_year_are_refused_not_a_panic() {
+        for huge in ["99999999999999999999", "1e400", "366d", "8761h", "31536001"] {
+            assert!(parse_duration(huge).is_err(), "{huge}");
+        }
+        let err = parse_duration("99999999999999999999").unwrap_err();
+        assert!(err.contains("too long"), "{err}");
+        assert_eq!(
+            parse_duration("31536000"),
+            Ok(Duration::from_secs(DURATION_SECS_MAX))
+        );
+        assert_eq!(
+            parse_duration("8760h"),
+            Ok(Duration::from_secs(DURATION_SECS_MAX))
+        );
     }
 
     #[test]

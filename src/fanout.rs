@@ -6,6 +6,16 @@
 //! `Bytes` to every local subscriber's send queue and, for admin requests, answers with
 //! the count it handed out. Session claims travel the same way.
 //!
+//! Back-pressure: publishes and claims are counted per inbox (`Peers::queued`) and refused
+//! past `--max-shard-inbox`. A publish reserves a place in every target inbox before it
+//! sends to any, so it reaches all client shards or none: the admin publisher gets 503,
+//! a client publisher is closed with 1008. Replies to the admin shard are not bounded by
+//! it: they are at most one per client shard for each waiting admin request.
+//!
+//! A shard that has exited (drained, stopped on a ring error, or failed to start) sets its
+//! `Shared::exited` flag after dropping its inbox; it counts as having answered every
+//! request still waiting for it with 0 connections, so no admin request waits for it.
+//!
 //! Invariants:
 //! - Subscribe and unsubscribe are O(1): a connection stores its channel id and its index
 //!   in the channel's subscriber vector (swap-remove on leave); an empty channel is freed.
@@ -13,7 +23,7 @@
 //! - A (session, tab) is held by at most one live connection node-wide: the newest claim
 //!   (highest `Shared::session_seq`) wins and older holders are closed with 4001.
 
-use std::sync::atomic::Ordering;
+use std::sync::atomic::{AtomicUsize, Ordering};
 use std::sync::mpsc::Sender;
 use std::sync::Arc;
 use std::time::Instant;
@@ -23,7 +33,7 @@ use bytes::Bytes;
 use crate::conn::{State, NO_CHANNEL};
 use crate::ring::Owner;
 use crate::route::RouteKind;
-use crate::shard::{CloseMode, Core};
+use crate::shard::{CloseMode, Core, TICK_MS};
 use crate::ws::CloseCode;
 
 /// Every shard's inbox and ring fd, indexed by shard (the admin shard last).
@@ -35,6 +45,19 @@ pub struct Peers {
     pub ring_fds: Vec<std::os::fd::RawFd>,
     /// Number of client shards (indices `0..clients`).
     pub clients: usize,
+    /// Per inbox: publishes and claims sent and not yet taken out (replies not counted).
+    pub queued: Vec<AtomicUsize>,
+    /// `--max-shard-inbox`: the bound on `queued`.
+    pub inbox_max: usize,
+}
+
+/// Why a message did not reach a shard.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum Unsent {
+    /// The target's inbox holds `--max-shard-inbox` messages.
+    Full,
+    /// The target shard has exited and dropped its inbox.
+    Gone,
 }
 
 /// Where a publish goes.
@@ -81,6 +104,8 @@ pub enum ShardMsg {
     Reply {
         /// Request id in the admin shard's `pending` slab.
         id: u32,
+        /// The shard that counted.
+        from: usize,
         /// Connections the message was handed to on that shard.
         count: u64,
     },
@@ -120,12 +145,24 @@ pub struct Pending {
     pub name: Box<str>,
     /// Whether the target is a session (`/send`).
     pub session: bool,
-    /// Shards that have not answered yet.
+    /// Per client shard: whether its count is still awaited.
+    pub waiting_on: Vec<bool>,
+    /// Shards that have not answered yet (the `true`s in `waiting_on`).
     pub waiting: usize,
     /// Connections handed the message so far.
     pub count: u64,
     /// Keep the admin connection open after answering.
     pub keep_alive: bool,
+}
+
+/// A publishing connection's current one-second window (`--client-publish-rate`).
+pub struct PublishWindow {
+    /// Generation of the connection the window belongs to (slots are reused).
+    pub gen: u32,
+    /// Tick at which the window started.
+    pub start: u32,
+    /// Publishes in the window.
+    pub count: u32,
 }
 
 /// A connection's (session, tab), kept for its unbinding.
@@ -212,9 +249,18 @@ impl Core {
             tab: claim.tab.clone(),
         }));
         for target in 0..self.peers.clients {
-            if target != self.index {
-                self.send_to(target, ShardMsg::Claim(Arc::clone(&claim)));
+            if target == self.index {
+                continue;
             }
+            if !self.reserve(target) {
+                // The older tab on that shard stays open: counted and logged, not fatal.
+                self.counters.shard_inbox_full += 1;
+                self.log(format_args!(
+                    "event=shard_inbox_full target={target} msg=claim"
+                ));
+                continue;
+            }
+            let _ = self.send_to(target, ShardMsg::Claim(Arc::clone(&claim)));
         }
     }
 
@@ -237,30 +283,64 @@ impl Core {
         }
     }
 
-    /// Pushes a message into `target`'s inbox and schedules its doorbell.
-    pub(crate) fn send_to(&mut self, target: usize, msg: ShardMsg) {
-        if self.peers.inboxes[target].send(msg).is_ok() {
-            self.doorbells[target] = true;
+    /// Takes a place in `target`'s inbox for a publish or claim; false when it is full.
+    fn reserve(&self, target: usize) -> bool {
+        let queued = &self.peers.queued[target];
+        if queued.fetch_add(1, Ordering::Relaxed) >= self.peers.inbox_max {
+            queued.fetch_sub(1, Ordering::Relaxed);
+            return false;
         }
+        true
     }
 
-    /// Sends a publish to every client shard (this one included, delivered at once).
-    pub(crate) fn publish_to_clients(&mut self, publish: Publish) {
+    /// Pushes a message into `target`'s inbox and schedules its doorbell. A publish or
+    /// claim must have reserved its place (`reserve`); a reply needs none.
+    pub(crate) fn send_to(&mut self, target: usize, msg: ShardMsg) -> Result<(), Unsent> {
+        let counted = !matches!(msg, ShardMsg::Reply { .. });
+        if self.peers.inboxes[target].send(msg).is_err() {
+            if counted {
+                self.peers.queued[target].fetch_sub(1, Ordering::Relaxed);
+            }
+            return Err(Unsent::Gone);
+        }
+        self.doorbells[target] = true;
+        Ok(())
+    }
+
+    /// Sends a publish to every client shard (this one included, delivered at once), or to
+    /// none when any inbox is full. A shard that is gone counts as answering 0.
+    pub(crate) fn publish_to_clients(&mut self, publish: Publish) -> Result<(), Unsent> {
+        let (clients, me) = (self.peers.clients, self.index);
+        for target in (0..clients).filter(|&t| t != me) {
+            if !self.reserve(target) {
+                for undo in (0..target).filter(|&t| t != me) {
+                    self.peers.queued[undo].fetch_sub(1, Ordering::Relaxed);
+                }
+                self.counters.shard_inbox_full += 1;
+                self.log(format_args!(
+                    "event=shard_inbox_full target={target} msg=publish"
+                ));
+                return Err(Unsent::Full);
+            }
+        }
         self.counters.publishes += 1;
         let publish = Arc::new(publish);
-        for target in 0..self.peers.clients {
-            if target == self.index {
-                continue;
+        for target in (0..clients).filter(|&t| t != me) {
+            if self.send_to(target, ShardMsg::Publish(Arc::clone(&publish))) == Err(Unsent::Gone) {
+                if let Some((origin, id)) = publish.origin {
+                    debug_assert_eq!(origin, self.index, "only the admin shard asks for counts");
+                    self.admin_reply(id, target, 0);
+                }
             }
-            self.send_to(target, ShardMsg::Publish(Arc::clone(&publish)));
         }
-        if self.index < self.peers.clients {
+        if me < clients {
             self.deliver(&publish);
         }
+        Ok(())
     }
 
     /// Data messages a subscriber sent with `--client-publish` on: publish each to its
-    /// channel, sender included.
+    /// channel, sender included, within the connection's `--client-publish-rate`.
     pub(crate) fn client_publish(&mut self, key: usize) {
         let id = self.conns[key].channel;
         let frames = std::mem::take(&mut self.client_frames);
@@ -270,16 +350,54 @@ impl Core {
             return;
         }
         let name = self.channels[id as usize].name.clone();
+        let owner = self.owner(key);
         for frame in &frames {
-            self.publish_to_clients(Publish {
+            if !self.publish_allowed(owner) {
+                self.counters.client_publish_rate_closes += 1;
+                let rate = self.cfg.client_publish_rate;
+                self.log(format_args!("event=client_publish_rate rate_per_s={rate}"));
+                self.close_with(key, CloseCode::POLICY, "publish rate", CloseMode::Fail);
+                break;
+            }
+            let sent = self.publish_to_clients(Publish {
                 target: Target::Channel(name.clone()),
                 frame: frame.clone(),
                 accepted: Instant::now(),
                 origin: None,
             });
+            if sent == Err(Unsent::Full) {
+                let reason = "publish queue full";
+                self.close_with(key, CloseCode::POLICY, reason, CloseMode::Fail);
+                break;
+            }
         }
         self.client_frames = frames;
         self.client_frames.clear();
+    }
+
+    /// Counts one publish of `owner` in its current one-second window; false past
+    /// `--client-publish-rate`. Windows live in `publish_windows` only for connections that
+    /// published, so a connection that never publishes pays nothing for the limit.
+    fn publish_allowed(&mut self, owner: Owner) -> bool {
+        let now = self.wheel.now();
+        let window_ticks = (1000 / TICK_MS) as u32;
+        let w = self
+            .publish_windows
+            .entry(owner.key as usize)
+            .or_insert(PublishWindow {
+                gen: owner.gen,
+                start: now,
+                count: 0,
+            });
+        if w.gen != owner.gen || now.wrapping_sub(w.start) >= window_ticks {
+            *w = PublishWindow {
+                gen: owner.gen,
+                start: now,
+                count: 0,
+            };
+        }
+        w.count = w.count.saturating_add(1);
+        w.count <= self.cfg.client_publish_rate
     }
 
     /// Handles every message waiting in this shard's inbox.
@@ -288,10 +406,13 @@ impl Core {
             return;
         };
         while let Ok(msg) = inbox.try_recv() {
+            if !matches!(msg, ShardMsg::Reply { .. }) {
+                self.peers.queued[self.index].fetch_sub(1, Ordering::Relaxed);
+            }
             match msg {
                 ShardMsg::Publish(publish) => self.deliver(&publish),
                 ShardMsg::Claim(claim) => self.apply_claim(&claim),
-                ShardMsg::Reply { id, count } => self.admin_reply(id, count),
+                ShardMsg::Reply { id, from, count } => self.admin_reply(id, from, count),
             }
         }
         self.inbox = Some(inbox);
@@ -336,13 +457,10 @@ impl Core {
             f.remaining += handed;
         }
         if let Some((origin, id)) = publish.origin {
-            self.send_to(
-                origin,
-                ShardMsg::Reply {
-                    id,
-                    count: u64::from(handed),
-                },
-            );
+            let from = self.index;
+            let count = u64::from(handed);
+            // A gone admin shard has no one left to answer: nothing to do.
+            let _ = self.send_to(origin, ShardMsg::Reply { id, from, count });
         }
     }
 }

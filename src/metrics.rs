@@ -322,6 +322,72 @@ pub fn render(shards: &[Counters], clients: usize, draining: bool) -> String {
         clients,
         |c| c.accept_emfile,
     );
+    o.per_shard(
+        "doorbell_failures_total",
+        "counter",
+        "Cross-shard doorbells that failed (the target's tick drained its inbox).",
+        shards,
+        clients,
+        |c| c.doorbell_failures,
+    );
+    o.per_shard(
+        "ring_submit_errors_total",
+        "counter",
+        "io_uring submissions that failed (other than EINTR, EBUSY, EAGAIN).",
+        shards,
+        clients,
+        |c| c.ring_submit_errors,
+    );
+    o.per_shard(
+        "ring_unknown_completions_total",
+        "counter",
+        "Completions of an unknown operation kind (a bug if non-zero).",
+        shards,
+        clients,
+        |c| c.ring_unknown_completions,
+    );
+    o.per_shard(
+        "tick_errors_total",
+        "counter",
+        "Timer tick completions that were not an expiry.",
+        shards,
+        clients,
+        |c| c.tick_errors,
+    );
+    o.per_shard(
+        "ring_quiesce_timeouts_total",
+        "counter",
+        "Shutdowns that left operations in the kernel past the bound (memory leaked).",
+        shards,
+        clients,
+        |c| c.ring_quiesce_timeouts,
+    );
+    o.per_shard(
+        "shard_inbox_full_total",
+        "counter",
+        "Publishes and session claims refused because a shard's inbox was full.",
+        shards,
+        clients,
+        |c| c.shard_inbox_full,
+    );
+    o.per_shard(
+        "client_publish_rate_closes_total",
+        "counter",
+        "Clients closed for publishing faster than --client-publish-rate.",
+        shards,
+        clients,
+        |c| c.client_publish_rate_closes,
+    );
+    o.family(
+        "admin_publishes_refused_draining_total",
+        "counter",
+        "Admin publishes and sends answered 503 during the drain.",
+    );
+    o.sample(
+        "admin_publishes_refused_draining_total",
+        "",
+        total.admin_publishes_refused_draining,
+    );
     o.family(
         "admin_requests_total",
         "counter",

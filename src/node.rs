@@ -81,6 +81,20 @@ pub fn run(cfg: Config) -> Result<(), String> {
              use more --shards to hold more)"
         );
     }
+    if !cfg.reuse_port_with_others {
+        // Every listener uses SO_REUSEPORT (one per shard), which would also let this node
+        // join another process's port silently and split the clients and publishes with it.
+        for (addr, flag) in [(&cfg.listen, "--listen"), (&cfg.admin, "--admin")] {
+            let taken = sys::someone_listens_on(addr)
+                .map_err(|e| format!("probing {addr} ({flag}): {e}"))?;
+            if taken {
+                return Err(format!(
+                    "another process already listens on {addr} ({flag}); stop it or choose \
+                     another address (--reuse-port-with-others shares the port on purpose)"
+                ));
+            }
+        }
+    }
     sys::block_shutdown_signals().map_err(|e| format!("blocking signals: {e}"))?;
 
     // Rings first (every table copies every ring fd at its unshare), then listeners; the
@@ -130,10 +144,12 @@ pub fn run(cfg: Config) -> Result<(), String> {
         inboxes,
         ring_fds: ring_fds.clone(),
         clients: shards,
+        queued: (0..total_shards).map(|_| AtomicUsize::new(0)).collect(),
+        inbox_max: cfg.max_shard_inbox as usize,
     });
     let shared = Arc::new(Shared {
         shutdown: AtomicBool::new(false),
-        client_shards_done: AtomicUsize::new(0),
+        exited: (0..total_shards).map(|_| AtomicBool::new(false)).collect(),
         session_seq: AtomicU64::new(0),
         counters: (0..total_shards)
             .map(|_| Mutex::new(Counters::new()))
@@ -190,10 +206,11 @@ pub fn run(cfg: Config) -> Result<(), String> {
         sys::close(*fd);
     }
     if let Some(e) = failure {
+        // Said now, not after the other shards have stopped: they drain first.
+        crate::elog!("ringpush: a shard failed to start; stopping the others");
         shared.shutdown.store(true, Ordering::Relaxed);
-        for h in handles {
-            let _ = h.join();
-        }
+        let deadline = Instant::now() + SHUTDOWN_GRACE;
+        let _ = join_within(handles, deadline);
         return Err(e);
     }
     say!(
@@ -243,17 +260,51 @@ pub fn run(cfg: Config) -> Result<(), String> {
     let _ = std::io::stdout().flush();
     shared.shutdown.store(true, Ordering::Relaxed);
 
+    // Every shard ends by --drain-timeout plus about a second (`DRAIN_REAP_TICKS`); the
+    // deadline here is a backstop, and a second signal cuts the wait short.
+    let deadline = Instant::now() + cfg.drain_timeout + SHUTDOWN_GRACE;
+    let (reports, left) = match join_within(handles, deadline) {
+        Joined::All(reports) => (reports, Vec::new()),
+        Joined::Signal(sig, left) => {
+            say!(
+                "ringpush signal={sig} again: exiting at once without waiting for the drain \
+                 (shards still draining: {left:?})"
+            );
+            say!("final uptime={}s {}", started.elapsed().as_secs(), {
+                let mut sum = Counters::new();
+                for c in &shared.counters {
+                    sum.add(&c.lock().map(|c| c.clone()).unwrap_or_default());
+                }
+                sum.line()
+            });
+            std::process::exit(128 + sig);
+        }
+        Joined::Late(reports, left) => {
+            crate::elog!(
+                "ringpush warn=drain_overrun shards={left:?} did not stop within \
+                 --drain-timeout + {SHUTDOWN_GRACE:?}; exiting without them"
+            );
+            (reports, left)
+        }
+    };
     let mut total = Counters::new();
     let mut handshake = stats::latency_histogram();
     let mut ping = stats::latency_histogram();
     let mut fanout = stats::latency_histogram();
-    for h in handles {
-        if let Ok(Some(report)) = h.join() {
-            total.add(&report.counters);
-            let _ = handshake.add(&report.handshake_us);
-            let _ = ping.add(&report.ping_rtt_us);
-            let _ = fanout.add(&report.fanout_us);
-        }
+    for report in reports {
+        total.add(&report.counters);
+        let _ = handshake.add(&report.handshake_us);
+        let _ = ping.add(&report.ping_rtt_us);
+        let _ = fanout.add(&report.fanout_us);
+    }
+    for &i in &left {
+        // Their last published counters (every tick) stand in for their reports.
+        total.add(
+            &shared.counters[i]
+                .lock()
+                .map(|c| c.clone())
+                .unwrap_or_default(),
+        );
     }
     say!(
         "final uptime={}s {}",
@@ -270,7 +321,53 @@ pub fn run(cfg: Config) -> Result<(), String> {
         stats::percentile_spectrum("fan-out latency (per shard)", &fanout)
     );
     let _ = std::io::stdout().flush();
+    if !left.is_empty() {
+        return Err(format!("shards {left:?} did not finish their drain"));
+    }
     Ok(())
+}
+
+/// How long shutdown waits for the shards beyond --drain-timeout before giving up on them.
+const SHUTDOWN_GRACE: Duration = Duration::from_secs(3);
+
+/// How the wait for the shard threads ended.
+enum Joined {
+    /// Every shard finished (the reports of those that ran).
+    All(Vec<shard::Report>),
+    /// A SIGINT or SIGTERM arrived first; the indices of the shards still running.
+    Signal(i32, Vec<usize>),
+    /// The deadline passed: the reports so far and the shards still running.
+    Late(Vec<shard::Report>, Vec<usize>),
+}
+
+/// Joins the shard threads until `deadline`, polling so that a second signal is seen.
+fn join_within(
+    mut handles: Vec<std::thread::JoinHandle<Option<shard::Report>>>,
+    deadline: Instant,
+) -> Joined {
+    let mut reports = Vec::with_capacity(handles.len());
+    let mut running: Vec<usize> = (0..handles.len()).collect();
+    let mut slots: Vec<Option<_>> = handles.drain(..).map(Some).collect();
+    loop {
+        running.retain(|&i| {
+            let done = slots[i].as_ref().is_some_and(|h| h.is_finished());
+            if done {
+                if let Some(Ok(Some(report))) = slots[i].take().map(|h| h.join()) {
+                    reports.push(report);
+                }
+            }
+            !done
+        });
+        if running.is_empty() {
+            return Joined::All(reports);
+        }
+        if Instant::now() >= deadline {
+            return Joined::Late(reports, running);
+        }
+        if let Some(sig) = sys::wait_signal(Duration::from_millis(50)) {
+            return Joined::Signal(sig, running);
+        }
+    }
 }
 
 #[cfg(test)]

@@ -14,11 +14,15 @@
 //! - [`Core`] (everything but the ring) never pushes SQEs; it records what must be
 //!   submitted (`dirty`, `starved`, `doorbells`) and the shard submits after the batch.
 //! - A connection's slot is freed only when no operation of it is in the kernel.
+//! - When the loop ends, every socket is shut down and `Ring::quiesce` cancels and reaps
+//!   everything of this shard in the kernel before any fd is closed or buffer freed.
+//! - The wheel follows the wall clock: a tick moves it by the ticks elapsed since `epoch`,
+//!   and only a tick that expired (-ETIME) moves it at all.
 //! - Nothing is queued after a connection's close frame (or HTTP refusal).
 
 use std::collections::{HashMap, VecDeque};
 use std::os::fd::RawFd;
-use std::sync::atomic::{AtomicBool, AtomicU64, AtomicUsize, Ordering};
+use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use std::sync::mpsc::Receiver;
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
@@ -29,10 +33,10 @@ use slab::Slab;
 
 use crate::config::Config;
 use crate::conn::{self, Conn, State};
-use crate::fanout::{Channel, Fanout, Peers, Pending, SessionTab, ShardMsg};
+use crate::fanout::{Channel, Fanout, Peers, Pending, PublishWindow, SessionTab, ShardMsg};
 use crate::http::admin::AdminConfig;
 use crate::http::handshake::{self, HandshakeError};
-use crate::ring::{sys, Completion, Owner, Ring, GEN_MASK};
+use crate::ring::{sys, Completion, Owner, Ring, GEN_MASK, QUIESCE_MS};
 use crate::route::RouteKind;
 use crate::stats::{self, Counters};
 use crate::timer::{Wheel, NEVER};
@@ -46,13 +50,43 @@ const WHEEL_SLOTS: usize = 2048;
 const LOG_LINES_PER_SEC_MAX: u32 = 20;
 /// Ticks between retries of an accept that ended on EMFILE.
 const ACCEPT_RETRY_TICKS: u32 = 2;
+/// Ticks a client shard waits after its drain deadline for the completions of the
+/// connections it aborted then (they arrive within milliseconds); past it the shard exits
+/// anyway, so shutdown ends within --drain-timeout plus about a second.
+const DRAIN_REAP_TICKS: u32 = 20;
+/// Test hook: `RINGPUSH_TEST_FAIL_SHARD=<i>` makes shard `i` fail its start-up (as a
+/// failed buffer registration would); `<i>:run` makes it leave its loop on its first tick
+/// (as a ring error would). Unset in production; the tests of issue 8 use it.
+const TEST_FAIL_SHARD_ENV: &str = "RINGPUSH_TEST_FAIL_SHARD";
+
+/// How the test hook in [`TEST_FAIL_SHARD_ENV`] treats shard `index`.
+#[derive(Clone, Copy, PartialEq, Eq)]
+enum TestFailure {
+    None,
+    Start,
+    Run,
+}
+
+fn test_failure(index: usize) -> TestFailure {
+    let Ok(value) = std::env::var(TEST_FAIL_SHARD_ENV) else {
+        return TestFailure::None;
+    };
+    let (shard, when) = value.split_once(':').unwrap_or((&value, "start"));
+    match (shard.parse::<usize>(), when) {
+        (Ok(i), "start") if i == index => TestFailure::Start,
+        (Ok(i), "run") if i == index => TestFailure::Run,
+        _ => TestFailure::None,
+    }
+}
 
 /// State shared between the main thread and the shards.
 pub struct Shared {
     /// Set by the main thread on SIGINT / SIGTERM.
     pub shutdown: AtomicBool,
-    /// Client shards that have finished their drain (the admin shard waits for all).
-    pub client_shards_done: AtomicUsize,
+    /// Per shard: set (Release) once its thread has left its loop and dropped its inbox, or
+    /// failed to start. The admin shard waits for every client shard's flag, and counts an
+    /// exited shard as having answered its waiting publishes with 0.
+    pub exited: Vec<AtomicBool>,
     /// Orders (session, tab) claims node-wide: the highest sequence wins.
     pub session_seq: AtomicU64,
     /// Per shard: its counters as of its last publication (every tick).
@@ -125,11 +159,24 @@ pub fn spawn(
         ShardKind::Client => format!("ringpush-shard-{}", setup.index),
         ShardKind::Admin => "ringpush-admin".to_string(),
     };
+    let index = setup.index;
+    let shared = Arc::clone(&setup.shared);
+    let shared_run = Arc::clone(&setup.shared);
     crate::reactor::spawn(
         name,
         ready,
-        move || Shard::start(setup),
-        |mut shard| shard.run(),
+        move || {
+            // A failed start drops the setup, inbox included, before the flag is set.
+            Shard::start(setup).inspect_err(|_| shared.exited[index].store(true, Ordering::Release))
+        },
+        move |mut shard| {
+            let report = shard.run();
+            // The inbox goes with the shard: senders see it gone, then the admin shard
+            // sees the flag and stops waiting for this shard's counts.
+            drop(shard);
+            shared_run.exited[index].store(true, Ordering::Release);
+            report
+        },
     )
 }
 
@@ -157,7 +204,13 @@ impl Shard {
         for fd in &foreign_fds {
             sys::close(*fd);
         }
-        let core = Core::new(
+        let failure = test_failure(i);
+        if failure == TestFailure::Start {
+            return Err(format!(
+                "ringpush shard {i}: start-up failed on purpose ({TEST_FAIL_SHARD_ENV})"
+            ));
+        }
+        let mut core = Core::new(
             &setup.kind,
             i,
             setup.listen_fd,
@@ -166,6 +219,7 @@ impl Shard {
             setup.shared,
         )
         .with_peers(setup.peers, setup.inbox);
+        core.test_exit = failure == TestFailure::Run;
         Ok(Shard {
             ring,
             core,
@@ -194,13 +248,12 @@ impl Shard {
                 break;
             }
         }
+        // The listener stays open during a drain (late sockets hear the shutdown 503), and a
+        // ring error leaves the accept armed: the quiesce cancels it with everything else,
+        // so no connection is taken that nobody would serve.
+        self.quiesce();
+        self.core.accept_armed = false;
         self.core.close_everything();
-        if self.core.kind == ShardKind::Client {
-            self.core
-                .shared
-                .client_shards_done
-                .fetch_add(1, Ordering::Release);
-        }
         self.core.publish();
         self.core.report()
     }
@@ -221,15 +274,61 @@ impl Shard {
                 frame,
                 offset,
             } => self.send_complete(owner, res, frame, offset),
-            Completion::Tick { more, .. } => {
-                self.core.tick();
-                if !more {
-                    self.ring.tick(Duration::from_millis(TICK_MS));
-                }
+            // The ring re-arms the tick itself; only an expiry moves the wheel, and it moves
+            // to the wall clock, so a late or merged tick does not make deadlines drift.
+            Completion::Tick { res, .. } if res == -libc::ETIME => self.core.tick(),
+            Completion::Tick { res, more } => {
+                self.core.counters.tick_errors += 1;
+                let mode = self.ring.tick_mode();
+                self.core.log(format_args!(
+                    "event=tick_failed res={res} more={more} mode={mode:?} (re-armed after \
+                     one interval)"
+                ));
             }
             // A doorbell from another shard: its messages wait in our inbox.
             Completion::Msg { .. } => self.core.drain_inbox(),
+            Completion::DoorbellFailed { target, res } => {
+                // The target still drains its inbox on its next tick, so the messages are
+                // late by at most a tick, not lost.
+                self.core.counters.doorbell_failures += 1;
+                self.core.log(format_args!(
+                    "event=doorbell_failed target={target} res={res} (its tick drains the inbox)"
+                ));
+            }
+            Completion::Unknown { user_data, res } => {
+                self.core.counters.ring_unknown_completions += 1;
+                self.core.log(format_args!(
+                    "event=unknown_completion user_data={user_data:#x} res={res}"
+                ));
+            }
+            Completion::SubmitFailed { errno } => {
+                self.core.counters.ring_submit_errors += 1;
+                self.core.log(format_args!(
+                    "event=submit_failed errno={errno} (the SQEs stay queued)"
+                ));
+            }
             Completion::Cancel { .. } | Completion::Connect { .. } => {}
+        }
+    }
+
+    /// Ends every operation of this shard in the kernel before its memory is freed: shuts
+    /// every socket down (which ends its recv and send), then cancels and reaps for at most
+    /// `QUIESCE_MS`. Dropping the ring would cancel nothing, since every file table holds
+    /// its fd. If the kernel keeps something, the ring leaks its buffers and frames.
+    fn quiesce(&mut self) {
+        for (_, c) in self.core.conns.iter() {
+            sys::shutdown(c.fd, libc::SHUT_RDWR);
+        }
+        let index = self.core.index;
+        match self.ring.quiesce(Duration::from_millis(QUIESCE_MS)) {
+            Ok(()) => {}
+            Err(left) => {
+                self.core.counters.ring_quiesce_timeouts += 1;
+                crate::elog!(
+                    "ringpush shard={index} error=ring_quiesce_gave_up {left} after \
+                     {QUIESCE_MS} ms (its buffers and frames are leaked, not freed)"
+                );
+            }
         }
     }
 
@@ -239,9 +338,10 @@ impl Shard {
         }
         if res >= 0 {
             if let Some(owner) = self.core.accepted(res) {
+                debug_assert!(self.core.conns[owner.key as usize].has(conn::RECV_ARMED));
                 self.ring.recv_multi(res, owner);
             }
-            if !more && self.core.draining.is_none() {
+            if !more && !self.core.stop_accepting {
                 self.core.accept_retry_at = self.core.wheel.now();
             }
             return;
@@ -283,12 +383,17 @@ impl Shard {
             return;
         }
         let key = owner.key as usize;
+        debug_assert!(
+            core.conns[key].has(conn::RECV_ARMED),
+            "a recv ended that the connection did not arm"
+        );
         core.conns[key].flags &= !conn::RECV_ARMED;
         if res > 0 {
             // The multishot ended for a reason other than EOF or an error (for example a CQ
             // overflow): arm it again so no data is left unread.
             if core.conns[key].state != State::Dead {
                 core.counters.recv_rearmed += 1;
+                debug_assert!(!core.conns[key].has(conn::RECV_ARMED));
                 core.conns[key].flags |= conn::RECV_ARMED;
                 self.ring.recv_multi(core.conns[key].fd, owner);
             } else {
@@ -316,6 +421,10 @@ impl Shard {
         }
         let key = owner.key as usize;
         let core = &mut self.core;
+        debug_assert!(
+            core.conns[key].has(conn::SEND_INFLIGHT),
+            "a send completed that the connection did not have in flight"
+        );
         core.conns[key].flags &= !conn::SEND_INFLIGHT;
         if core.conns[key].state == State::Dead {
             core.retire(&frame);
@@ -350,7 +459,7 @@ impl Shard {
             && !core.accept_armed
         {
             core.accept_retry_at = 0;
-            if let (Some(fd), None) = (core.listen_fd, core.draining) {
+            if let (Some(fd), false) = (core.listen_fd, core.stop_accepting) {
                 self.ring.accept_multi(fd);
                 core.accept_armed = true;
             }
@@ -367,7 +476,8 @@ impl Shard {
         let mut rang = false;
         for (target, ring) in core.doorbells.iter_mut().enumerate() {
             if std::mem::take(ring) {
-                self.ring.msg_ring(core.peers.ring_fds[target], 1, 0);
+                self.ring
+                    .msg_ring(core.peers.ring_fds[target], target as u32, 1, 0);
                 rang = true;
             }
         }
@@ -392,6 +502,7 @@ impl Shard {
                 core.maybe_release(key);
                 continue;
             }
+            debug_assert!(!core.conns[key].has(conn::RECV_ARMED));
             core.conns[key].flags |= conn::RECV_ARMED;
             self.ring.recv_multi(core.conns[key].fd, owner);
         }
@@ -403,6 +514,7 @@ impl Shard {
                 continue;
             }
             if let Some((fd, owner, frame)) = core.next_send(key) {
+                debug_assert!(core.conns[key].has(conn::SEND_INFLIGHT));
                 self.ring.send(fd, owner, frame, 0);
             }
         }
@@ -441,6 +553,8 @@ pub(crate) struct Core {
     pub(crate) admin_cfg: AdminConfig,
     pub(crate) limits: Limits,
     pub(crate) refusal_busy: Vec<u8>,
+    /// The 503 a socket accepted during the drain gets (`HandshakeError::ShuttingDown`).
+    pub(crate) refusal_shutdown: Vec<u8>,
     pub(crate) draining: Option<u32>,
     pub(crate) ticks_handshake: u32,
     pub(crate) ticks_ping: u32,
@@ -462,6 +576,13 @@ pub(crate) struct Core {
     // Admin state (admin.rs).
     pub(crate) pending: Slab<Pending>,
     pub(crate) admin_slots: HashMap<usize, VecDeque<crate::admin::AdminSlot>>,
+    /// Admin shard: client shards already seen exited (logged once each).
+    pub(crate) shards_gone: Vec<bool>,
+    /// Client shards: the current `--client-publish-rate` window of each connection that
+    /// published (by slab key; removed when the slot is freed).
+    pub(crate) publish_windows: HashMap<usize, PublishWindow>,
+    /// Test hook: leave the loop on the next tick, as on a ring error.
+    test_exit: bool,
 }
 
 fn ticks(d: Duration) -> u32 {
@@ -491,6 +612,8 @@ impl Core {
         };
         let mut refusal_busy = Vec::new();
         HandshakeError::Overloaded.write_refusal(&mut refusal_busy);
+        let mut refusal_shutdown = Vec::new();
+        HandshakeError::ShuttingDown.write_refusal(&mut refusal_shutdown);
         Core {
             kind: *kind,
             index,
@@ -519,6 +642,7 @@ impl Core {
                 message_bytes_max: cfg.max_message,
             },
             refusal_busy,
+            refusal_shutdown,
             draining: None,
             ticks_handshake: ticks(cfg.handshake_timeout),
             ticks_ping: ticks(cfg.ping_interval),
@@ -538,6 +662,9 @@ impl Core {
             client_frames: Vec::new(),
             pending: Slab::new(),
             admin_slots: HashMap::new(),
+            shards_gone: Vec::new(),
+            publish_windows: HashMap::new(),
+            test_exit: false,
             cfg,
             shared,
         }
@@ -545,6 +672,7 @@ impl Core {
 
     fn with_peers(mut self, peers: Arc<Peers>, inbox: Receiver<ShardMsg>) -> Core {
         self.doorbells = vec![false; peers.ring_fds.len()];
+        self.shards_gone = vec![false; peers.clients];
         self.peers = peers;
         self.inbox = Some(inbox);
         self
@@ -580,14 +708,21 @@ impl Core {
     }
 
     fn finished(&self) -> bool {
+        if self.test_exit {
+            return true;
+        }
         let Some(end) = self.draining else {
             return false;
         };
         match self.kind {
-            ShardKind::Client => self.conns.is_empty() || self.wheel.now() > end + self.ticks_close,
-            // The admin listener answers (healthz 503) until every client shard is done.
+            ShardKind::Client => self.conns.is_empty() || self.wheel.now() > end + DRAIN_REAP_TICKS,
+            // The admin listener answers (healthz 503, publishes 503) until every client
+            // shard has exited, however it ended: drained, stopped on a ring error, or never
+            // started. Requests still waiting count exited shards as 0 (`count_exited_shards`).
             ShardKind::Admin => {
-                self.shared.client_shards_done.load(Ordering::Acquire) >= self.peers.clients
+                self.shared.exited[..self.peers.clients]
+                    .iter()
+                    .all(|done| done.load(Ordering::Acquire))
                     && self.pending.is_empty()
             }
         }
@@ -597,8 +732,15 @@ impl Core {
     /// deadline. Returns the owner to arm its recv for.
     fn accepted(&mut self, fd: RawFd) -> Option<Owner> {
         self.counters.accepted += 1;
-        let draining = self.draining.is_some() && self.kind == ShardKind::Client;
-        if draining || self.conns.len() >= self.conns_max {
+        if self.draining.is_some() && self.kind == ShardKind::Client {
+            // A fresh socket's send buffer is empty, so this small response goes out whole.
+            let _ = sys::send_now(fd, &self.refusal_shutdown);
+            sys::close(fd);
+            self.counters.refused[stats::refusal_slot(&HandshakeError::ShuttingDown)] += 1;
+            self.log(format_args!("event=refused reason=shutting_down"));
+            return None;
+        }
+        if self.conns.len() >= self.conns_max {
             // A fresh socket's send buffer is empty, so this small response goes out whole.
             let _ = sys::send_now(fd, &self.refusal_busy);
             sys::close(fd);
@@ -735,6 +877,9 @@ impl Core {
         if !self.admin_slots.is_empty() {
             self.admin_slots.remove(&key);
         }
+        if !self.publish_windows.is_empty() {
+            self.publish_windows.remove(&key);
+        }
         let mut c = self.conns.remove(key);
         for frame in c.queue.take_all() {
             self.retire(&frame);
@@ -743,9 +888,32 @@ impl Core {
         self.counters.open -= 1;
     }
 
-    /// One timer tick: expire due connections, publish counters, drain the inbox (in case a
-    /// doorbell was lost), start the drain when the main thread asks for it.
+    /// A tick expired: advance the wheel to the wall clock (one step per `TICK_MS` elapsed
+    /// since `epoch`, however many expiries that took), then drain the inbox (in case a
+    /// doorbell was lost), publish counters, and start the drain when the main thread asks.
     fn tick(&mut self) {
+        let target = (self.epoch.elapsed().as_millis() / u128::from(TICK_MS)) as u32 + 1;
+        while self.wheel.now() < target {
+            self.tick_step();
+        }
+        self.drain_inbox();
+        if self.kind == ShardKind::Admin {
+            self.count_exited_shards();
+        }
+        if self.test_exit {
+            self.log(format_args!(
+                "event=shard_stopped reason=test_hook ({TEST_FAIL_SHARD_ENV})"
+            ));
+        }
+        self.publish();
+        if self.draining.is_none() && self.shared.shutdown.load(Ordering::Relaxed) {
+            self.start_drain();
+        }
+    }
+
+    /// One step of the wheel: expire due connections, refill the log budget each second,
+    /// abort what is left when the drain deadline comes.
+    fn tick_step(&mut self) {
         let mut due = std::mem::take(&mut self.due);
         self.wheel.advance(&mut due);
         let now = self.wheel.now();
@@ -755,7 +923,6 @@ impl Core {
             }
         }
         self.due = due;
-        self.drain_inbox();
         if now % (1000 / TICK_MS as u32) == 0 {
             if self.log_suppressed > 0 {
                 crate::elog!(
@@ -766,10 +933,6 @@ impl Core {
                 self.log_suppressed = 0;
             }
             self.log_budget = LOG_LINES_PER_SEC_MAX;
-        }
-        self.publish();
-        if self.draining.is_none() && self.shared.shutdown.load(Ordering::Relaxed) {
-            self.start_drain();
         }
         if let Some(end) = self.draining {
             if now == end && self.kind == ShardKind::Client {
@@ -861,7 +1024,13 @@ impl Core {
             // drained; `finished` ends it.
             return;
         }
-        self.stop_accepting = true;
+        if self.cfg.reuse_port_with_others {
+            // Another process shares the port (an overlapping restart): close the listener
+            // so the kernel sends every new client there.
+            self.stop_accepting = true;
+        }
+        // Otherwise the listener stays open until the shard exits: a client that connects
+        // during the drain hears 503 "shutting down" (`accepted`), not a reset.
         let keys: Vec<usize> = self.conns.iter().map(|(k, _)| k).collect();
         for key in keys {
             match self.conns[key].state {
@@ -877,8 +1046,11 @@ impl Core {
         }
     }
 
+    /// Closes every socket and the listener. Runs after `Shard::quiesce`, so no operation
+    /// of ours refers to them any more, and each socket was shut down before its close.
     fn close_everything(&mut self) {
         for c in self.conns.drain() {
+            sys::shutdown(c.fd, libc::SHUT_RDWR);
             sys::close(c.fd);
         }
         if let Some(fd) = self.listen_fd.take() {

@@ -94,6 +94,23 @@ pub struct Counters {
     /// `AdminError::ALL_REASONS`).
     pub admin_requests: u64,
     pub admin_refused: Vec<u64>,
+    /// Cross-shard doorbells (MsgRingData) that failed; the target's tick drained its inbox.
+    pub doorbell_failures: u64,
+    /// Ring submissions that failed with an error other than EINTR, EBUSY or EAGAIN.
+    pub ring_submit_errors: u64,
+    /// Completions with an op kind no SQE of ours carries (a bug if ever non-zero).
+    pub ring_unknown_completions: u64,
+    /// Tick completions other than an expiry (-ETIME); each was re-armed one tick later.
+    pub tick_errors: u64,
+    /// Shutdowns whose ring still had operations in the kernel after the quiesce bound.
+    pub ring_quiesce_timeouts: u64,
+    /// Publishes and session claims refused because a target shard's inbox held
+    /// `--max-shard-inbox` messages, counted by the sending shard.
+    pub shard_inbox_full: u64,
+    /// Clients closed with 1008 for publishing faster than `--client-publish-rate`.
+    pub client_publish_rate_closes: u64,
+    /// Admin publishes and sends answered 503 because the node is draining.
+    pub admin_publishes_refused_draining: u64,
     /// Fan-out latency: publish accepted → last local send completed.
     pub fanout: Buckets,
     /// Server ping → pong round trip.
@@ -196,6 +213,14 @@ impl Counters {
         for (a, b) in self.admin_refused.iter_mut().zip(&other.admin_refused) {
             *a += b;
         }
+        self.doorbell_failures += other.doorbell_failures;
+        self.ring_submit_errors += other.ring_submit_errors;
+        self.ring_unknown_completions += other.ring_unknown_completions;
+        self.tick_errors += other.tick_errors;
+        self.ring_quiesce_timeouts += other.ring_quiesce_timeouts;
+        self.shard_inbox_full += other.shard_inbox_full;
+        self.client_publish_rate_closes += other.client_publish_rate_closes;
+        self.admin_publishes_refused_draining += other.admin_publishes_refused_draining;
         self.fanout.add(&other.fanout);
         self.ping_rtt.add(&other.ping_rtt);
     }

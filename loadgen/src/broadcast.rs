@@ -24,8 +24,9 @@ use ringpush::ws::mask::MaskGen;
 use ringpush::ws::{frame, CloseCode, Decoder, Event, Limits, OpCode, Role};
 use serde_json::Value;
 
-use crate::cli::{BroadcastPlan, Plan, Publisher};
+use crate::cli::Publisher;
 use crate::payload;
+use crate::plan::{BroadcastPlan, Plan};
 use crate::report::PublishReport;
 use crate::worker::{Phase, Shared};
 

@@ -18,6 +18,7 @@ mod cli;
 mod conn;
 mod host;
 mod payload;
+mod plan;
 mod report;
 mod worker;
 
@@ -30,7 +31,8 @@ use std::time::{Duration, Instant};
 use clap::Parser;
 use ringpush::ring::sys;
 
-use crate::cli::{Cli, Plan, Scenario};
+use crate::cli::Cli;
+use crate::plan::{Plan, Scenario};
 use crate::report::{Counters, Hists, PublishReport, Report, Summary};
 use crate::worker::{Phase, Setup, Shared};
 

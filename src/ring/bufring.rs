@@ -40,7 +40,7 @@ unsafe impl Send for BufRing {}
 
 fn map_anonymous(bytes: usize) -> io::Result<*mut u8> {
     // SAFETY: a fresh private anonymous mapping; no existing memory is touched. The shard
-    // owns it until `BufRing::drop` unmaps it, after the ring that uses it is gone.
+    // owns it until `BufRing::drop` unmaps it, once no recv of the ring is in flight.
     let ptr = unsafe {
         libc::mmap(
             std::ptr::null_mut(),
@@ -97,7 +97,7 @@ impl BufRing {
             incremental: true,
         };
         // SAFETY: `entries` is a page-aligned mapping of `count` entries that this BufRing
-        // owns and keeps mapped until drop, which happens after the io_uring is dropped.
+        // owns and keeps mapped until drop, which happens only once no recv is in flight.
         let inc = unsafe {
             submitter.register_buf_ring_with_flags(entries as u64, count, bgid, IOU_PBUF_RING_INC)
         };
@@ -193,8 +193,9 @@ impl BufRing {
 
 impl Drop for BufRing {
     fn drop(&mut self) {
-        // SAFETY: both mappings were created in `register` with these lengths; the ring that
-        // could write into them has been dropped before us (field order in `Ring`).
+        // SAFETY: both mappings were created in `register` with these lengths. The Ring drops
+        // its BufRing only after `Ring::quiesce` saw no recv of its own in the kernel (and
+        // leaks it otherwise), so nothing can write into them any more.
         unsafe {
             libc::munmap(self.entries.cast(), self.entries_bytes);
             libc::munmap(self.bufs.cast(), self.bufs_bytes);

@@ -7,9 +7,21 @@
 //!
 //! Invariants:
 //! - `user_data` packs (op kind, slab key, generation); a completion for a reused slot is
-//!   recognised by its generation and dropped by the caller.
-//! - A send's frame lives in `sends` from push until its CQE; a multishot timeout's timespec
-//!   lives in `tick_ts` for the life of the ring.
+//!   recognised by its generation and dropped by the caller. Every kind decodes to a named
+//!   [`Completion`]: a doorbell failure, a submit error and an unknown kind each have their
+//!   own variant, and none of them is ever reported as a cancel.
+//! - A send's frame lives in `sends` from push until its CQE; the tick's timespec lives in
+//!   `tick_ts` for the life of the ring.
+//! - The ring counts what it has in the kernel (`sends`, `connects`, `recvs`, `accepts`,
+//!   `tick_armed`); each is raised when the SQE is pushed and lowered when the completion
+//!   that ends it is reaped, and [`Ring::quiesce`] waits for all of them to reach zero.
+//! - Dropping the `IoUring` cancels nothing: every shard's file table holds a copy of every
+//!   ring fd (rings are created before the unshare), so the ring context outlives this
+//!   struct. Buffers and frames are therefore freed only after [`Ring::quiesce`] saw nothing
+//!   of ours in flight; if it gives up, they are deliberately leaked.
+//! - The tick never spins: on kernels without multishot timeouts (before 6.4) it is a
+//!   one-shot timeout re-armed per expiry, and a tick that fails is re-armed only after a
+//!   full tick interval has passed (the wait itself times out meanwhile).
 //! - Pushing never fails: a full SQ is submitted, and what still does not fit waits in
 //!   `backlog` for the next enter.
 
@@ -20,7 +32,7 @@ pub mod sys;
 use std::collections::VecDeque;
 use std::io;
 use std::os::fd::{AsRawFd, RawFd};
-use std::time::Duration;
+use std::time::{Duration, Instant};
 
 use bytes::Bytes;
 use io_uring::{cqueue, opcode, squeue, types, IoUring};
@@ -40,6 +52,19 @@ pub struct Owner {
 /// Generations are carried in 24 bits of `user_data`.
 pub const GEN_MASK: u32 = 0x00ff_ffff;
 
+/// How long [`Ring::quiesce`] waits, by default, for the kernel to give back every operation
+/// of ours before it gives up and leaks the memory they point at.
+pub const QUIESCE_MS: u64 = 1_000;
+/// Longest single wait inside [`Ring::quiesce`]; the cancel is repeated after each.
+const QUIESCE_WAIT_MS: u64 = 50;
+/// The environment variable that forces the tick's mode (`oneshot` or `multishot`); unset
+/// or `auto`, the kernel is probed. A test and compatibility switch, not a tuning knob.
+pub const TICK_ENV: &str = "RINGPUSH_TICK";
+/// Key of the start-up probe's timeout (real ticks use key 0).
+const PROBE_KEY: u32 = 1;
+/// Cap on enter retries after EINTR, so a signal storm cannot hold a push for ever.
+const EINTR_RETRIES_MAX: u32 = 16;
+
 #[repr(u8)]
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 enum OpKind {
@@ -50,6 +75,24 @@ enum OpKind {
     Cancel = 5,
     Msg = 6,
     Connect = 7,
+    Doorbell = 8,
+}
+
+impl OpKind {
+    /// The kind a `user_data` byte names, or None for a byte no SQE of ours carries.
+    fn decode(byte: u8) -> Option<OpKind> {
+        Some(match byte {
+            1 => OpKind::Accept,
+            2 => OpKind::Recv,
+            3 => OpKind::Send,
+            4 => OpKind::Tick,
+            5 => OpKind::Cancel,
+            6 => OpKind::Msg,
+            7 => OpKind::Connect,
+            8 => OpKind::Doorbell,
+            _ => return None,
+        })
+    }
 }
 
 fn pack(kind: OpKind, key: u32, gen: u32) -> u64 {
@@ -62,6 +105,52 @@ fn unpack(user_data: u64) -> (u8, u32, u32) {
         user_data as u32,
         ((user_data >> 32) as u32) & GEN_MASK,
     )
+}
+
+/// How the shard's periodic tick is armed.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum TickMode {
+    /// One multishot timeout for the ring's life (Linux 6.4 and later).
+    Multishot,
+    /// A one-shot timeout re-armed after each expiry (Linux 6.1 to 6.3, or forced with
+    /// `RINGPUSH_TICK=oneshot`).
+    Oneshot,
+}
+
+/// What a ring has in the kernel: every operation whose completion is still to come.
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub struct InFlight {
+    /// Sends (frames the kernel may still read).
+    pub sends: usize,
+    /// Armed receives (the kernel may still write into provided buffers).
+    pub recvs: usize,
+    /// Armed multishot accepts.
+    pub accepts: usize,
+    /// Whether the tick is armed.
+    pub tick: bool,
+    /// Outgoing connects (addresses the kernel may still read).
+    pub connects: usize,
+}
+
+impl InFlight {
+    /// Whether nothing at all is in the kernel.
+    pub fn is_empty(&self) -> bool {
+        *self == InFlight::default()
+    }
+}
+
+impl std::fmt::Display for InFlight {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        write!(
+            f,
+            "sends={} recvs={} accepts={} tick={} connects={}",
+            self.sends,
+            self.recvs,
+            self.accepts,
+            u8::from(self.tick),
+            self.connects
+        )
+    }
 }
 
 /// A reaped completion, typed by the operation that produced it.
@@ -84,10 +173,19 @@ pub enum Completion {
         frame: Bytes,
         offset: usize,
     },
-    /// The periodic tick fired (`res` is -ETIME) or ended (`more` false).
+    /// The periodic tick: `res` is -ETIME when it expired; anything else is a failure the
+    /// caller counts (the ring re-arms the tick itself, a failed one after a full interval).
     Tick { res: i32, more: bool },
     /// An async cancel finished.
     Cancel { res: i32 },
+    /// A doorbell (MsgRingData) to ring `target` failed with `res`; successes post nothing.
+    /// The target still drains its inbox on its next tick.
+    DoorbellFailed { target: u32, res: i32 },
+    /// A completion whose op kind no SQE of ours carries: a bug, counted and logged.
+    Unknown { user_data: u64, res: i32 },
+    /// Handing SQEs to the kernel failed with `errno` (not EINTR, EBUSY or EAGAIN, which
+    /// are retried); the SQEs stay queued for the next enter.
+    SubmitFailed { errno: i32 },
     /// A message from another ring (MsgRingData): its 64-bit payload, carried in `user_data`
     /// minus the op byte, and `res` as the sender chose it.
     Msg { data: u64, res: i32 },
@@ -147,14 +245,36 @@ struct InflightSend {
 
 /// One shard's io_uring with the memory its in-flight operations point at.
 pub struct Ring {
-    // Field order matters: the io_uring is dropped (and its requests cancelled) before the
-    // buffers and frames it may still reference.
+    // Dropping the io_uring cancels nothing (other file tables hold its fd): `Drop` runs
+    // `quiesce` first, and leaks `bufs`, `sends` and `connects` if the kernel keeps them.
     ring: IoUring,
     bufs: Option<BufRing>,
     sends: Slab<InflightSend>,
     connects: Slab<connect::InflightConnect>,
     tick_ts: Box<types::Timespec>,
     backlog: VecDeque<squeue::Entry>,
+    /// Armed multishot receives: raised by `recv_multi`, lowered by a Recv CQE without
+    /// F_MORE.
+    recvs: usize,
+    /// Armed multishot accepts: raised by `accept_multi`, lowered by an Accept CQE without
+    /// F_MORE.
+    accepts: usize,
+    /// True exactly while a Tick SQE is in the kernel (until its CQE without F_MORE).
+    tick_armed: bool,
+    tick_mode: TickMode,
+    /// The tick's period, once [`Ring::tick`] was called.
+    tick_every: Option<Duration>,
+    /// When an ended tick is armed again (at the next enter, if already past).
+    tick_rearm_at: Option<Instant>,
+    /// Set by `quiesce`: nothing new is armed, the tick included.
+    stopping: bool,
+    /// Set when `quiesce` gave up: the memory in flight is leaked, never freed.
+    leaked: bool,
+    /// Completions reaped early (while retrying a submit) or made up by the ring itself
+    /// (submit errors), handed out first by the next `reap`.
+    events: Vec<Completion>,
+    /// Scratch for `reap`: raw CQEs copied out before they are decoded.
+    raw: Vec<(u64, i32, u32)>,
 }
 
 impl Ring {
@@ -183,6 +303,16 @@ impl Ring {
             connects: Slab::new(),
             tick_ts: Box::new(types::Timespec::new()),
             backlog: VecDeque::new(),
+            recvs: 0,
+            accepts: 0,
+            tick_armed: false,
+            tick_mode: TickMode::Multishot,
+            tick_every: None,
+            tick_rearm_at: None,
+            stopping: false,
+            leaked: false,
+            events: Vec::new(),
+            raw: Vec::new(),
         })
     }
 
@@ -227,7 +357,67 @@ impl Ring {
         if !self.bufs().incremental() {
             crate::elog!("{who}: note=buffer_ring_whole_buffers (kernel lacks IOU_PBUF_RING_INC)");
         }
+        let forced = std::env::var(TICK_ENV).ok();
+        if self.probe_tick(forced.as_deref()) == TickMode::Oneshot {
+            crate::elog!(
+                "{who}: note=tick=oneshot (multishot timeouts need Linux 6.4, or {TICK_ENV} \
+                 forced it)"
+            );
+        }
         Ok(())
+    }
+
+    /// Chooses how the tick is armed: `forced` (`"oneshot"` or `"multishot"`, from
+    /// `RINGPUSH_TICK`) wins; otherwise a multishot timeout of 1 µs that fires once is
+    /// submitted on this fresh ring, and EINVAL means the kernel predates them (6.4).
+    /// Call on an enabled ring with nothing in flight.
+    pub fn probe_tick(&mut self, forced: Option<&str>) -> TickMode {
+        debug_assert!(self.in_flight().is_empty(), "the probe needs a quiet ring");
+        self.tick_mode = match forced {
+            Some("oneshot") => TickMode::Oneshot,
+            Some("multishot") => TickMode::Multishot,
+            _ => self.probe_multishot_timeout(),
+        };
+        self.tick_mode
+    }
+
+    fn probe_multishot_timeout(&mut self) -> TickMode {
+        *self.tick_ts = types::Timespec::new().nsec(1_000);
+        let ts: *const types::Timespec = &*self.tick_ts;
+        // The kernel copies the timespec at submission; `tick_ts` lives as long as the ring.
+        let entry = opcode::Timeout::new(ts)
+            .count(1)
+            .flags(types::TimeoutFlags::MULTISHOT)
+            .build()
+            .user_data(pack(OpKind::Tick, PROBE_KEY, 0));
+        self.push(entry);
+        self.flush_backlog();
+        let bound = types::Timespec::new().sec(1);
+        let args = types::SubmitArgs::new().timespec(&bound);
+        let mut verdict = None;
+        // A fresh ring posts nothing but the probe's completion; the bound covers a kernel
+        // that never answers (then the one-shot tick, which every kernel has, is used).
+        for _ in 0..4 {
+            let _ = self.ring.submitter().submit_with_args(1, &args);
+            for cqe in self.ring.completion() {
+                if cqe.user_data() == pack(OpKind::Tick, PROBE_KEY, 0) && !cqueue::more(cqe.flags())
+                {
+                    verdict = Some(cqe.result());
+                }
+            }
+            if verdict.is_some() {
+                break;
+            }
+        }
+        match verdict {
+            Some(res) if res == -libc::ETIME => TickMode::Multishot,
+            _ => TickMode::Oneshot,
+        }
+    }
+
+    /// How the tick is armed (after [`Ring::adopt`] or [`Ring::probe_tick`]).
+    pub fn tick_mode(&self) -> TickMode {
+        self.tick_mode
     }
 
     /// Registers the shard's provided-buffer ring as group 0.
@@ -249,6 +439,17 @@ impl Ring {
         self.sends.len()
     }
 
+    /// Everything of ours the kernel still holds.
+    pub fn in_flight(&self) -> InFlight {
+        InFlight {
+            sends: self.sends.len(),
+            recvs: self.recvs,
+            accepts: self.accepts,
+            tick: self.tick_armed,
+            connects: self.connects.len(),
+        }
+    }
+
     fn push(&mut self, entry: squeue::Entry) {
         if !self.backlog.is_empty() {
             self.backlog.push_back(entry);
@@ -260,11 +461,39 @@ impl Ring {
             return;
         }
         // SQ full: hand what we have to the kernel and try once more; otherwise queue.
-        let _ = self.ring.submit();
+        self.submit_named();
         // SAFETY: as above.
         if unsafe { self.ring.submission().push(&entry) }.is_err() {
             self.backlog.push_back(entry);
         }
+    }
+
+    /// Submits without waiting and names every outcome: EINTR is retried, EBUSY and EAGAIN
+    /// (completions pending, or the kernel short of memory) are met by reaping what is there
+    /// into `events` and trying once more, and anything else becomes a
+    /// [`Completion::SubmitFailed`] for the caller to count. Returns whether it submitted.
+    fn submit_named(&mut self) -> bool {
+        let mut retried_busy = false;
+        for _ in 0..EINTR_RETRIES_MAX {
+            match self.ring.submit() {
+                Ok(_) => return true,
+                Err(e) => match e.raw_os_error().unwrap_or(0) {
+                    libc::EINTR => continue,
+                    libc::EBUSY | libc::EAGAIN if !retried_busy => {
+                        retried_busy = true;
+                        let mut early = std::mem::take(&mut self.events);
+                        self.reap_kernel(&mut early);
+                        self.events = early;
+                    }
+                    libc::EBUSY | libc::EAGAIN => return false,
+                    errno => {
+                        self.events.push(Completion::SubmitFailed { errno });
+                        return false;
+                    }
+                },
+            }
+        }
+        false
     }
 
     fn flush_backlog(&mut self) {
@@ -272,10 +501,7 @@ impl Ring {
             // SAFETY: as in `push`: the entry's memory is owned by the Ring.
             if unsafe { self.ring.submission().push(&entry) }.is_err() {
                 self.backlog.push_front(entry);
-                if self.ring.submit().is_err() {
-                    return;
-                }
-                if self.ring.submission().is_full() {
+                if !self.submit_named() || self.ring.submission().is_full() {
                     return;
                 }
             }
@@ -284,10 +510,12 @@ impl Ring {
 
     /// Arms multishot accept on a listener.
     pub fn accept_multi(&mut self, listen_fd: RawFd) {
+        debug_assert!(!self.stopping, "nothing is armed after quiesce");
         let entry = opcode::AcceptMulti::new(types::Fd(listen_fd))
             .flags(libc::SOCK_NONBLOCK | libc::SOCK_CLOEXEC)
             .build()
             .user_data(pack(OpKind::Accept, 0, 0));
+        self.accepts += 1;
         // No memory is referenced: multishot accept returns no peer address.
         self.push(entry);
     }
@@ -302,6 +530,8 @@ impl Ring {
 
     /// Arms multishot recv for a connection into the shard's buffer group.
     pub fn recv_multi(&mut self, fd: RawFd, owner: Owner) {
+        debug_assert!(!self.stopping, "nothing is armed after quiesce");
+        self.recvs += 1;
         let bgid = self.bufs().bgid();
         let entry = opcode::RecvMulti::new(types::Fd(fd), bgid)
             .build()
@@ -313,6 +543,7 @@ impl Ring {
     /// Sends `frame[offset..]` on `fd`. The frame is held by the ring until the completion,
     /// which hands it back.
     pub fn send(&mut self, fd: RawFd, owner: Owner, frame: Bytes, offset: usize) {
+        debug_assert!(!self.stopping, "nothing is armed after quiesce");
         debug_assert!(offset < frame.len());
         let len = (frame.len() - offset).min(u32::MAX as usize) as u32;
         let ptr = frame[offset..].as_ptr();
@@ -330,22 +561,59 @@ impl Ring {
         self.push(entry);
     }
 
-    /// Arms the shard's periodic tick (a multishot timeout that never ends by itself).
+    /// Arms the periodic tick every `every`, in the mode [`Ring::probe_tick`] chose. The
+    /// ring keeps it armed from then on: a one-shot tick is re-armed after each expiry and a
+    /// multishot one when it ends; a tick that failed is re-armed one interval later.
     pub fn tick(&mut self, every: Duration) {
+        debug_assert!(!self.stopping, "nothing is armed after quiesce");
+        self.tick_every = Some(every);
+        self.arm_tick();
+    }
+
+    fn arm_tick(&mut self) {
+        debug_assert!(!self.tick_armed, "one tick at a time");
+        let Some(every) = self.tick_every else {
+            return;
+        };
+        self.tick_rearm_at = None;
         *self.tick_ts = types::Timespec::from(every);
         let ts: *const types::Timespec = &*self.tick_ts;
-        // `tick_ts` is a Box owned by the Ring for its whole life; the kernel reads it at
-        // submission time and the box never moves or changes while armed.
-        let entry = opcode::Timeout::new(ts)
-            .count(0)
-            .flags(types::TimeoutFlags::MULTISHOT)
-            .build()
-            .user_data(pack(OpKind::Tick, 0, 0));
+        // `tick_ts` is a Box owned by the Ring for its whole life; the kernel copies it at
+        // submission time and the box never moves.
+        let timeout = opcode::Timeout::new(ts).count(0);
+        let timeout = match self.tick_mode {
+            TickMode::Multishot => timeout.flags(types::TimeoutFlags::MULTISHOT),
+            TickMode::Oneshot => timeout,
+        };
+        let entry = timeout.build().user_data(pack(OpKind::Tick, 0, 0));
+        self.tick_armed = true;
         self.push(entry);
     }
 
-    /// Posts a 56-bit message into another ring's CQ (no memory is referenced).
-    pub fn msg_ring(&mut self, target_ring_fd: RawFd, data: u64, res: i32) {
+    /// Books a Tick CQE that ends the tick: an expiry is re-armed at the next enter, a
+    /// multishot tick the kernel refused (EINVAL: before 6.4) falls back to one-shot, and
+    /// any other failure waits one full interval, so that a failing tick never spins.
+    fn tick_ended(&mut self, res: i32) {
+        debug_assert!(self.tick_armed, "a tick ended that was not armed");
+        self.tick_armed = false;
+        let Some(every) = self.tick_every else {
+            return;
+        };
+        let now = Instant::now();
+        self.tick_rearm_at = Some(if res == -libc::ETIME {
+            now
+        } else if res == -libc::EINVAL && self.tick_mode == TickMode::Multishot {
+            self.tick_mode = TickMode::Oneshot;
+            now
+        } else {
+            now + every
+        });
+    }
+
+    /// Posts a 56-bit message into another ring's CQ (no memory is referenced). Success
+    /// posts nothing here; a failure comes back as [`Completion::DoorbellFailed`] naming
+    /// `target` (the caller's index for that ring).
+    pub fn msg_ring(&mut self, target_ring_fd: RawFd, target: u32, data: u64, res: i32) {
         debug_assert!(data >> 56 == 0, "cross-ring payload is 56 bits");
         let entry = opcode::MsgRingData::new(
             types::Fd(target_ring_fd),
@@ -355,7 +623,7 @@ impl Ring {
         )
         .build()
         .flags(squeue::Flags::SKIP_SUCCESS)
-        .user_data(pack(OpKind::Cancel, 0, 0));
+        .user_data(pack(OpKind::Doorbell, target, 0));
         self.push(entry);
     }
 
@@ -363,59 +631,416 @@ impl Ring {
     /// doorbells leave before a long run of sends is queued behind them).
     pub fn submit_now(&mut self) {
         self.flush_backlog();
-        let _ = self.ring.submit();
+        self.submit_named();
     }
 
-    /// Submits everything queued and waits for at least one completion. EINTR is retried;
-    /// EBUSY (CQ overflowed) returns at once so the caller reaps first.
+    /// Submits everything queued and waits for at least one completion (or, while the tick
+    /// waits to be re-armed, at most until it is due). EINTR is retried; EBUSY and EAGAIN
+    /// return at once so the caller reaps first.
     pub fn submit_and_wait(&mut self) -> io::Result<()> {
+        let wait_until = self.rearm_tick_if_due();
         self.flush_backlog();
+        let bound = wait_until.map(|at| {
+            let left = at.saturating_duration_since(Instant::now());
+            types::Timespec::from(left.max(Duration::from_millis(1)))
+        });
         loop {
-            match self.ring.submit_and_wait(1) {
+            let entered = match &bound {
+                Some(ts) => {
+                    let args = types::SubmitArgs::new().timespec(ts);
+                    self.ring.submitter().submit_with_args(1, &args)
+                }
+                None => self.ring.submit_and_wait(1),
+            };
+            match entered {
                 Ok(_) => return Ok(()),
-                Err(e) if e.raw_os_error() == Some(libc::EINTR) => continue,
-                Err(e) if e.raw_os_error() == Some(libc::EBUSY) => return Ok(()),
-                Err(e) if e.raw_os_error() == Some(libc::ETIME) => return Ok(()),
-                Err(e) => return Err(e),
+                Err(e) => match e.raw_os_error().unwrap_or(0) {
+                    libc::EINTR => continue,
+                    libc::EBUSY | libc::EAGAIN | libc::ETIME => return Ok(()),
+                    _ => return Err(e),
+                },
             }
         }
     }
 
+    /// Re-arms an ended tick once it is due; returns when a pending re-arm is due otherwise.
+    fn rearm_tick_if_due(&mut self) -> Option<Instant> {
+        let at = self.tick_rearm_at?;
+        if self.stopping || self.tick_armed {
+            return None;
+        }
+        if Instant::now() >= at {
+            self.arm_tick();
+            return None;
+        }
+        Some(at)
+    }
+
     /// Moves every available completion into `out`, typed, returning each send's frame.
     pub fn reap(&mut self, out: &mut Vec<Completion>) {
-        let mut cq = self.ring.completion();
-        cq.sync();
-        for cqe in &mut cq {
-            let (res, flags) = (cqe.result(), cqe.flags());
-            let (kind, key, gen) = unpack(cqe.user_data());
-            let more = cqueue::more(flags);
-            let completion = match kind {
-                k if k == OpKind::Accept as u8 => Completion::Accept { res, more },
-                k if k == OpKind::Recv as u8 => Completion::Recv {
+        out.append(&mut self.events);
+        self.reap_kernel(out);
+    }
+
+    fn reap_kernel(&mut self, out: &mut Vec<Completion>) {
+        let mut raw = std::mem::take(&mut self.raw);
+        {
+            let mut cq = self.ring.completion();
+            cq.sync();
+            raw.extend((&mut cq).map(|cqe| (cqe.user_data(), cqe.result(), cqe.flags())));
+        }
+        for (user_data, res, flags) in raw.drain(..) {
+            out.push(self.decode(user_data, res, flags));
+        }
+        self.raw = raw;
+    }
+
+    /// Types one CQE and books the end of the operation it completes.
+    fn decode(&mut self, user_data: u64, res: i32, flags: u32) -> Completion {
+        let (byte, key, gen) = unpack(user_data);
+        let more = cqueue::more(flags);
+        let Some(kind) = OpKind::decode(byte) else {
+            debug_assert!(false, "a CQE with unknown op kind {byte}: {user_data:#x}");
+            return Completion::Unknown { user_data, res };
+        };
+        match kind {
+            OpKind::Accept => {
+                if !more {
+                    debug_assert!(self.accepts > 0, "an accept ended that was not armed");
+                    self.accepts = self.accepts.saturating_sub(1);
+                }
+                Completion::Accept { res, more }
+            }
+            OpKind::Recv => {
+                if !more {
+                    debug_assert!(self.recvs > 0, "a recv ended that was not armed");
+                    self.recvs = self.recvs.saturating_sub(1);
+                }
+                Completion::Recv {
                     owner: Owner { key, gen },
                     res,
                     more,
                     bid: cqueue::buffer_select(flags),
                     buf_more: cqueue::buffer_more(flags),
-                },
-                k if k == OpKind::Send as u8 => {
-                    let sent = self.sends.remove(key as usize);
-                    Completion::Send {
-                        owner: sent.owner,
-                        res,
-                        frame: sent.frame,
-                        offset: sent.offset,
-                    }
                 }
-                k if k == OpKind::Tick as u8 => Completion::Tick { res, more },
-                k if k == OpKind::Connect as u8 => connect::complete(&mut self.connects, key, res),
-                k if k == OpKind::Msg as u8 => Completion::Msg {
-                    data: cqe.user_data() & ((1 << 56) - 1),
+            }
+            OpKind::Send => {
+                let sent = self
+                    .sends
+                    .try_remove(key as usize)
+                    .expect("a Send CQE names a send in flight");
+                Completion::Send {
+                    owner: sent.owner,
                     res,
-                },
-                _ => Completion::Cancel { res },
-            };
-            out.push(completion);
+                    frame: sent.frame,
+                    offset: sent.offset,
+                }
+            }
+            OpKind::Tick => {
+                debug_assert_eq!(key, 0, "the probe's CQE is consumed by the probe");
+                if !more {
+                    self.tick_ended(res);
+                }
+                Completion::Tick { res, more }
+            }
+            OpKind::Connect => connect::complete(&mut self.connects, key, res),
+            OpKind::Msg => Completion::Msg {
+                data: user_data & ((1 << 56) - 1),
+                res,
+            },
+            OpKind::Doorbell => Completion::DoorbellFailed { target: key, res },
+            OpKind::Cancel => Completion::Cancel { res },
         }
+    }
+
+    /// Ends everything of ours in the kernel before its memory is freed: stops re-arming,
+    /// cancels every request of this ring (IORING_ASYNC_CANCEL_ANY, repeated) and reaps
+    /// until no send, recv, accept, connect or tick is in flight, for at most `bound`.
+    /// Returns what was still in flight when it gave up; the ring then leaks its buffers and
+    /// frames on drop rather than free memory the kernel may still touch. Shut sockets down
+    /// first: that ends their receives and sends without waiting for the cancel.
+    pub fn quiesce(&mut self, bound: Duration) -> Result<(), InFlight> {
+        self.stopping = true;
+        self.tick_rearm_at = None;
+        let deadline = Instant::now() + bound;
+        let mut reaped = Vec::new();
+        loop {
+            reaped.clear();
+            self.reap(&mut reaped);
+            let left = self.in_flight();
+            if left.is_empty() {
+                return Ok(());
+            }
+            let now = Instant::now();
+            if now >= deadline {
+                self.leaked = true;
+                return Err(left);
+            }
+            let entry = opcode::AsyncCancel2::new(types::CancelBuilder::any())
+                .build()
+                .user_data(pack(OpKind::Cancel, 0, 0));
+            self.push(entry);
+            self.flush_backlog();
+            let wait = (deadline - now).min(Duration::from_millis(QUIESCE_WAIT_MS));
+            let ts = types::Timespec::from(wait);
+            let args = types::SubmitArgs::new().timespec(&ts);
+            let _ = self.ring.submitter().submit_with_args(1, &args);
+        }
+    }
+}
+
+impl Drop for Ring {
+    fn drop(&mut self) {
+        if !self.leaked && !self.in_flight().is_empty() {
+            if let Err(left) = self.quiesce(Duration::from_millis(QUIESCE_MS)) {
+                crate::elog!("ringpush error=ring_quiesce_gave_up {left} (leaking its memory)");
+            }
+        }
+        if self.leaked {
+            // The kernel may still write into the buffers or read the frames: never free
+            // them. This happens at most once per ring, at exit.
+            std::mem::forget(self.bufs.take());
+            std::mem::forget(std::mem::take(&mut self.sends));
+            std::mem::forget(std::mem::take(&mut self.connects));
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use std::io::Write;
+    use std::os::unix::net::UnixStream;
+
+    use super::*;
+
+    fn test_ring() -> Ring {
+        let cfg = RingConfig {
+            sq_entries: 16,
+            cq_entries: 64,
+        };
+        let mut ring = Ring::new(&cfg).expect("ring");
+        ring.enable().expect("enable");
+        ring.register_buffers(4, 4096).expect("buffers");
+        ring
+    }
+
+    /// Submits and reaps until `want` says stop or `within` passes; returns what was reaped.
+    fn reap_for(
+        ring: &mut Ring,
+        within: Duration,
+        want: impl Fn(&[Completion]) -> bool,
+    ) -> Vec<Completion> {
+        let deadline = Instant::now() + within;
+        let mut all = Vec::new();
+        while Instant::now() < deadline && !want(&all) {
+            let ts = types::Timespec::from(Duration::from_millis(10));
+            let args = types::SubmitArgs::new().timespec(&ts);
+            ring.flush_backlog();
+            let _ = ring.ring.submitter().submit_with_args(1, &args);
+            ring.reap(&mut all);
+        }
+        all
+    }
+
+    #[test]
+    fn pack_and_unpack_round_trip() {
+        for kind in [
+            OpKind::Accept,
+            OpKind::Recv,
+            OpKind::Send,
+            OpKind::Tick,
+            OpKind::Cancel,
+            OpKind::Msg,
+            OpKind::Connect,
+            OpKind::Doorbell,
+        ] {
+            let packed = pack(kind, 0xdead_beef, 0x12_3456);
+            let (byte, key, gen) = unpack(packed);
+            assert_eq!(OpKind::decode(byte), Some(kind));
+            assert_eq!((key, gen), (0xdead_beef, 0x12_3456));
+        }
+        // Generations keep 24 bits; the kind byte is never overwritten by them.
+        let (byte, _, gen) = unpack(pack(OpKind::Recv, 1, u32::MAX));
+        assert_eq!((OpKind::decode(byte), gen), (Some(OpKind::Recv), GEN_MASK));
+    }
+
+    #[test]
+    fn issue_8_item_5_unknown_op_kinds_decode_to_none() {
+        for byte in [0u8, 9, 0x7f, 0xff] {
+            assert_eq!(OpKind::decode(byte), None, "byte {byte}");
+        }
+    }
+
+    #[test]
+    fn issue_8_item_5_failed_doorbell_is_reported_as_doorbell_failure() {
+        let mut ring = test_ring();
+        let (a, _b) = UnixStream::pair().expect("socketpair");
+        // A socket is not a ring: the kernel refuses the MsgRingData (EBADFD).
+        ring.msg_ring(a.as_raw_fd(), 3, 1, 0);
+        ring.submit_now();
+        let got = reap_for(&mut ring, Duration::from_secs(2), |c| !c.is_empty());
+        assert_eq!(got.len(), 1, "{got:?}");
+        match got[0] {
+            Completion::DoorbellFailed { target, res } => {
+                assert_eq!(target, 3);
+                assert!(res < 0, "res {res}");
+            }
+            ref other => panic!("a failed doorbell came back as {other:?}"),
+        }
+    }
+
+    #[test]
+    fn issue_8_item_1_tick_probe_and_forced_oneshot_keep_time() {
+        let mut ring = test_ring();
+        // This machine's kernel (6.18) has multishot timeouts; the switch forces the other.
+        assert_eq!(ring.probe_tick(Some("oneshot")), TickMode::Oneshot);
+        let every = Duration::from_millis(20);
+        ring.tick(every);
+        let start = Instant::now();
+        let mut expiries = 0;
+        let mut all = Vec::new();
+        while start.elapsed() < Duration::from_millis(400) {
+            ring.submit_and_wait().expect("enter");
+            all.clear();
+            ring.reap(&mut all);
+            for c in &all {
+                match c {
+                    Completion::Tick { res, more } => {
+                        assert_eq!((*res, *more), (-libc::ETIME, false));
+                        expiries += 1;
+                    }
+                    other => panic!("unexpected {other:?}"),
+                }
+            }
+        }
+        // One expiry per 20 ms, re-armed each time: about 20 in 400 ms, never a spin.
+        assert!(
+            (8..=22).contains(&expiries),
+            "{expiries} expiries in 400 ms"
+        );
+        assert!(ring.in_flight().tick || ring.tick_rearm_at.is_some());
+        assert_eq!(ring.quiesce(Duration::from_secs(1)), Ok(()));
+    }
+
+    #[test]
+    fn issue_8_item_1_a_failing_tick_is_counted_and_never_spins() {
+        let mut ring = test_ring();
+        assert_eq!(ring.probe_tick(None), TickMode::Multishot);
+        let every = Duration::from_millis(50);
+        ring.tick_every = Some(every);
+        ring.tick_mode = TickMode::Oneshot;
+        // A timeout the kernel refuses (an undefined flag bit), as 6.1 refuses MULTISHOT.
+        let ts: *const types::Timespec = &*ring.tick_ts;
+        let bad = opcode::Timeout::new(ts)
+            .flags(types::TimeoutFlags::from_bits_retain(1 << 30))
+            .build()
+            .user_data(pack(OpKind::Tick, 0, 0));
+        ring.tick_armed = true;
+        ring.push(bad);
+        let start = Instant::now();
+        let (mut failed, mut expired) = (0, 0);
+        let mut all = Vec::new();
+        while start.elapsed() < Duration::from_millis(300) {
+            ring.submit_and_wait().expect("enter");
+            all.clear();
+            ring.reap(&mut all);
+            for c in &all {
+                match c {
+                    Completion::Tick { res, .. } if *res == -libc::ETIME => expired += 1,
+                    Completion::Tick { .. } => failed += 1,
+                    other => panic!("unexpected {other:?}"),
+                }
+            }
+        }
+        assert_eq!(failed, 1, "the refused tick is reported once");
+        // Re-armed one interval after the failure, then every 50 ms: a few, not thousands.
+        assert!((2..=6).contains(&expired), "{expired} expiries in 300 ms");
+        assert_eq!(ring.quiesce(Duration::from_secs(1)), Ok(()));
+    }
+
+    #[test]
+    fn issue_8_item_15_quiesce_cancels_a_blocked_send_and_an_armed_recv() {
+        let mut ring = test_ring();
+        let (a, b) = UnixStream::pair().expect("socketpair");
+        // Fill `a`'s send buffer so that the ring's send blocks: the peer never reads.
+        a.set_nonblocking(true).expect("nonblocking");
+        let chunk = vec![0u8; 64 * 1024];
+        let mut filled = 0usize;
+        for _ in 0..10_000 {
+            match (&a).write(&chunk) {
+                Ok(n) => filled += n,
+                Err(_) => break,
+            }
+        }
+        assert!(filled > 0);
+        let owner = Owner { key: 7, gen: 1 };
+        ring.recv_multi(a.as_raw_fd(), owner);
+        ring.send(a.as_raw_fd(), owner, Bytes::from(vec![1u8; 256 * 1024]), 0);
+        ring.tick(Duration::from_millis(50));
+        ring.submit_now();
+        // Nothing but the tick completes by itself: the peer neither writes nor reads.
+        let early = reap_for(&mut ring, Duration::from_millis(100), |_| false);
+        assert!(
+            early.iter().all(|c| matches!(c, Completion::Tick { .. })),
+            "{early:?}"
+        );
+        let armed = ring.in_flight();
+        assert_eq!((armed.sends, armed.recvs, armed.tick), (1, 1, true));
+        let start = Instant::now();
+        assert_eq!(ring.quiesce(Duration::from_secs(1)), Ok(()));
+        assert!(start.elapsed() < Duration::from_secs(1));
+        assert!(ring.in_flight().is_empty(), "{}", ring.in_flight());
+        drop(ring);
+        drop(b);
+    }
+
+    /// Ops of this ring listed by the kernel's fdinfo for `fd` (poll-armed sends and recvs).
+    fn kernel_poll_ops(fd: RawFd) -> Vec<String> {
+        let info = std::fs::read_to_string(format!("/proc/self/fdinfo/{fd}")).expect("fdinfo");
+        info.lines()
+            .skip_while(|l| !l.starts_with("PollList"))
+            .skip(1)
+            .take_while(|l| l.starts_with(' '))
+            .map(|l| l.trim().to_string())
+            .collect()
+    }
+
+    #[test]
+    fn issue_8_item_15_dropping_the_ring_leaves_nothing_in_the_kernel() {
+        let cfg = RingConfig {
+            sq_entries: 16,
+            cq_entries: 64,
+        };
+        let mut ring = Ring::new(&cfg).expect("ring");
+        ring.enable().expect("enable");
+        ring.register_buffers(4, 4096).expect("buffers");
+        let (a, _b) = UnixStream::pair().expect("socketpair");
+        a.set_nonblocking(true).expect("nonblocking");
+        let chunk = vec![0u8; 64 * 1024];
+        for _ in 0..10_000 {
+            if (&a).write(&chunk).is_err() {
+                break;
+            }
+        }
+        let owner = Owner { key: 7, gen: 1 };
+        ring.recv_multi(a.as_raw_fd(), owner);
+        ring.send(a.as_raw_fd(), owner, Bytes::from(vec![1u8; 256 * 1024]), 0);
+        ring.submit_now();
+        // Another shard's file table holds every ring fd; a dup stands in for it here.
+        // SAFETY: dup(2) of a valid fd touches no memory; the new fd is closed below.
+        let other_table = unsafe { libc::dup(ring.fd()) };
+        assert!(other_table >= 0);
+        let deadline = Instant::now() + Duration::from_secs(2);
+        while kernel_poll_ops(other_table).len() < 2 && Instant::now() < deadline {
+            std::thread::sleep(Duration::from_millis(5));
+        }
+        assert_eq!(kernel_poll_ops(other_table).len(), 2, "recv and send armed");
+        drop(ring);
+        let left = kernel_poll_ops(other_table);
+        sys::close(other_table);
+        assert!(
+            left.is_empty(),
+            "the kernel still holds ops after the Ring (and its buffers) were dropped: {left:?}"
+        );
     }
 }

@@ -149,6 +149,27 @@ pub fn reuseport_listener(addr: &SocketAddr) -> io::Result<RawFd> {
     })
 }
 
+/// Whether another socket already listens on `addr` (this process has none yet). Binds a
+/// plain socket with SO_REUSEADDR but without SO_REUSEPORT: Linux lets it bind over
+/// TIME_WAIT leftovers but refuses it (EADDRINUSE) while any listener holds the address,
+/// SO_REUSEPORT or not. Port 0 is never taken. Other bind errors are returned as they are.
+pub fn someone_listens_on(addr: &SocketAddr) -> io::Result<bool> {
+    if addr.port() == 0 {
+        return Ok(false);
+    }
+    match tcp_socket(addr, |fd| {
+        set_opt(fd, libc::SOL_SOCKET, libc::SO_REUSEADDR, 1 as libc::c_int)?;
+        bind(fd, addr)
+    }) {
+        Ok(fd) => {
+            close(fd);
+            Ok(false)
+        }
+        Err(e) if e.raw_os_error() == Some(libc::EADDRINUSE) => Ok(true),
+        Err(e) => Err(e),
+    }
+}
+
 /// The address a socket is bound to (resolves port 0).
 pub fn local_addr(fd: RawFd) -> io::Result<SocketAddr> {
     // SAFETY: all-zero sockaddr_storage is valid.

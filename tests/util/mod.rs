@@ -40,6 +40,11 @@ fn pump(reader: impl Read + Send + 'static) -> mpsc::Receiver<String> {
 impl Node {
     /// Starts the node with `args` on 127.0.0.1:0 and waits for its "listening" line.
     pub fn start(args: &[&str]) -> Node {
+        Node::start_with_env(args, &[])
+    }
+
+    /// As [`Node::start`], with extra environment variables (test hooks).
+    pub fn start_with_env(args: &[&str], envs: &[(&str, &str)]) -> Node {
         let mut child = Command::new(env!("CARGO_BIN_EXE_ringpush"))
             .args([
                 "--listen",
@@ -54,6 +59,7 @@ impl Node {
             // 8 MiB of it for every node the tests run at once.
             .args(["--sq-entries", "256", "--cq-entries", "2048"])
             .args(args)
+            .envs(envs.iter().copied())
             .stdout(Stdio::piped())
             .stderr(Stdio::piped())
             .spawn()

@@ -33,9 +33,9 @@ use ringpush::ws::mask::MaskGen;
 use ringpush::ws::{Limits, OpCode, Role};
 use slab::Slab;
 
-use crate::cli::{Plan, Scenario};
 use crate::conn::{self, Conn, State};
 use crate::payload;
+use crate::plan::{Plan, Scenario};
 use crate::report::{self, Counters, Failure, Hists, Report};
 
 /// Timer tick when echo messages are paced (their schedule is per millisecond).
@@ -248,10 +248,19 @@ impl Worker {
                 frame,
                 offset,
             } => self.send_complete(owner, res, frame, offset),
-            Completion::Tick { more, .. } => {
-                if !more {
-                    self.ring.tick(self.core.tick);
-                }
+            // The ring re-arms the tick itself; the wheel follows the wall clock.
+            Completion::Tick { .. } => {}
+            Completion::DoorbellFailed { res, .. } | Completion::Unknown { res, .. } => {
+                ringpush::elog!(
+                    "ringpush-loadgen worker={} error=ring_completion res={res}",
+                    self.core.index
+                );
+            }
+            Completion::SubmitFailed { errno } => {
+                ringpush::elog!(
+                    "ringpush-loadgen worker={} error=ring_submit errno={errno}",
+                    self.core.index
+                );
             }
             Completion::Accept { .. } | Completion::Cancel { .. } | Completion::Msg { .. } => {}
         }

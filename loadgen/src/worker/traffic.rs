@@ -17,9 +17,9 @@ use ringpush::ring::Owner;
 use ringpush::ws::{frame, CloseCode, Decoder, Event, OpCode};
 
 use super::{Core, Phase, Traffic, COALESCE_BYTES_MAX, PACED_PER_BATCH_MAX};
-use crate::cli::Scenario;
 use crate::conn::{self, Partial, State};
 use crate::payload::{self, Seen};
+use crate::plan::Scenario;
 use crate::report;
 
 impl Core {
