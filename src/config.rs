@@ -66,6 +66,11 @@ pub struct Config {
     #[arg(long, default_value = "1MiB", value_parser = parse_bytes)]
     pub max_message: usize,
 
+    /// Memory each shard spends at most on reassembling fragmented messages (summed over
+    /// its connections); past it the connection holding the most is closed with 1009.
+    #[arg(long, default_value = "64MiB", value_parser = parse_bytes)]
+    pub reassembly_budget: usize,
+
     /// Bytes queued for one connection at most; past it the connection is a slow consumer.
     #[arg(long, default_value = "1MiB", value_parser = parse_bytes)]
     pub max_pending: usize,
@@ -245,6 +250,7 @@ mod tests {
         assert_eq!(cfg.listen.to_string(), "0.0.0.0:8080");
         assert_eq!(cfg.max_pending, 1 << 20);
         assert_eq!(cfg.max_message, 1 << 20);
+        assert_eq!(cfg.reassembly_budget, 64 << 20);
         assert_eq!(cfg.max_header_bytes, 8 << 10);
         assert_eq!(cfg.handshake_timeout, Duration::from_secs(5));
         assert_eq!(cfg.ping_interval, Duration::from_secs(30));

@@ -4,13 +4,13 @@
 //! `ringpush` binary, the benches and the load generator share one implementation.
 
 /// Writes a line to stderr, ignoring a closed pipe: a vanished log reader must not take
-/// the node down (`eprintln!` would panic).
+/// the node down (`eprintln!` would panic). On a reactor thread the line is queued and
+/// never waited for (see `log.rs`): a stalled stderr drops and counts lines instead.
 #[macro_export]
 macro_rules! elog {
-    ($($arg:tt)*) => {{
-        use std::io::Write as _;
-        let _ = writeln!(std::io::stderr().lock(), $($arg)*);
-    }};
+    ($($arg:tt)*) => {
+        $crate::log::line(format_args!($($arg)*))
+    };
 }
 
 pub mod admin;
@@ -18,6 +18,7 @@ pub mod config;
 pub mod conn;
 pub mod fanout;
 pub mod http;
+pub mod log;
 pub mod metrics;
 pub mod node;
 pub mod reactor;

@@ -4,8 +4,13 @@ use clap::Parser;
 
 fn main() {
     let cfg = ringpush::config::Config::parse();
-    if let Err(e) = ringpush::node::run(cfg) {
-        eprintln!("ringpush: {e}");
+    ringpush::log::start();
+    let result = ringpush::node::run(cfg);
+    // The shards' last lines (drain, errors) are written before the process ends, unless
+    // stderr is stalled for good.
+    ringpush::log::flush(std::time::Duration::from_secs(1));
+    if let Err(e) = result {
+        ringpush::elog!("ringpush: {e}");
         std::process::exit(1);
     }
 }

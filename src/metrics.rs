@@ -156,6 +156,7 @@ pub fn render(shards: &[Counters], clients: usize, draining: bool) -> String {
         ("slow_consumer", total.slow_consumer_closes),
         ("protocol_error", total.protocol_errors),
         ("replaced", total.sessions_replaced),
+        ("reassembly_budget", total.reassembly_budget_closes),
     ] {
         o.sample(
             "connections_closed_total",
@@ -256,6 +257,22 @@ pub fn render(shards: &[Counters], clients: usize, draining: bool) -> String {
         shards,
         clients,
         |c| c.client_messages_ignored,
+    );
+    o.per_shard(
+        "reassembly_budget_closes_total",
+        "counter",
+        "Connections closed with 1009 because the shard's --reassembly-budget was spent.",
+        shards,
+        clients,
+        |c| c.reassembly_budget_closes,
+    );
+    o.per_shard(
+        "reassembly_bytes",
+        "gauge",
+        "Bytes held reassembling fragmented messages.",
+        shards,
+        clients,
+        |c| c.reassembly_bytes,
     );
     o.per_shard(
         "buffer_ring_exhausted_total",
@@ -421,6 +438,12 @@ pub fn render(shards: &[Counters], clients: usize, draining: bool) -> String {
         "Heartbeat ping to pong round trip.",
         &total.ping_rtt,
     );
+    o.family(
+        "log_lines_dropped_total",
+        "counter",
+        "Log lines dropped because stderr did not keep up (shards never wait on it).",
+    );
+    o.sample("log_lines_dropped_total", "", crate::log::dropped_lines());
     o.family("draining", "gauge", "1 while the node drains for shutdown.");
     o.sample("draining", "", u64::from(draining));
     o.text

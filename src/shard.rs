@@ -189,6 +189,8 @@ struct Shard {
 
 impl Shard {
     fn start(setup: Setup) -> Result<Shard, String> {
+        // A shard never waits on stderr: its log lines are queued or dropped and counted.
+        crate::log::never_block_this_thread();
         let i = setup.index;
         let cfg = setup.cfg;
         let mut ring = setup.ring;
@@ -544,6 +546,10 @@ pub(crate) struct Core {
     pub(crate) dirty: Vec<usize>,
     pub(crate) starved: VecDeque<Owner>,
     pub(crate) out: BytesMut,
+    /// Bytes held by decoders reassembling messages; may overestimate (buffers dropped with
+    /// their connection elsewhere are not subtracted) until `enforce_reassembly_budget`
+    /// recounts.
+    pub(crate) reassembly_bytes: usize,
     pub(crate) epoch: Instant,
     pub(crate) counters: Counters,
     pub(crate) handshake_us: Histogram<u64>,
@@ -633,6 +639,7 @@ impl Core {
             dirty: Vec::new(),
             starved: VecDeque::new(),
             out: BytesMut::new(),
+            reassembly_bytes: 0,
             epoch: Instant::now(),
             counters: Counters::new(),
             handshake_us: stats::latency_histogram(),
@@ -1002,7 +1009,7 @@ impl Core {
                         CloseMode::Graceful,
                     );
                 } else {
-                    let payload = u64::from(now_us).to_be_bytes();
+                    let payload = crate::conn::protocol::ping_payload(key, c.gen, now_us);
                     c.flags |= conn::PING_OUT;
                     let at = c.last_seen + self.ticks_idle;
                     self.counters.pings_sent += 1;

@@ -80,6 +80,10 @@ pub struct Counters {
     pub drops: u64,
     /// Data messages from subscribers ignored because `--client-publish` is off.
     pub client_messages_ignored: u64,
+    /// Connections closed with 1009 because the shard's reassembly budget was spent.
+    pub reassembly_budget_closes: u64,
+    /// Bytes this shard holds reassembling fragmented messages (a gauge).
+    pub reassembly_bytes: u64,
     /// Pings that got no pong before the connection was closed as idle.
     pub pings_lost: u64,
     /// Connections closed with 4001 because a newer one took their (session, tab).
@@ -206,6 +210,8 @@ impl Counters {
         self.deliveries += other.deliveries;
         self.drops += other.drops;
         self.client_messages_ignored += other.client_messages_ignored;
+        self.reassembly_budget_closes += other.reassembly_budget_closes;
+        self.reassembly_bytes += other.reassembly_bytes;
         self.pings_lost += other.pings_lost;
         self.sessions_replaced += other.sessions_replaced;
         self.subscriptions += other.subscriptions;

@@ -4,16 +4,57 @@
 //! Invariants:
 //! - A request head or frame split across receives is the only thing a connection keeps
 //!   between receives (`Partial`), and only while it is incomplete.
-//! - Replies to one receive are encoded into one buffer and queued as one frame.
+//! - Replies to one receive are encoded into one buffer and queued as one frame, which
+//!   owns its memory: it never shares an allocation with other connections' replies, so
+//!   `--max-pending` bounds what a reader that stalls can pin (`take_replies`).
 
-use bytes::Bytes;
+use bytes::{Bytes, BytesMut};
 
 use crate::conn::{self, Partial, State};
 use crate::http::handshake::{self, HandshakeError};
 use crate::route::{self, Route, RouteKind};
 use crate::shard::{CloseMode, Core};
 use crate::stats;
-use crate::ws::{frame, CloseCode, Decoder, Event, OpCode};
+use crate::ws::{frame, CloseCode, DataMode, Decoder, Event, OpCode};
+
+/// Our ping payload: 4 bytes of send time (shard microseconds) and a 4-byte tag over that
+/// time and the connection, keyed by a secret of this process.
+pub(crate) const PING_PAYLOAD_BYTES: usize = 8;
+
+/// The process's secret key for ping tags, drawn once (SipHash with random keys).
+fn ping_key() -> &'static std::collections::hash_map::RandomState {
+    static KEY: std::sync::OnceLock<std::collections::hash_map::RandomState> =
+        std::sync::OnceLock::new();
+    KEY.get_or_init(Default::default)
+}
+
+/// The tag of a ping sent at `sent_us` to the connection in slot `key`, generation `gen`.
+fn ping_tag(key: usize, gen: u32, sent_us: u32) -> u32 {
+    use std::hash::BuildHasher as _;
+    ping_key().hash_one((key, gen, sent_us)) as u32
+}
+
+/// The payload of a ping sent now to (`key`, `gen`): the pong that answers it carries it
+/// back, and only such a pong is timed (`ping_sent_us`). Nothing is stored per connection:
+/// the tag lets the payload be re-validated.
+pub(crate) fn ping_payload(key: usize, gen: u32, now_us: u32) -> [u8; PING_PAYLOAD_BYTES] {
+    let mut payload = [0; PING_PAYLOAD_BYTES];
+    payload[..4].copy_from_slice(&now_us.to_be_bytes());
+    payload[4..].copy_from_slice(&ping_tag(key, gen, now_us).to_be_bytes());
+    payload
+}
+
+/// The send time of the ping a pong payload answers, if it is a payload we made for this
+/// connection; a pong the client chose (unsolicited, or with a made-up time) gives None.
+fn ping_sent_us(key: usize, gen: u32, payload: &[u8]) -> Option<u32> {
+    let payload = <[u8; PING_PAYLOAD_BYTES]>::try_from(payload).ok()?;
+    let sent = u32::from_be_bytes([payload[0], payload[1], payload[2], payload[3]]);
+    let tag = u32::from_be_bytes([payload[4], payload[5], payload[6], payload[7]]);
+    (tag == ping_tag(key, gen, sent)).then_some(sent)
+}
+
+/// The shard-wide reply buffer keeps at most this much capacity between receives.
+const OUT_KEPT_BYTES_MAX: usize = 64 * 1024;
 
 impl Core {
     /// Bytes arrived for `key` (unmasked in place by the decoder).
@@ -121,22 +162,32 @@ impl Core {
         let c = &mut self.conns[key];
         c.last_seen = now;
         let ping_out = c.has(conn::PING_OUT);
+        let gen = c.gen;
         c.flags &= !conn::PING_OUT;
+        // A pong later than the idle close would have come is no answer to our ping.
+        let rtt_us_max = u64::from(self.ticks_idle) * crate::shard::TICK_MS * 1000;
         let closing = c.has(conn::CLOSE_SENT);
         let route = RouteKind::from_u8(c.route);
         let client_publish = self.cfg.client_publish;
+        // Data nobody will read is checked and dropped as it arrives, not reassembled.
+        let mode = match route {
+            _ if closing => DataMode::Discard,
+            RouteKind::Channel if !client_publish => DataMode::Discard,
+            _ => DataMode::Keep,
+        };
         let mut slot = c.partial.take();
         let mut local = Decoder::default();
         let decoder = match slot.as_deref_mut() {
             Some(Partial::Frames(d)) => d,
             _ => &mut local,
         };
+        let held_before = decoder.buffered_bytes();
         let out = &mut self.out;
         let counters = &mut self.counters;
         let ping_rtt = &mut self.ping_rtt_us;
         let client_frames = &mut self.client_frames;
         let mut peer_close = None;
-        let result = decoder.feed(data, &self.limits, |event| {
+        let result = decoder.feed_with(data, &self.limits, mode, |event| {
             match event {
                 Event::Text(payload) | Event::Binary(payload) => {
                     counters.messages_in += 1;
@@ -164,11 +215,15 @@ impl Core {
                 }
                 Event::Pong(payload) => {
                     counters.pongs_received += 1;
-                    if let (true, Ok(sent)) = (ping_out, <[u8; 8]>::try_from(payload)) {
-                        let rtt = now_us.wrapping_sub(u64::from_be_bytes(sent) as u32);
-                        let rtt = u64::from(rtt).max(1);
-                        let _ = ping_rtt.record(rtt);
-                        counters.ping_rtt.record(rtt);
+                    // Only the answer to our outstanding ping is timed: the payload must be
+                    // one we made for this connection, or the client would choose the RTT.
+                    let sent = ping_out.then(|| ping_sent_us(key, gen, payload)).flatten();
+                    if let Some(sent) = sent {
+                        let rtt = u64::from(now_us.wrapping_sub(sent)).max(1);
+                        if rtt <= rtt_us_max {
+                            let _ = ping_rtt.record(rtt);
+                            counters.ping_rtt.record(rtt);
+                        }
                     }
                 }
                 Event::Close(code, _reason) => {
@@ -178,6 +233,7 @@ impl Core {
             }
             std::ops::ControlFlow::Continue(())
         });
+        let held_after = decoder.buffered_bytes();
         let idle = decoder.is_idle();
         if slot.is_some() {
             if idle {
@@ -187,8 +243,13 @@ impl Core {
             slot = Some(Box::new(Partial::Frames(local)));
         }
         self.conns[key].partial = slot;
+        self.reassembly_bytes = (self.reassembly_bytes + held_after).saturating_sub(held_before);
+        if held_after > held_before && self.reassembly_bytes > self.cfg.reassembly_budget {
+            self.enforce_reassembly_budget();
+        }
+        self.counters.reassembly_bytes = self.reassembly_bytes as u64;
         if !self.out.is_empty() {
-            let replies = self.out.split().freeze();
+            let replies = self.take_replies();
             self.enqueue(key, replies);
         }
         if !self.client_frames.is_empty() {
@@ -208,6 +269,75 @@ impl Core {
         if let Some(code) = peer_close {
             self.peer_closed(key, code);
         }
+    }
+
+    /// The shard holds more than `--reassembly-budget` in partial messages: close the
+    /// connections holding the most with 1009 until it fits again.
+    ///
+    /// The running total is recounted first: it does not subtract buffers dropped with
+    /// their connection (aborts, releases), so it can only overestimate. Each recount walks
+    /// the slab, which happens only when the budget looks spent.
+    fn enforce_reassembly_budget(&mut self) {
+        let budget = self.cfg.reassembly_budget;
+        for _ in 0..self.conns.len() {
+            let mut total = 0;
+            let mut largest: Option<(usize, usize)> = None;
+            for (key, c) in self.conns.iter() {
+                let Some(Partial::Frames(decoder)) = c.partial.as_deref() else {
+                    continue;
+                };
+                let held = decoder.buffered_bytes();
+                total += held;
+                if held > largest.map_or(0, |(_, most)| most) {
+                    largest = Some((key, held));
+                }
+            }
+            self.reassembly_bytes = total;
+            let Some((key, held)) = largest.filter(|_| total > budget) else {
+                return;
+            };
+            if let Some(Partial::Frames(decoder)) = self.conns[key].partial.as_deref_mut() {
+                // The framing state stays: the rest of the message is read in discard mode.
+                decoder.discard_message();
+            }
+            self.reassembly_bytes = total - held;
+            self.counters.reassembly_budget_closes += 1;
+            self.log(format_args!(
+                "event=reassembly_budget close=1009 held_bytes={held} shard_bytes={total} \
+                 budget={budget}"
+            ));
+            self.close_with(
+                key,
+                CloseCode::TOO_BIG,
+                "reassembly budget",
+                CloseMode::Fail,
+            );
+        }
+    }
+
+    /// Takes the replies encoded into the shard-wide `out` buffer as one frame that pins no
+    /// more memory than it is charged for (`enqueue` charges its length).
+    ///
+    /// Splitting `out` would hand out a view of a shared allocation: a 127-byte pong split
+    /// off a buffer that just carried a 1 MiB echo keeps the whole megabyte alive for as
+    /// long as it waits in a full socket. So replies that fill less than half of `out` are
+    /// copied into an allocation of their exact size and `out` is reused; replies that fill
+    /// at least half of it take the buffer whole (pinning at most twice their length, the
+    /// slack of `Vec` doubling), and the next batch starts a fresh one.
+    fn take_replies(&mut self) -> Bytes {
+        let replies = if self.out.len() * 2 < self.out.capacity() {
+            let copy = Bytes::copy_from_slice(&self.out);
+            self.out.clear();
+            copy
+        } else {
+            std::mem::take(&mut self.out).freeze()
+        };
+        if self.out.capacity() > OUT_KEPT_BYTES_MAX {
+            // A burst of large replies must not leave a large buffer behind for good.
+            self.out = BytesMut::new();
+        }
+        debug_assert!(self.out.is_empty());
+        replies
     }
 
     /// The peer's close frame arrived: answer it (echoing its code) unless we already sent
@@ -233,5 +363,25 @@ impl Core {
         c.flags |= conn::CLOSE_SENT | conn::FIN_AFTER_FLUSH;
         c.state = State::Closing;
         self.mark_dirty(key);
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn only_our_ping_payload_for_this_connection_is_timed() {
+        let payload = ping_payload(7, 3, 123_456);
+        assert_eq!(ping_sent_us(7, 3, &payload), Some(123_456));
+        // Another connection, or a later occupant of the slot, cannot use it.
+        assert_eq!(ping_sent_us(8, 3, &payload), None);
+        assert_eq!(ping_sent_us(7, 4, &payload), None);
+        // A client that picks the time (or any payload) is not timed.
+        let mut forged = payload;
+        forged[3] ^= 1;
+        assert_eq!(ping_sent_us(7, 3, &forged), None);
+        assert_eq!(ping_sent_us(7, 3, &1u64.to_be_bytes()), None);
+        assert_eq!(ping_sent_us(7, 3, &payload[..7]), None);
     }
 }

@@ -13,7 +13,11 @@
 //! - Limits come before memory: the message cap is checked from each frame header, before
 //!   a byte of its payload is reserved.
 //! - `message_buf` only ever holds data of the message in progress, so it is empty
-//!   whenever `message` is `None`.
+//!   whenever `message` is `None`; `message_bytes` counts that message's payload so far,
+//!   kept or not, and is 0 whenever `message` is `None`.
+//! - In `DataMode::Discard` nothing of a data message is kept: its framing, the message
+//!   cap and its UTF-8 are checked as the bytes arrive, and it is reported with an empty
+//!   payload, so a route that ignores client messages holds no memory for them.
 //! - `size_of::<Decoder>() <= DECODER_BYTES_MAX`, checked at compile time.
 //! - After an error the decoder is `Failed` and repeats the error; after a close frame it
 //!   is `Closed` and ignores input. Either way it holds no heap memory.
@@ -29,7 +33,7 @@ use crate::ws::utf8::Utf8Validator;
 
 /// The most a `Decoder` may occupy inline; a reactor boxes one per busy connection. Set to
 /// its size on 64-bit targets, so that growth is a deliberate change.
-pub const DECODER_BYTES_MAX: usize = 96;
+pub const DECODER_BYTES_MAX: usize = 104;
 
 const _: () = assert!(std::mem::size_of::<Decoder>() <= DECODER_BYTES_MAX);
 
@@ -42,13 +46,24 @@ pub struct Limits {
     pub message_bytes_max: usize,
 }
 
+/// What the decoder does with the payload of data messages, chosen per `feed_with` call.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum DataMode {
+    /// Reassemble each message and report it with its payload.
+    Keep,
+    /// Check each message (framing, the message cap, UTF-8) as its bytes arrive, keep none
+    /// of it, and report it with an empty payload: for routes that ignore client messages.
+    /// Switching to it in the middle of a message drops what was kept of that message.
+    Discard,
+}
+
 /// Something the peer said, borrowed from the input chunk or the decoder's buffer for
 /// the duration of the callback.
 #[derive(Debug, PartialEq, Eq)]
 pub enum Event<'a> {
-    /// A whole text message, already validated as UTF-8.
+    /// A whole text message, already validated as UTF-8 (empty in `DataMode::Discard`).
     Text(&'a [u8]),
-    /// A whole binary message.
+    /// A whole binary message (empty in `DataMode::Discard`).
     Binary(&'a [u8]),
     /// A ping; the caller owes a pong with the same payload.
     Ping(&'a [u8]),
@@ -78,6 +93,9 @@ pub struct Decoder {
     /// The payload of the data message in progress, when it cannot be borrowed from the
     /// input; capacity 0 outside a message.
     message_buf: Vec<u8>,
+    /// Payload bytes of the data message in progress so far, kept or discarded: the
+    /// message cap is checked against it.
+    message_bytes: usize,
     /// The payload of a control frame split across chunks; capacity 0 otherwise.
     control_buf: Vec<u8>,
     /// UTF-8 state of the text message in progress, fed as payload bytes arrive.
@@ -174,6 +192,20 @@ impl Decoder {
         &mut self,
         data: &mut [u8],
         limits: &Limits,
+        on_event: F,
+    ) -> Result<(), ProtocolError>
+    where
+        F: FnMut(Event<'_>) -> ControlFlow<()>,
+    {
+        self.feed_with(data, limits, DataMode::Keep, on_event)
+    }
+
+    /// `feed`, with data messages kept or discarded as `mode` says.
+    pub fn feed_with<F>(
+        &mut self,
+        data: &mut [u8],
+        limits: &Limits,
+        mode: DataMode,
         mut on_event: F,
     ) -> Result<(), ProtocolError>
     where
@@ -184,7 +216,7 @@ impl Decoder {
             Status::Closed => return Ok(()),
             Status::Failed(error) => return Err(error.clone()),
         }
-        self.feed_open(data, limits, &mut on_event)
+        self.feed_open(data, limits, mode, &mut on_event)
             .inspect_err(|error| {
                 // The connection is being failed: drop the buffers now rather than with it.
                 *self = Decoder {
@@ -211,6 +243,18 @@ impl Decoder {
         idle
     }
 
+    /// Heap bytes this decoder holds (reassembly and split control frames): what a shard's
+    /// reassembly budget counts.
+    pub fn buffered_bytes(&self) -> usize {
+        self.message_buf.capacity() + self.control_buf.capacity()
+    }
+
+    /// Drops what is kept of the data message in progress, keeping the framing state; the
+    /// rest of that message must then be fed in `DataMode::Discard`.
+    pub fn discard_message(&mut self) {
+        self.message_buf = Vec::new();
+    }
+
     /// Whether a close frame has been reported; further input is ignored.
     pub fn is_closed(&self) -> bool {
         self.status == Status::Closed
@@ -221,6 +265,7 @@ impl Decoder {
         &mut self,
         data: &mut [u8],
         limits: &Limits,
+        mode: DataMode,
         on_event: &mut F,
     ) -> Result<(), ProtocolError>
     where
@@ -240,7 +285,7 @@ impl Decoder {
                     self.begin_frame(&header, limits)?
                 }
             };
-            match self.read_payload(frame, data, &mut pos, on_event)? {
+            match self.read_payload(frame, data, &mut pos, mode, on_event)? {
                 Progress::Next => {}
                 Progress::NeedMore | Progress::Stop => return Ok(()),
             }
@@ -306,6 +351,7 @@ impl Decoder {
     /// records the frame whose payload follows.
     fn begin_frame(&mut self, header: &Header, limits: &Limits) -> Result<Frame, ProtocolError> {
         debug_assert!(self.message.is_some() || self.message_buf.capacity() == 0);
+        debug_assert!(self.message.is_some() || self.message_bytes == 0);
         let kind = match (header.opcode, self.message) {
             (OpCode::Continuation, None) => return Err(ProtocolError::UnexpectedContinuation),
             (OpCode::Text | OpCode::Binary, Some(_)) => {
@@ -321,9 +367,7 @@ impl Decoder {
         };
         if let FrameKind::Data(message) = kind {
             // Saturating, in case a caller lowers the cap in the middle of a message.
-            let budget = limits
-                .message_bytes_max
-                .saturating_sub(self.message_buf.len());
+            let budget = limits.message_bytes_max.saturating_sub(self.message_bytes);
             if header.payload_len > budget as u64 {
                 return Err(ProtocolError::MessageTooBig);
             }
@@ -351,6 +395,7 @@ impl Decoder {
         frame: Frame,
         data: &mut [u8],
         pos: &mut usize,
+        mode: DataMode,
         on_event: &mut F,
     ) -> Result<Progress, ProtocolError>
     where
@@ -364,7 +409,7 @@ impl Decoder {
         }
         match frame.kind {
             FrameKind::Control(kind) => self.read_control(frame, kind, chunk, on_event),
-            FrameKind::Data(kind) => self.read_data(frame, kind, chunk, on_event),
+            FrameKind::Data(kind) => self.read_data(frame, kind, chunk, mode, on_event),
         }
     }
 
@@ -412,25 +457,30 @@ impl Decoder {
         frame: Frame,
         kind: MessageKind,
         chunk: &[u8],
+        mode: DataMode,
         on_event: &mut F,
     ) -> Result<Progress, ProtocolError>
     where
         F: FnMut(Event<'_>) -> ControlFlow<()>,
     {
         let whole = frame.payload_done == 0 && chunk.len() == frame.payload_len;
-        if whole && frame.fin && self.message_buf.is_empty() {
+        if whole && frame.fin && self.message_bytes == 0 {
             // The whole message is this payload, inside the input: report it without a
             // copy. Earlier fragments, if any, were empty, so the UTF-8 state is clean.
             debug_assert!(self.utf8.is_clean());
             debug_assert_eq!(self.message_buf.capacity(), 0);
             self.frame = None;
             self.message = None;
+            let payload = match mode {
+                DataMode::Keep => chunk,
+                DataMode::Discard => &[],
+            };
             let event = match kind {
                 MessageKind::Text => {
                     std::str::from_utf8(chunk).map_err(|_| ProtocolError::InvalidUtf8)?;
-                    Event::Text(chunk)
+                    Event::Text(payload)
                 }
-                MessageKind::Binary => Event::Binary(chunk),
+                MessageKind::Binary => Event::Binary(payload),
             };
             return Ok(Progress::after(on_event(event)));
         }
@@ -441,11 +491,19 @@ impl Decoder {
                 .feed(chunk)
                 .map_err(|_| ProtocolError::InvalidUtf8)?;
         }
-        if !chunk.is_empty() {
-            // Grow with the bytes that actually arrived, never with what the header
-            // announces: a peer that announces 1 MiB and sends one byte holds one byte
-            // (found while writing the decoder fuzz target). Doubling keeps it amortised.
-            self.message_buf.extend_from_slice(chunk);
+        self.message_bytes += chunk.len();
+        match mode {
+            DataMode::Keep if !chunk.is_empty() => {
+                // Grow with the bytes that actually arrived, never with what the header
+                // announces: a peer that announces 1 MiB and sends one byte holds one byte
+                // (found while writing the decoder fuzz target). Doubling keeps it
+                // amortised.
+                self.message_buf.extend_from_slice(chunk);
+            }
+            DataMode::Keep => {}
+            // Anything kept before the switch to discarding goes now.
+            DataMode::Discard if self.message_buf.capacity() > 0 => self.discard_message(),
+            DataMode::Discard => {}
         }
         let payload_done = frame.payload_done + chunk.len();
         if payload_done < frame.payload_len {
@@ -464,6 +522,7 @@ impl Decoder {
             self.utf8.finish().map_err(|_| ProtocolError::InvalidUtf8)?;
         }
         self.message = None;
+        self.message_bytes = 0;
         // Taking the buffer out releases it once reported: an idle decoder holds no memory.
         let message = std::mem::take(&mut self.message_buf);
         let event = match kind {
@@ -1194,6 +1253,117 @@ mod tests {
             }
         }
         (stream.to_vec(), expected)
+    }
+
+    /// Feeds `bytes` in `DataMode::Discard`, cut at `cuts`, checking after every piece that
+    /// nothing of a data message is kept.
+    fn discard_cut(bytes: &[u8], cuts: &[usize]) -> Result<Vec<Owned>, ProtocolError> {
+        let mut decoder = Decoder::default();
+        let mut input = bytes.to_vec();
+        let mut events = Vec::new();
+        let mut start = 0;
+        for &end in cuts.iter().chain(std::iter::once(&bytes.len())) {
+            decoder.feed_with(
+                &mut input[start..end],
+                &SERVER,
+                DataMode::Discard,
+                |event| {
+                    events.push(Owned::from(event));
+                    ControlFlow::Continue(())
+                },
+            )?;
+            assert_eq!(decoder.message_buf.capacity(), 0, "kept data at {end}");
+            start = end;
+        }
+        assert!(decoder.is_idle());
+        Ok(events)
+    }
+
+    #[test]
+    fn discard_mode_validates_fragments_and_keeps_nothing() {
+        let stream = [
+            masked(OpCode::Text, false, "Hel".as_bytes()),
+            masked(OpCode::Ping, true, b"p"),
+            masked(OpCode::Continuation, false, "lo, wörld".as_bytes()),
+            masked(OpCode::Continuation, true, "!".as_bytes()),
+            masked(OpCode::Binary, true, &pattern(300)),
+        ]
+        .concat();
+        let expected = [
+            Owned::Ping(b"p".to_vec()),
+            Owned::Text(String::new()),
+            Owned::Binary(Vec::new()),
+        ];
+        for cut in 0..=stream.len() {
+            assert_eq!(
+                discard_cut(&stream, &[cut]),
+                Ok(expected.to_vec()),
+                "cut {cut}"
+            );
+        }
+        let every_byte: Vec<usize> = (1..stream.len()).collect();
+        assert_eq!(discard_cut(&stream, &every_byte), Ok(expected.to_vec()));
+    }
+
+    #[test]
+    fn discard_mode_still_fails_bad_utf8_framing_and_the_cap() {
+        // "ö" cut between fragments is fine; a lone continuation byte is not (1007).
+        let bad_utf8 = [
+            masked(OpCode::Text, false, b"ok \xc3"),
+            masked(OpCode::Continuation, true, &[0xb6, 0xff]),
+        ]
+        .concat();
+        for cut in 0..=bad_utf8.len() {
+            assert_eq!(
+                discard_cut(&bad_utf8, &[cut]),
+                Err(ProtocolError::InvalidUtf8)
+            );
+        }
+        assert_eq!(
+            CloseCode::from(&ProtocolError::InvalidUtf8),
+            CloseCode::INVALID_PAYLOAD
+        );
+        let stray = masked(OpCode::Continuation, true, b"x");
+        assert_eq!(
+            discard_cut(&stray, &[]),
+            Err(ProtocolError::UnexpectedContinuation)
+        );
+        // The cap counts discarded bytes across fragments.
+        let limits = Limits {
+            role: Role::Server,
+            message_bytes_max: 1000,
+        };
+        let mut decoder = Decoder::default();
+        let mut input = [
+            masked(OpCode::Binary, false, &pattern(600)),
+            masked(OpCode::Continuation, true, &pattern(600)),
+        ]
+        .concat();
+        let result = decoder.feed_with(&mut input, &limits, DataMode::Discard, |_| {
+            ControlFlow::Continue(())
+        });
+        assert_eq!(result, Err(ProtocolError::MessageTooBig));
+    }
+
+    #[test]
+    fn switching_to_discard_mid_message_drops_what_was_kept() {
+        let mut decoder = Decoder::default();
+        let mut first = masked(OpCode::Binary, false, &pattern(4096));
+        decoder
+            .feed(&mut first, &SERVER, |_| ControlFlow::Continue(()))
+            .unwrap();
+        assert!(decoder.buffered_bytes() >= 4096);
+        let mut rest = masked(OpCode::Continuation, true, &pattern(10));
+        let mut events = Vec::new();
+        decoder
+            .feed_with(&mut rest, &SERVER, DataMode::Discard, |event| {
+                events.push(Owned::from(event));
+                ControlFlow::Continue(())
+            })
+            .unwrap();
+        assert_eq!(events, [Owned::Binary(Vec::new())]);
+        assert_eq!(decoder.buffered_bytes(), 0);
+        assert!(decoder.is_idle());
     }
 
     proptest! {

@@ -24,4 +24,4 @@ pub mod utf8;
 
 pub use close::CloseCode;
 pub use frame::{Header, OpCode, ProtocolError, Role};
-pub use message::{Decoder, Event, Limits};
+pub use message::{DataMode, Decoder, Event, Limits};
