@@ -35,6 +35,7 @@ use std::time::Instant;
 
 use bytes::Bytes;
 
+use crate::conn::end::End;
 use crate::conn::{self, Partial, State};
 use crate::fanout::{Pending, Publish, Target, Unsent};
 use crate::http::admin::{self, AdminError, AdminRequest, BodyKind};
@@ -146,10 +147,8 @@ impl Core {
                 );
                 let _ = sys::send_now(c.fd, &response);
             }
-            self.counters.admin_evicted += 1;
             let open = self.conns.len();
-            self.log(format_args!("event=admin_evicted open={open}"));
-            self.abort(key, None);
+            self.end_logged(key, End::AdminEvicted, Some(format_args!("open={open}")));
             return true;
         }
         false
@@ -226,7 +225,7 @@ impl Core {
         }
         let idle_at = self.conns[key].last_seen + self.ticks_idle;
         if now >= idle_at && request_due == 0 && drain_due == 0 && !self.pending_for(key) {
-            self.finish(key);
+            self.end(key, End::AdminIdle);
             return;
         }
         let at = self.admin_next_due(key).max(now + 1);
@@ -248,17 +247,14 @@ impl Core {
     /// Closes a connection whose answers pile up unread: its queue cannot take a refusal,
     /// so it is shut down at once.
     fn admin_slow_reader(&mut self, key: usize, why: &str) {
-        self.counters.admin_slow_reader_closes += 1;
         let c = &self.conns[key];
         let queued = c.queued_bytes;
         let buffered = match c.partial.as_deref() {
             Some(Partial::Head(buf)) => buf.len(),
             _ => 0,
         };
-        self.log(format_args!(
-            "event=admin_slow_reader why={why} queued_bytes={queued} buffered_bytes={buffered}"
-        ));
-        self.abort(key, None);
+        let detail = format_args!("why={why} queued_bytes={queued} buffered_bytes={buffered}");
+        self.end_logged(key, End::AdminSlowReader, Some(detail));
     }
 
     /// Whether a request of this connection still waits for its answer.
@@ -292,7 +288,7 @@ impl Core {
             if close {
                 // Nothing is parsed after an answer that closes, so nothing follows it.
                 debug_assert!(slots.is_empty());
-                self.end_admin(key);
+                self.end(key, End::AdminAnswered);
                 return;
             }
         }
@@ -572,25 +568,8 @@ impl Core {
         self.admin_flush(key);
     }
 
-    /// Close after the queued response: FIN once it is sent.
-    fn end_admin(&mut self, key: usize) {
-        let c = &mut self.conns[key];
-        c.flags |= conn::CLOSE_SENT | conn::FIN_AFTER_FLUSH;
-        c.state = State::Closing;
-        c.partial = None;
-        let at = self.wheel.now() + self.ticks_close;
-        self.arm(key, at);
-        self.mark_dirty(key);
-    }
-
     fn admin_refuse(&mut self, key: usize, err: &AdminError) {
-        let slot = AdminError::ALL_REASONS
-            .iter()
-            .position(|r| *r == err.reason())
-            .unwrap_or(0);
-        if let Some(n) = self.counters.admin_refused.get_mut(slot) {
-            *n += 1;
-        }
+        self.counters.admin_refused[err.slot()] += 1;
         let status = err.status();
         self.log(format_args!(
             "event=admin_refused status={status} reason={}",

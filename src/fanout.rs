@@ -30,11 +30,11 @@ use std::time::Instant;
 
 use bytes::Bytes;
 
+use crate::conn::end::End;
 use crate::conn::{State, NO_CHANNEL};
 use crate::ring::Owner;
 use crate::route::RouteKind;
-use crate::shard::{CloseMode, Core, TICK_MS};
-use crate::ws::CloseCode;
+use crate::shard::{Core, TICK_MS};
 
 /// Every shard's inbox and ring fd, indexed by shard (the admin shard last).
 #[derive(Default)]
@@ -276,9 +276,7 @@ impl Core {
             .collect();
         for owner in older {
             if self.live(owner) && self.conns[owner.key as usize].state == State::Open {
-                self.counters.sessions_replaced += 1;
-                let key = owner.key as usize;
-                self.close_with(key, CloseCode::REPLACED, "replaced", CloseMode::Graceful);
+                self.end(owner.key as usize, End::Replaced);
             }
         }
     }
@@ -353,10 +351,9 @@ impl Core {
         let owner = self.owner(key);
         for frame in &frames {
             if !self.publish_allowed(owner) {
-                self.counters.client_publish_rate_closes += 1;
                 let rate = self.cfg.client_publish_rate;
-                self.log(format_args!("event=client_publish_rate rate_per_s={rate}"));
-                self.close_with(key, CloseCode::POLICY, "publish rate", CloseMode::Fail);
+                let detail = format_args!("rate_per_s={rate}");
+                self.end_logged(key, End::PublishRate, Some(detail));
                 break;
             }
             let sent = self.publish_to_clients(Publish {
@@ -366,8 +363,7 @@ impl Core {
                 origin: None,
             });
             if sent == Err(Unsent::Full) {
-                let reason = "publish queue full";
-                self.close_with(key, CloseCode::POLICY, reason, CloseMode::Fail);
+                self.end(key, End::PublishQueueFull);
                 break;
             }
         }

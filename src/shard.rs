@@ -33,6 +33,7 @@ use slab::Slab;
 
 use crate::admin::AdminConn;
 use crate::config::Config;
+use crate::conn::end::End;
 use crate::conn::{self, Conn, State};
 use crate::fanout::{Channel, Fanout, Peers, Pending, PublishWindow, SessionTab, ShardMsg};
 use crate::http::admin::AdminConfig;
@@ -41,7 +42,7 @@ use crate::ring::{sys, Completion, Owner, Ring, GEN_MASK, QUIESCE_MS};
 use crate::route::RouteKind;
 use crate::stats::{self, Counters};
 use crate::timer::{Wheel, NEVER};
-use crate::ws::{frame, CloseCode, Limits, OpCode, Role};
+use crate::ws::{frame, Limits, OpCode, Role};
 
 /// Length of one timer tick.
 pub const TICK_MS: u64 = 50;
@@ -139,15 +140,6 @@ pub struct Setup {
     pub peers: Arc<Peers>,
     /// This shard's inbox.
     pub inbox: Receiver<ShardMsg>,
-}
-
-/// How a close we start ends the TCP connection.
-#[derive(Clone, Copy, PartialEq, Eq)]
-pub(crate) enum CloseMode {
-    /// Wait for the peer's close frame (or the close deadline), then FIN.
-    Graceful,
-    /// FIN as soon as our close frame is sent (the peer broke a rule or is too slow).
-    Fail,
 }
 
 /// Thread body: pins, takes its own file table, enables the ring, registers buffers,
@@ -434,9 +426,8 @@ impl Shard {
         }
         if res <= 0 {
             core.retire(&frame);
-            // A send that fails means the peer reset or vanished: ordinary for a push node,
-            // counted in `aborted`, not logged.
-            core.abort(key, None);
+            // A send that fails means the peer reset or vanished.
+            core.end(key, End::PeerGone);
             return;
         }
         core.counters.bytes_out += res as u64;
@@ -748,7 +739,7 @@ impl Core {
             // A fresh socket's send buffer is empty, so this small response goes out whole.
             let _ = sys::send_now(fd, &self.refusal_shutdown);
             sys::close(fd);
-            self.counters.refused[stats::refusal_slot(&HandshakeError::ShuttingDown)] += 1;
+            self.counters.refused[HandshakeError::ShuttingDown.slot()] += 1;
             self.log(format_args!("event=refused reason=shutting_down"));
             return None;
         }
@@ -799,30 +790,6 @@ impl Core {
         }
     }
 
-    /// Queues our close frame; nothing is queued after it.
-    pub(crate) fn close_with(
-        &mut self,
-        key: usize,
-        code: CloseCode,
-        reason: &str,
-        mode: CloseMode,
-    ) {
-        let c = &mut self.conns[key];
-        if c.has(conn::CLOSE_SENT) {
-            return;
-        }
-        c.flags |= conn::CLOSE_SENT;
-        if mode == CloseMode::Fail {
-            c.flags |= conn::FIN_AFTER_FLUSH;
-        }
-        c.state = State::Closing;
-        self.counters.closes_sent[stats::close_code_slot(code.0)] += 1;
-        self.push_frame(key, frame::encode_close(code, reason));
-        self.leave(key);
-        let at = self.wheel.now() + self.ticks_close;
-        self.arm(key, at);
-    }
-
     /// The multishot recv ended with EOF (0) or an error.
     fn recv_ended(&mut self, key: usize, res: i32) {
         let state = self.conns[key].state;
@@ -852,9 +819,8 @@ impl Core {
                 }
             }
             _ => {
-                // A peer gone without a close frame (EOF or reset) is ordinary for a push
-                // node, phones lose their network: counted in `aborted`, not logged.
-                self.abort(key, None);
+                // The peer went without a close frame (EOF or reset).
+                self.end(key, End::PeerGone);
             }
         }
     }
@@ -869,7 +835,8 @@ impl Core {
     }
 
     /// An abnormal end: shut the socket down both ways (which also ends an armed recv).
-    /// `why` is logged when given (timeouts, drain); a peer that simply went away is not.
+    /// `why` is logged when given and the connection was upgraded. Called through
+    /// [`Core::end`], which decides `why`.
     pub(crate) fn abort(&mut self, key: usize, why: Option<std::fmt::Arguments<'_>>) {
         let c = &mut self.conns[key];
         if c.state == State::Dead {
@@ -959,7 +926,7 @@ impl Core {
                 let left = keys.len();
                 self.log(format_args!("event=drain_timeout aborting={left}"));
                 for key in keys {
-                    self.abort(key, Some(format_args!("event=drain_abort")));
+                    self.end(key, End::DrainAbort);
                 }
             }
         }
@@ -982,9 +949,7 @@ impl Core {
         }
         match c.state {
             State::Handshake => {
-                self.counters.handshake_timeouts += 1;
-                self.log(format_args!("event=handshake_timeout"));
-                self.abort(key, Some(format_args!("event=handshake_timeout")));
+                self.end(key, End::HandshakeTimeout);
             }
             State::Open if c.route == RouteKind::Admin as u8 => self.admin_expire(key, now),
             State::Open => {
@@ -998,16 +963,10 @@ impl Core {
                 if now < next {
                     self.arm(key, next);
                 } else if ping_out || now >= c.last_seen + self.ticks_idle {
-                    self.counters.idle_closes += 1;
                     if ping_out {
                         self.counters.pings_lost += 1;
                     }
-                    self.close_with(
-                        key,
-                        CloseCode::GOING_AWAY,
-                        "idle timeout",
-                        CloseMode::Graceful,
-                    );
+                    self.end(key, End::IdleTimeout);
                 } else {
                     let payload = crate::conn::protocol::ping_payload(key, c.gen, now_us);
                     c.flags |= conn::PING_OUT;
@@ -1019,9 +978,10 @@ impl Core {
             }
             State::Closing | State::Linger => {
                 let state = c.state;
-                self.abort(
+                self.end_logged(
                     key,
-                    Some(format_args!("event=close_timeout state={state:?}")),
+                    End::CloseTimeout,
+                    Some(format_args!("state={state:?}")),
                 );
             }
             State::Dead => {}
@@ -1046,13 +1006,8 @@ impl Core {
         let keys: Vec<usize> = self.conns.iter().map(|(k, _)| k).collect();
         for key in keys {
             match self.conns[key].state {
-                State::Open => self.close_with(
-                    key,
-                    CloseCode::GOING_AWAY,
-                    "server shutting down",
-                    CloseMode::Graceful,
-                ),
-                State::Handshake => self.abort(key, Some(format_args!("event=drain_handshake"))),
+                State::Open => self.end(key, End::Shutdown),
+                State::Handshake => self.end(key, End::DrainHandshake),
                 _ => {}
             }
         }

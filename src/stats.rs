@@ -14,21 +14,23 @@ pub const CLOSE_CODES: [u16; 12] = [
     1000, 1001, 1002, 1003, 1007, 1008, 1009, 1010, 1011, 1012, 4001, 0,
 ];
 
-/// Index of `code` in [`CLOSE_CODES`] (the last slot, 0, means "other").
-pub fn close_code_slot(code: u16) -> usize {
-    CLOSE_CODES
-        .iter()
-        .position(|&c| c == code)
-        .unwrap_or(CLOSE_CODES.len() - 1)
-}
-
-/// Index of a handshake refusal in [`HandshakeError::ALL_REASONS`].
-pub fn refusal_slot(err: &HandshakeError) -> usize {
-    let reason = err.reason();
-    HandshakeError::ALL_REASONS
-        .iter()
-        .position(|&r| r == reason)
-        .unwrap_or(0)
+/// Index of `code` in [`CLOSE_CODES`] (the last slot, 0, means "other"); a unit test
+/// checks it against the table.
+pub const fn close_code_slot(code: u16) -> usize {
+    match code {
+        1000 => 0,
+        1001 => 1,
+        1002 => 2,
+        1003 => 3,
+        1007 => 4,
+        1008 => 5,
+        1009 => 6,
+        1010 => 7,
+        1011 => 8,
+        1012 => 9,
+        4001 => 10,
+        _ => CLOSE_CODES.len() - 1,
+    }
 }
 
 /// Monotonic counters of one shard (or their sum over shards).
@@ -40,7 +42,7 @@ pub struct Counters {
     pub accepted: u64,
     /// Upgrades completed.
     pub upgraded: u64,
-    /// Handshakes refused, by reason (index: `refusal_slot`).
+    /// Handshakes refused, by reason (index: `HandshakeError::slot`).
     pub refused: Vec<u64>,
     /// Accepted sockets turned away at the connection cap.
     pub refused_at_cap: u64,
@@ -90,8 +92,7 @@ pub struct Counters {
     pub sessions_replaced: u64,
     /// Current channel subscriptions on this shard.
     pub subscriptions: u64,
-    /// Admin requests answered, and refused by reason (index: position in
-    /// `AdminError::ALL_REASONS`).
+    /// Admin requests answered, and refused by reason (index: `AdminError::slot`).
     pub admin_requests: u64,
     pub admin_refused: Vec<u64>,
     /// Cross-shard doorbells (MsgRingData) that failed; the target's tick drained its inbox.
@@ -170,8 +171,8 @@ impl Counters {
     /// Zeroed counters with every labelled vector sized.
     pub fn new() -> Counters {
         Counters {
-            refused: vec![0; HandshakeError::ALL_REASONS.len()],
-            admin_refused: vec![0; AdminError::ALL_REASONS.len()],
+            refused: vec![0; HandshakeError::COUNT],
+            admin_refused: vec![0; AdminError::COUNT],
             ..Default::default()
         }
     }
@@ -347,4 +348,20 @@ pub fn percentile_spectrum(title: &str, hist: &Histogram<u64>) -> String {
         (2 * 10u64.pow(u32::from(hist.sigfig()))).next_power_of_two()
     );
     out
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn each_counted_close_code_has_its_own_slot() {
+        for (i, &code) in CLOSE_CODES.iter().enumerate() {
+            assert_eq!(close_code_slot(code), i, "{code}");
+        }
+        // Anything not counted individually, and "no code", land in the last slot.
+        for code in [0, 1004, 1005, 1013, 3000, 4000, 4999] {
+            assert_eq!(close_code_slot(code), CLOSE_CODES.len() - 1, "{code}");
+        }
+    }
 }

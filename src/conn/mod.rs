@@ -18,6 +18,7 @@ use std::os::fd::RawFd;
 use crate::fanout::SessionTag;
 use crate::ws::Decoder;
 
+pub mod end;
 pub mod protocol;
 pub mod send;
 

@@ -10,10 +10,11 @@
 
 use bytes::{Bytes, BytesMut};
 
+use crate::conn::end::End;
 use crate::conn::{self, Partial, State};
 use crate::http::handshake::{self, HandshakeError};
 use crate::route::{self, Route, RouteKind};
-use crate::shard::{CloseMode, Core};
+use crate::shard::Core;
 use crate::stats;
 use crate::ws::{frame, CloseCode, DataMode, Decoder, Event, OpCode};
 
@@ -140,7 +141,7 @@ impl Core {
     }
 
     fn refuse(&mut self, key: usize, err: &HandshakeError) {
-        self.counters.refused[stats::refusal_slot(err)] += 1;
+        self.counters.refused[err.slot()] += 1;
         let status = err.status();
         self.log(format_args!(
             "event=handshake_refused status={status} reason={}",
@@ -149,11 +150,7 @@ impl Core {
         let mut response = Vec::with_capacity(256);
         err.write_refusal(&mut response);
         self.push_frame(key, Bytes::from(response));
-        let c = &mut self.conns[key];
-        c.flags |= conn::CLOSE_SENT | conn::FIN_AFTER_FLUSH;
-        c.state = State::Closing;
-        let at = self.wheel.now() + self.ticks_close;
-        self.arm(key, at);
+        self.end(key, End::HandshakeRefused);
     }
 
     pub(crate) fn on_frames(&mut self, key: usize, data: &mut [u8]) {
@@ -256,14 +253,10 @@ impl Core {
             self.client_publish(key);
         }
         if let Err(err) = result {
-            self.counters.protocol_errors += 1;
             let code = CloseCode::from(&err);
-            self.log(format_args!(
-                "event=protocol_error close={} error={err}",
-                code.0
-            ));
             self.conns[key].partial = None;
-            self.close_with(key, code, "", CloseMode::Fail);
+            let detail = format_args!("close={} error={err}", code.0);
+            self.end_logged(key, End::ProtocolError(code), Some(detail));
             return;
         }
         if let Some(code) = peer_close {
@@ -301,17 +294,9 @@ impl Core {
                 decoder.discard_message();
             }
             self.reassembly_bytes = total - held;
-            self.counters.reassembly_budget_closes += 1;
-            self.log(format_args!(
-                "event=reassembly_budget close=1009 held_bytes={held} shard_bytes={total} \
-                 budget={budget}"
-            ));
-            self.close_with(
-                key,
-                CloseCode::TOO_BIG,
-                "reassembly budget",
-                CloseMode::Fail,
-            );
+            let detail =
+                format_args!("close=1009 held_bytes={held} shard_bytes={total} budget={budget}");
+            self.end_logged(key, End::ReassemblyBudget, Some(detail));
         }
     }
 

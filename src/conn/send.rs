@@ -13,10 +13,10 @@ use std::os::fd::RawFd;
 use bytes::{Bytes, BytesMut};
 
 use crate::config::SlowConsumer;
+use crate::conn::end::End;
 use crate::conn::{self, State};
 use crate::ring::{sys, Owner};
-use crate::shard::{CloseMode, Core};
-use crate::ws::CloseCode;
+use crate::shard::Core;
 
 /// Replies queued for one connection are merged into one send up to this many bytes.
 const COALESCE_BYTES_MAX: usize = 64 * 1024;
@@ -137,12 +137,9 @@ impl Core {
         for f in &dropped {
             self.retire(f);
         }
-        self.counters.slow_consumer_closes += 1;
         let pending = self.cfg.max_pending;
-        self.log(format_args!(
-            "event=slow_consumer max_pending={pending} dropped_bytes={dropped_bytes}"
-        ));
-        self.close_with(key, CloseCode::POLICY, "slow consumer", CloseMode::Fail);
+        let detail = format_args!("max_pending={pending} dropped_bytes={dropped_bytes}");
+        self.end_logged(key, End::SlowConsumer, Some(detail));
         Queued::Closed
     }
 

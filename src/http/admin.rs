@@ -156,6 +156,27 @@ impl AdminError {
         "request_timeout",
     ];
 
+    /// How many refusal labels there are: the length of the per-reason counters.
+    pub const COUNT: usize = Self::ALL_REASONS.len();
+
+    /// This refusal's index in [`AdminError::ALL_REASONS`] (and in the per-reason
+    /// counters), so counting a refusal is an index, not a search.
+    pub const fn slot(&self) -> usize {
+        match self {
+            Self::Malformed => 0,
+            Self::HeadTooLarge => 1,
+            Self::Unauthorized => 2,
+            Self::NotFound => 3,
+            Self::MethodNotAllowed(_) => 4,
+            Self::LengthRequired => 5,
+            Self::BodyTooLarge => 6,
+            Self::InvalidUtf8 => 7,
+            Self::InvalidName => 8,
+            Self::ChunkedUnsupported => 9,
+            Self::RequestTimeout => 10,
+        }
+    }
+
     /// The HTTP status code of the refusal.
     pub fn status(&self) -> u16 {
         match self {
@@ -1310,5 +1331,18 @@ mod tests {
         }
         let written = response_text(&AdminError::Unauthorized);
         assert!(written.starts_with("HTTP/1.1 401 Unauthorized\r\nWWW-Authenticate: Bearer\r\n"));
+    }
+
+    #[test]
+    fn each_refusal_has_its_own_slot_holding_its_label() {
+        let errors = every_error();
+        assert_eq!(AdminError::COUNT, errors.len());
+        let mut seen = [false; AdminError::COUNT];
+        for error in &errors {
+            let slot = error.slot();
+            assert!(!seen[slot], "{error:?} shares slot {slot}");
+            seen[slot] = true;
+            assert_eq!(AdminError::ALL_REASONS[slot], error.reason(), "{error:?}");
+        }
     }
 }

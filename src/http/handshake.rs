@@ -149,6 +149,31 @@ impl HandshakeError {
     /// Every value [`HandshakeError::reason`] can return; the same list as [`ALL_REASONS`].
     pub const ALL_REASONS: &'static [&'static str] = ALL_REASONS;
 
+    /// How many refusal labels there are: the length of the per-reason counters.
+    pub const COUNT: usize = ALL_REASONS.len();
+
+    /// This refusal's index in [`ALL_REASONS`] (and in the per-reason counters), so
+    /// counting a refusal is an index, not a search.
+    pub const fn slot(&self) -> usize {
+        match self {
+            Self::Malformed => 0,
+            Self::HeaderTooLarge => 1,
+            Self::TooManyHeaders => 2,
+            Self::MethodNotAllowed => 3,
+            Self::HttpVersion => 4,
+            Self::NotFound => 5,
+            Self::BadRequest(_) => 6,
+            Self::MissingHost => 7,
+            Self::NotWebSocketUpgrade => 8,
+            Self::MissingConnectionUpgrade => 9,
+            Self::UnsupportedVersion => 10,
+            Self::BadKey => 11,
+            Self::OriginNotAllowed => 12,
+            Self::Overloaded => 13,
+            Self::ShuttingDown => 14,
+        }
+    }
+
     /// The HTTP status code of the refusal.
     pub fn status(&self) -> u16 {
         match self {
@@ -1039,6 +1064,19 @@ mod tests {
                 reason.bytes().all(|b| b.is_ascii_lowercase() || b == b'_'),
                 "{reason}"
             );
+        }
+    }
+
+    #[test]
+    fn each_refusal_has_its_own_slot_holding_its_label() {
+        let errors = every_error();
+        assert_eq!(HandshakeError::COUNT, errors.len());
+        let mut seen = [false; HandshakeError::COUNT];
+        for error in &errors {
+            let slot = error.slot();
+            assert!(!seen[slot], "{error:?} shares slot {slot}");
+            seen[slot] = true;
+            assert_eq!(ALL_REASONS[slot], error.reason(), "{error:?}");
         }
     }
 }
