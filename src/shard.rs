@@ -797,27 +797,9 @@ impl Core {
         match state {
             State::Dead => self.maybe_release(key),
             State::Linger => self.finish(key),
-            State::Closing if res == 0 => {
-                // The peer finished sending; once our queue drains we FIN and are done.
-                let c = &mut self.conns[key];
-                c.flags |= conn::FIN_AFTER_FLUSH;
-                if c.queue.is_empty() && !c.has(conn::SEND_INFLIGHT) {
-                    self.finish(key);
-                } else {
-                    self.mark_dirty(key);
-                }
-            }
-            State::Open if admin && res == 0 => {
-                // An admin client closed its keep-alive connection.
-                let c = &mut self.conns[key];
-                c.flags |= conn::FIN_AFTER_FLUSH;
-                c.state = State::Closing;
-                if c.queue.is_empty() && !c.has(conn::SEND_INFLIGHT) {
-                    self.finish(key);
-                } else {
-                    self.mark_dirty(key);
-                }
-            }
+            // The peer finished sending; once our queue drains we FIN and are done.
+            State::Closing if res == 0 => self.fin_when_drained(key),
+            State::Open if admin && res == 0 => self.end(key, End::AdminPeerClosed),
             _ => {
                 // The peer went without a close frame (EOF or reset).
                 self.end(key, End::PeerGone);

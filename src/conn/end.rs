@@ -11,16 +11,16 @@
 //! - No two ends share an `event=` name or a dedicated counter (the protocol errors are
 //!   one end whatever their code); ends without a counter of their own are still counted
 //!   by `closes_sent` (a frame) or `aborted` (an abort).
-//! - Completing an end already under way is not a new end: the peer's close frame is
-//!   answered by `Core::peer_closed`, and the FIN after a drained queue, the peer's EOF
-//!   after our close, or an admin client's EOF end in `Core::finish`.
+//! - Completing an end already under way is not a new end: the FIN once a closing
+//!   connection's queue drains (`Core::next_send`) and the peer's EOF after our close
+//!   (`Core::fin_when_drained`) finish it without passing through [`End`].
 
 use std::fmt;
 
 use crate::conn::{self, State};
 use crate::shard::Core;
 use crate::stats::{self, Counters};
-use crate::ws::{frame, CloseCode};
+use crate::ws::{frame, CloseCode, OpCode};
 
 #[cfg(test)]
 use crate::ws::close::CLOSE_REASON_BYTES_MAX;
@@ -49,6 +49,9 @@ pub(crate) enum End {
     PublishRate,
     /// A local shard's inbox had no room for the peer's publish.
     PublishQueueFull,
+    /// The peer's close frame arrived (with its code, if it sent one): echo it unless ours
+    /// is already out, then FIN once the answer is sent.
+    PeerClose(Option<CloseCode>),
     /// The peer vanished without a close frame: EOF, reset, or a failed send. Ordinary for
     /// a push node (phones lose their network), so it is counted but not logged.
     PeerGone,
@@ -64,6 +67,8 @@ pub(crate) enum End {
     AdminEvicted,
     /// An admin answer that closes the connection is queued: FIN once it is sent.
     AdminAnswered,
+    /// An admin client ended its keep-alive connection (EOF): FIN once our answers drain.
+    AdminPeerClosed,
     /// An admin connection stayed idle past `--idle-timeout` with nothing pending.
     AdminIdle,
 }
@@ -77,8 +82,13 @@ pub(crate) enum Mode {
     Fail,
     /// No frame: shut the socket down both ways at once.
     Abort,
+    /// Answer the peer's close frame with its own code (or an empty close if it sent
+    /// none) unless ours is out already, then FIN once the answer is sent.
+    Echo,
     /// The queued HTTP answer is the last thing sent: FIN once it is flushed.
     AfterAnswer,
+    /// The peer stopped sending: FIN once the queue drains, with no deadline of its own.
+    Drain,
     /// Nothing is owed to the peer: shut down and free the slot at once.
     Quiet,
 }
@@ -139,7 +149,8 @@ impl Counter {
 /// What one [`End`] means.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 pub(crate) struct Spec {
-    /// The close frame's code, for [`Mode::Graceful`] and [`Mode::Fail`].
+    /// The close frame's code: set for [`Mode::Graceful`] and [`Mode::Fail`], and for
+    /// [`Mode::Echo`] when the peer sent one.
     pub code: Option<CloseCode>,
     /// The close frame's reason text (empty for a protocol error, as before).
     pub reason: &'static str,
@@ -158,7 +169,7 @@ impl End {
     pub(crate) const fn spec(self) -> Spec {
         use Counter as C;
         use Log::{Always, IfUpgraded, Never};
-        use Mode::{Abort, AfterAnswer, Fail, Graceful, Quiet};
+        use Mode::{Abort, AfterAnswer, Drain, Echo, Fail, Graceful, Quiet};
         const fn frame(
             code: CloseCode,
             reason: &'static str,
@@ -255,6 +266,14 @@ impl End {
                 "publish_queue_full",
                 Never,
             ),
+            Self::PeerClose(code) => Spec {
+                code,
+                reason: "",
+                mode: Echo,
+                counter: None,
+                event: "peer_close",
+                log: Never,
+            },
             Self::PeerGone => bare(Abort, None, "peer_gone", Never),
             Self::HandshakeTimeout => bare(
                 Abort,
@@ -272,6 +291,7 @@ impl End {
             ),
             Self::AdminEvicted => bare(Abort, Some(C::AdminEvicted), "admin_evicted", Always),
             Self::AdminAnswered => bare(AfterAnswer, None, "admin_answered", Never),
+            Self::AdminPeerClosed => bare(Drain, None, "admin_peer_closed", Never),
             Self::AdminIdle => bare(Quiet, None, "admin_idle", Never),
         }
     }
@@ -306,7 +326,9 @@ impl Core {
                 None => self.abort(key, Some(format_args!("event={event}"))),
             },
             (Mode::Abort, _) => self.abort(key, None),
+            (Mode::Echo, code) => self.echo_close(key, code),
             (Mode::AfterAnswer, _) => self.close_after_answer(key),
+            (Mode::Drain, _) => self.fin_when_drained(key),
             (Mode::Quiet, _) => self.finish(key),
             (Mode::Graceful | Mode::Fail, None) => {
                 unreachable!("the table gives every close frame a code")
@@ -332,6 +354,44 @@ impl Core {
         self.leave(key);
         let at = self.wheel.now() + self.ticks_close;
         self.arm(key, at);
+    }
+
+    /// The peer's close frame arrived: answer it (echoing its code) unless we already sent
+    /// ours, and FIN once the answer is out.
+    fn echo_close(&mut self, key: usize, code: Option<CloseCode>) {
+        let slot = stats::close_code_slot(code.map_or(0, |c| c.0));
+        self.counters.closes_received[slot] += 1;
+        self.leave(key);
+        let c = &mut self.conns[key];
+        c.flags |= conn::CLOSE_RECEIVED;
+        c.partial = None;
+        if !c.has(conn::CLOSE_SENT) {
+            let reply = match code {
+                Some(code) => frame::encode_close(code, ""),
+                None => frame::encode(OpCode::Close, &[]),
+            };
+            self.counters.closes_sent[slot] += 1;
+            self.push_frame(key, reply);
+            let at = self.wheel.now() + self.ticks_close;
+            self.arm(key, at);
+        }
+        let c = &mut self.conns[key];
+        c.flags |= conn::CLOSE_SENT | conn::FIN_AFTER_FLUSH;
+        c.state = State::Closing;
+        self.mark_dirty(key);
+    }
+
+    /// The peer stopped sending: FIN once our queue drains (at once if it is empty). Also
+    /// how a close already under way completes on the peer's EOF.
+    pub(crate) fn fin_when_drained(&mut self, key: usize) {
+        let c = &mut self.conns[key];
+        c.flags |= conn::FIN_AFTER_FLUSH;
+        c.state = State::Closing;
+        if c.queue.is_empty() && !c.has(conn::SEND_INFLIGHT) {
+            self.finish(key);
+        } else {
+            self.mark_dirty(key);
+        }
     }
 
     /// The queued HTTP answer (a refusal, or an admin answer that closes) is the last
@@ -363,6 +423,7 @@ mod tests {
             End::ReassemblyBudget,
             End::PublishRate,
             End::PublishQueueFull,
+            End::PeerClose(None),
             End::PeerGone,
             End::HandshakeTimeout,
             End::HandshakeRefused,
@@ -370,6 +431,7 @@ mod tests {
             End::AdminSlowReader,
             End::AdminEvicted,
             End::AdminAnswered,
+            End::AdminPeerClosed,
             End::AdminIdle,
         ];
         for code in [1002, 1007, 1008, 1009] {
@@ -388,6 +450,7 @@ mod tests {
                 | End::ReassemblyBudget
                 | End::PublishRate
                 | End::PublishQueueFull
+                | End::PeerClose(_)
                 | End::PeerGone
                 | End::HandshakeTimeout
                 | End::HandshakeRefused
@@ -395,6 +458,7 @@ mod tests {
                 | End::AdminSlowReader
                 | End::AdminEvicted
                 | End::AdminAnswered
+                | End::AdminPeerClosed
                 | End::AdminIdle => {}
             }
         }
@@ -406,11 +470,10 @@ mod tests {
         for end in every_end() {
             let spec = end.spec();
             let frame = matches!(spec.mode, Mode::Graceful | Mode::Fail);
-            assert_eq!(
-                spec.code.is_some(),
-                frame,
-                "{end:?}: a code exactly with a frame"
-            );
+            if spec.mode != Mode::Echo {
+                let has_code = spec.code.is_some();
+                assert_eq!(has_code, frame, "{end:?}: a code exactly with a frame");
+            }
             if let Some(code) = spec.code {
                 assert!(code.is_valid_on_wire(), "{end:?} sends {code}");
                 assert!(
@@ -456,6 +519,10 @@ mod tests {
             End::ProtocolError(CloseCode(1007)).spec().code,
             Some(CloseCode(1007))
         );
+        // An echo carries the peer's code, already checked on receipt, and no reason.
+        let echo = End::PeerClose(Some(CloseCode::NORMAL)).spec();
+        assert_eq!((echo.code, echo.reason), (Some(CloseCode::NORMAL), ""));
+        assert_eq!(End::PeerClose(None).spec().code, None);
     }
 
     #[test]

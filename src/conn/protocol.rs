@@ -15,7 +15,6 @@ use crate::conn::{self, Partial, State};
 use crate::http::handshake::{self, HandshakeError};
 use crate::route::{self, Route, RouteKind};
 use crate::shard::Core;
-use crate::stats;
 use crate::ws::{frame, CloseCode, DataMode, Decoder, Event, OpCode};
 
 /// Our ping payload: 4 bytes of send time (shard microseconds) and a 4-byte tag over that
@@ -260,7 +259,7 @@ impl Core {
             return;
         }
         if let Some(code) = peer_close {
-            self.peer_closed(key, code);
+            self.end(key, End::PeerClose(code));
         }
     }
 
@@ -323,31 +322,6 @@ impl Core {
         }
         debug_assert!(self.out.is_empty());
         replies
-    }
-
-    /// The peer's close frame arrived: answer it (echoing its code) unless we already sent
-    /// ours, and FIN once the answer is out.
-    fn peer_closed(&mut self, key: usize, code: Option<CloseCode>) {
-        let slot = stats::close_code_slot(code.map_or(0, |c| c.0));
-        self.counters.closes_received[slot] += 1;
-        self.leave(key);
-        let c = &mut self.conns[key];
-        c.flags |= conn::CLOSE_RECEIVED;
-        c.partial = None;
-        if !c.has(conn::CLOSE_SENT) {
-            let reply = match code {
-                Some(code) => frame::encode_close(code, ""),
-                None => frame::encode(OpCode::Close, &[]),
-            };
-            self.counters.closes_sent[slot] += 1;
-            self.push_frame(key, reply);
-            let at = self.wheel.now() + self.ticks_close;
-            self.arm(key, at);
-        }
-        let c = &mut self.conns[key];
-        c.flags |= conn::CLOSE_SENT | conn::FIN_AFTER_FLUSH;
-        c.state = State::Closing;
-        self.mark_dirty(key);
     }
 }
 
