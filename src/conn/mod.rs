@@ -23,8 +23,10 @@ pub mod send;
 
 pub use send::SendQueue;
 
-/// The per-connection struct is pinned at or under this many bytes.
-pub const CONN_BYTES_MAX: usize = 128;
+/// The per-connection struct is pinned at or under this many bytes: the figure the README
+/// states (`tests/docs.rs` checks the README against `size_of::<Conn>()`), so a field that
+/// grows it has to move this bound and the README with it.
+pub const CONN_BYTES_MAX: usize = 96;
 const _: () = assert!(std::mem::size_of::<Conn>() <= CONN_BYTES_MAX);
 
 /// Where a connection is in its life.
