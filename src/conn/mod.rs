@@ -15,7 +15,7 @@
 
 use std::os::fd::RawFd;
 
-use crate::fanout::SessionTag;
+use crate::channels::{SessionTag, Subscription};
 use crate::ws::Decoder;
 
 pub mod protocol;
@@ -100,16 +100,11 @@ pub struct Conn {
     pub queue: SendQueue,
     /// Bytes in progress (None while idle).
     pub partial: Option<Box<Partial>>,
-    /// Channel id on this shard (`NO_CHANNEL` when not subscribed).
-    pub channel: u32,
-    /// Index of this connection in its channel's subscriber vector.
-    pub sub_slot: u32,
+    /// Its channel and slot there (`Subscription::NONE` when not subscribed).
+    pub sub: Subscription,
     /// The (session, tab) the connection is bound to, if any.
     pub session: Option<Box<SessionTag>>,
 }
-
-/// `Conn::channel` of a connection that is not subscribed.
-pub const NO_CHANNEL: u32 = u32::MAX;
 
 impl Conn {
     /// A freshly accepted connection.
@@ -127,8 +122,7 @@ impl Conn {
             queued_bytes: 0,
             queue: SendQueue::default(),
             partial: None,
-            channel: NO_CHANNEL,
-            sub_slot: 0,
+            sub: Subscription::NONE,
             session: None,
         }
     }
