@@ -6,7 +6,10 @@
 #   scripts/bench-peers.sh OUT_DIR [SCENARIO...]     scenarios: idle burst echo sustained
 #
 # Environment: REPS [3], BASE_PORT [19000], SRC_BASE [20] (second octet of the first
-# source block; each run takes the next one), ECHO_SIZE [16] (the loadgen's minimum).
+# source block; each run takes the next one), ECHO_SIZE [16] (the loadgen's minimum),
+# PEER_NODE [unset]: another ringpush binary (an older build) to run as the peer instead of
+# uWebSockets.js, for before/after comparisons of a change (the peer is then named "base").
+# Medians per scenario and server are written to OUT_DIR/medians.md.
 set -euo pipefail
 cd "$(dirname "$0")/.."
 ROOT=$(pwd)
@@ -32,6 +35,10 @@ start_server() { # kind port admin log → sets SERVER_PID
     ringpush)
         echo "taskset -c 0 $NODE --listen 0.0.0.0:$port --admin 127.0.0.1:$admin --shards 1 --no-pin" >>"$CMDS"
         taskset -c 0 "$NODE" --listen "0.0.0.0:$port" --admin "127.0.0.1:$admin" --shards 1 --no-pin >"$log" 2>&1 &
+        ;;
+    base)
+        echo "taskset -c 0 $PEER_NODE --listen 0.0.0.0:$port --admin 127.0.0.1:$admin --shards 1 --no-pin" >>"$CMDS"
+        taskset -c 0 "$PEER_NODE" --listen "0.0.0.0:$port" --admin "127.0.0.1:$admin" --shards 1 --no-pin >"$log" 2>&1 &
         ;;
     uws)
         echo "taskset -c 0 scripts/peer-uws.sh $port $admin" >>"$CMDS"
@@ -85,15 +92,60 @@ run_one() { # scenario kind rep
 uname -a >"$RAW/host.txt"
 nproc >>"$RAW/host.txt"
 echo "RLIMIT_NOFILE $(ulimit -n)" >>"$RAW/host.txt"
-node --version >>"$RAW/host.txt"
+PEER=uws
+if [[ -n ${PEER_NODE:-} ]]; then
+    PEER=base
+    echo "peer: $PEER_NODE" >>"$RAW/host.txt"
+else
+    node --version >>"$RAW/host.txt"
+fi
 for scenario in "${SCENARIOS[@]}"; do
     for rep in $(seq "$REPS"); do
         run_one "$scenario" ringpush "$rep"
         sleep 1
-        run_one "$scenario" uws "$rep"
+        run_one "$scenario" "$PEER" "$rep"
         sleep 1
     done
 done
+
+python3 - "$RAW" "$OUT/medians.md" "$PEER" "${SCENARIOS[@]}" <<'PY'
+import json, os, statistics, sys
+raw, out, peer, scenarios = sys.argv[1], sys.argv[2], sys.argv[3], sys.argv[4:]
+figures = {
+    "idle": [("RSS B/conn", "memory.node_rss_per_conn_bytes", 1)],
+    "burst": [("last delivery ms", "latency_us.delivery.max", 1e-3),
+              ("p99 ms", "latency_us.delivery.p99", 1e-3)],
+    "echo": [("frames/s", "messages_received_per_s", 1),
+             ("p99 ms", "latency_us.rtt.p99", 1e-3)],
+    "sustained": [("p50 ms", "latency_us.delivery.p50", 1e-3),
+                  ("p99 ms", "latency_us.delivery.p99", 1e-3)],
+}
+def get(d, path):
+    for k in path.split("."):
+        d = d.get(k) if isinstance(d, dict) else None
+    return d
+lines = ["| scenario | figure | ringpush | %s | ratio |" % peer, "|---|---|---:|---:|---:|"]
+for sc in scenarios:
+    for label, path, scale in figures.get(sc, []):
+        med = {}
+        for kind in ("ringpush", peer):
+            vals = []
+            for name in sorted(os.listdir(raw)):
+                if name.startswith(f"{sc}-{kind}-") and name.endswith(".json"):
+                    try:
+                        v = get(json.load(open(os.path.join(raw, name))), path)
+                    except (ValueError, OSError):
+                        v = None
+                    if isinstance(v, (int, float)):
+                        vals.append(v * scale)
+            med[kind] = statistics.median(vals) if vals else None
+        a, b = med["ringpush"], med[peer]
+        ratio = f"{a / b:.2f}" if a is not None and b else "-"
+        fmt = lambda v: "-" if v is None else f"{v:,.1f}"
+        lines.append(f"| {sc} | {label} | {fmt(a)} | {fmt(b)} | {ratio} |")
+open(out, "w").write("\n".join(lines) + "\n")
+print("\n".join(lines))
+PY
 
 # The summary is written by hand from raw/; commit raw/ compressed, not as it is.
 echo "raw output: $RAW (before committing: tar -C $OUT -cJf $OUT/raw.tar.xz raw && rm -rf $RAW)"

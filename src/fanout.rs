@@ -1,4 +1,4 @@
-//! Channels, sessions and cross-shard fan-out.
+//! Cross-shard fan-out, and the glue between connections and their channels and sessions.
 //!
 //! A publish is encoded once into a `Bytes` frame. The shard that accepted it pushes one
 //! `Arc<Publish>` into every client shard's inbox (a lock-free `std::sync::mpsc` queue) and
@@ -16,9 +16,15 @@
 //! `Shared::exited` flag after dropping its inbox; it counts as having answered every
 //! request still waiting for it with 0 connections, so no admin request waits for it.
 //!
+//! Who is subscribed to what lives in `Channels` (channels.rs), which never touches a
+//! `Conn`: the methods here store its `Subscription` tokens in connections, apply the
+//! `Moved` reports, and close the older holders a session `claim` names.
+//!
 //! Invariants:
-//! - Subscribe and unsubscribe are O(1): a connection stores its channel id and its index
-//!   in the channel's subscriber vector (swap-remove on leave); an empty channel is freed.
+//! - A connection's `sub` is `Subscription::NONE` or names its own slot in `Channels`: the
+//!   glue here is the only writer, and it applies every `Moved` report.
+//! - A delivery walks `Channels` directly (no copy of the subscriber list): a subscriber
+//!   closed during the walk leaves at `walk_end` (see channels.rs).
 //! - Per-subscriber cost of a delivery is one `Bytes` clone in its queue: no copy.
 //! - A (session, tab) is held by at most one live connection node-wide: the newest claim
 //!   (highest `Shared::session_seq`) wins and older holders are closed with 4001.
@@ -30,8 +36,9 @@ use std::time::Instant;
 
 use bytes::Bytes;
 
+use crate::channels::{Audience, SessionTag, Subscription};
 use crate::conn::end::End;
-use crate::conn::{State, NO_CHANNEL};
+use crate::conn::State;
 use crate::ring::Owner;
 use crate::route::RouteKind;
 use crate::shard::{Core, TICK_MS};
@@ -111,24 +118,6 @@ pub enum ShardMsg {
     },
 }
 
-/// A channel on one shard.
-pub struct Channel {
-    /// Its name (the key in `channel_index`).
-    pub name: Box<str>,
-    /// Slab keys of local subscribers.
-    pub subs: Vec<u32>,
-}
-
-/// A connection bound to a (session, tab) on this shard.
-pub struct SessionTab {
-    /// Tab id.
-    pub tab: Box<str>,
-    /// The connection.
-    pub owner: Owner,
-    /// Its claim's sequence.
-    pub seq: u64,
-}
-
 /// A broadcast frame whose local sends are still in flight.
 pub struct Fanout {
     /// When the publish was accepted.
@@ -165,63 +154,29 @@ pub struct PublishWindow {
     pub count: u32,
 }
 
-/// A connection's (session, tab), kept for its unbinding.
-pub struct SessionTag {
-    /// Session id.
-    pub session: Box<str>,
-    /// Tab id.
-    pub tab: Box<str>,
-}
-
 impl Core {
     /// Subscribes `key` to `name`, creating the channel on first use.
     pub(crate) fn subscribe(&mut self, key: usize, name: &str) {
-        let id = match self.channel_index.get(name) {
-            Some(&id) => id,
-            None => {
-                let id = self.channels.insert(Channel {
-                    name: name.into(),
-                    subs: Vec::new(),
-                }) as u32;
-                self.channel_index.insert(name.into(), id);
-                id
-            }
-        };
-        let subs = &mut self.channels[id as usize].subs;
-        let c = &mut self.conns[key];
-        c.channel = id;
-        c.sub_slot = subs.len() as u32;
-        subs.push(key as u32);
+        debug_assert!(!self.conns[key].sub.is_some());
+        self.conns[key].sub = self.channels.subscribe(key as u32, name);
         self.counters.subscriptions += 1;
     }
 
     /// Takes `key` out of its channel and session (called once it stops being Open).
+    /// During a delivery `Channels` applies this after the walk (see channels.rs).
     pub(crate) fn leave(&mut self, key: usize) {
         let owner = self.owner(key);
         let c = &mut self.conns[key];
-        let (id, slot) = (c.channel, c.sub_slot as usize);
-        c.channel = NO_CHANNEL;
+        let sub = std::mem::replace(&mut c.sub, Subscription::NONE);
         let tag = c.session.take();
-        if id != NO_CHANNEL {
-            let channel = &mut self.channels[id as usize];
-            debug_assert_eq!(channel.subs[slot], key as u32);
-            channel.subs.swap_remove(slot);
-            if let Some(&moved) = channel.subs.get(slot) {
-                self.conns[moved as usize].sub_slot = slot as u32;
-            }
-            if channel.subs.is_empty() {
-                let channel = self.channels.remove(id as usize);
-                self.channel_index.remove(&channel.name);
+        if sub.is_some() {
+            if let Some(moved) = self.channels.unsubscribe(key as u32, sub) {
+                self.conns[moved.key as usize].sub.slot = moved.slot;
             }
             self.counters.subscriptions -= 1;
         }
         if let Some(tag) = tag {
-            if let Some(tabs) = self.sessions.get_mut(&tag.session) {
-                tabs.retain(|t| t.owner != owner);
-                if tabs.is_empty() {
-                    self.sessions.remove(&tag.session);
-                }
-            }
+            self.channels.unbind(&tag.session, owner);
         }
     }
 
@@ -236,14 +191,7 @@ impl Core {
         });
         self.apply_claim(&claim);
         let owner = self.owner(key);
-        self.sessions
-            .entry(claim.session.clone())
-            .or_default()
-            .push(SessionTab {
-                tab: claim.tab.clone(),
-                owner,
-                seq,
-            });
+        self.channels.bind(&claim.session, &claim.tab, owner, seq);
         self.conns[key].session = Some(Box::new(SessionTag {
             session: claim.session.clone(),
             tab: claim.tab.clone(),
@@ -266,14 +214,7 @@ impl Core {
 
     /// Closes local holders of the claimed (session, tab) whose claim is older.
     fn apply_claim(&mut self, claim: &Claim) {
-        let Some(tabs) = self.sessions.get(&claim.session) else {
-            return;
-        };
-        let older: Vec<Owner> = tabs
-            .iter()
-            .filter(|t| t.tab == claim.tab && t.seq < claim.seq)
-            .map(|t| t.owner)
-            .collect();
+        let older = self.channels.claim(&claim.session, &claim.tab, claim.seq);
         for owner in older {
             if self.live(owner) && self.conns[owner.key as usize].state == State::Open {
                 self.end(owner.key as usize, End::Replaced);
@@ -340,14 +281,14 @@ impl Core {
     /// Data messages a subscriber sent with `--client-publish` on: publish each to its
     /// channel, sender included, within the connection's `--client-publish-rate`.
     pub(crate) fn client_publish(&mut self, key: usize) {
-        let id = self.conns[key].channel;
+        let sub = self.conns[key].sub;
         let frames = std::mem::take(&mut self.client_frames);
-        if id == NO_CHANNEL {
+        if !sub.is_some() {
             self.client_frames = frames;
             self.client_frames.clear();
             return;
         }
-        let name = self.channels[id as usize].name.clone();
+        let name: Box<str> = self.channels.name(sub.channel).into();
         let owner = self.owner(key);
         for frame in &frames {
             if !self.publish_allowed(owner) {
@@ -417,32 +358,27 @@ impl Core {
     /// Hands the publish's frame to every local subscriber (or session connection) and
     /// reports the count to the origin.
     fn deliver(&mut self, publish: &Publish) {
-        let mut keys = std::mem::take(&mut self.deliver_keys);
-        match &publish.target {
-            Target::Channel(name) => {
-                if let Some(&id) = self.channel_index.get(name) {
-                    keys.extend(self.channels[id as usize].subs.iter().map(|&k| k as usize));
-                }
-            }
-            Target::Session(session) => {
-                if let Some(tabs) = self.sessions.get(session) {
-                    keys.extend(tabs.iter().map(|t| t.owner.key as usize));
-                }
-            }
-        }
-        // `keys` is a copy, so a subscriber that leaves during the loop (a slow consumer
-        // closed by `enqueue`) does not disturb the iteration.
+        let audience = match &publish.target {
+            Target::Channel(name) => Audience::Channel(name),
+            Target::Session(session) => Audience::Session(session),
+        };
         let mut handed = 0u32;
-        for &key in &keys {
-            if self.conns[key].route != RouteKind::Channel as u8 {
-                continue;
+        if let Some(mut walk) = self.channels.walk_start(audience) {
+            // A subscriber closed here (a slow consumer closed by `enqueue`) leaves its
+            // channel only at `walk_end`, so the walk goes over the live vector, uncopied.
+            while let Some(key) = self.channels.walk_next(&mut walk) {
+                let key = key as usize;
+                if self.conns[key].route != RouteKind::Channel as u8 {
+                    continue;
+                }
+                if self.enqueue(key, publish.frame.clone()) == crate::conn::send::Queued::Yes {
+                    handed += 1;
+                }
             }
-            if self.enqueue(key, publish.frame.clone()) == crate::conn::send::Queued::Yes {
-                handed += 1;
-            }
+            let conns = &mut self.conns;
+            self.channels
+                .walk_end(|moved| conns[moved.key as usize].sub.slot = moved.slot);
         }
-        keys.clear();
-        self.deliver_keys = keys;
         self.counters.deliveries += u64::from(handed);
         if handed > 0 {
             let ptr = publish.frame.as_ptr() as usize;

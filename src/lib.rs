@@ -14,6 +14,7 @@ macro_rules! elog {
 }
 
 pub mod admin;
+pub mod channels;
 pub mod config;
 pub mod conn;
 pub mod fanout;

@@ -32,10 +32,11 @@ use hdrhistogram::Histogram;
 use slab::Slab;
 
 use crate::admin::AdminConn;
+use crate::channels::Channels;
 use crate::config::Config;
 use crate::conn::end::End;
 use crate::conn::{self, Conn, State};
-use crate::fanout::{Channel, Fanout, Peers, Pending, PublishWindow, SessionTab, ShardMsg};
+use crate::fanout::{Fanout, Peers, Pending, PublishWindow, ShardMsg};
 use crate::http::admin::AdminConfig;
 use crate::http::handshake::{self, HandshakeError};
 use crate::ring::{sys, Completion, Owner, Ring, GEN_MASK, QUIESCE_MS};
@@ -563,12 +564,9 @@ pub(crate) struct Core {
     pub(crate) peers: Arc<Peers>,
     pub(crate) inbox: Option<Receiver<ShardMsg>>,
     pub(crate) doorbells: Vec<bool>,
-    pub(crate) channels: Slab<Channel>,
-    pub(crate) channel_index: HashMap<Box<str>, u32>,
-    pub(crate) sessions: HashMap<Box<str>, Vec<SessionTab>>,
+    pub(crate) channels: Channels,
     pub(crate) fanouts: HashMap<usize, Fanout>,
     pub(crate) merged: HashMap<usize, Vec<usize>>,
-    pub(crate) deliver_keys: Vec<usize>,
     pub(crate) client_frames: Vec<Bytes>,
     // Admin state (admin.rs).
     pub(crate) pending: Slab<Pending>,
@@ -654,12 +652,9 @@ impl Core {
             peers: Arc::new(Peers::default()),
             inbox: None,
             doorbells: Vec::new(),
-            channels: Slab::new(),
-            channel_index: HashMap::new(),
-            sessions: HashMap::new(),
+            channels: Channels::new(),
             fanouts: HashMap::new(),
             merged: HashMap::new(),
-            deliver_keys: Vec::new(),
             client_frames: Vec::new(),
             pending: Slab::new(),
             admin_conns: HashMap::new(),

@@ -11,43 +11,6 @@ use std::time::{Duration, Instant};
 
 use util::*;
 
-/// Reads one metric sample (exact name and label set) from /metrics.
-fn metric(node: &Node, series: &str) -> u64 {
-    let resp = admin(node, "GET", "/metrics", &[], b"");
-    assert_eq!(resp.status, 200);
-    let text = resp.text();
-    for line in text.lines() {
-        if let Some(rest) = line.strip_prefix(series) {
-            if let Some(value) = rest.strip_prefix(' ') {
-                return value.trim().parse().unwrap_or_else(|_| panic!("{line}"));
-            }
-        }
-    }
-    panic!("no series {series} in\n{text}");
-}
-
-/// Waits until a metric is at least `min` (shards publish their counters every tick).
-fn metric_at_least(node: &Node, series: &str, min: u64) -> u64 {
-    let deadline = Instant::now() + WAIT;
-    loop {
-        let got = metric(node, series);
-        if got >= min {
-            return got;
-        }
-        assert!(
-            Instant::now() < deadline,
-            "{series} = {got}, want at least {min}"
-        );
-        std::thread::sleep(Duration::from_millis(30));
-    }
-}
-
-fn rss_kib(pid: u32) -> u64 {
-    let status = std::fs::read_to_string(format!("/proc/{pid}/status")).unwrap();
-    let line = status.lines().find(|l| l.starts_with("VmRSS:")).unwrap();
-    line.split_whitespace().nth(1).unwrap().parse().unwrap()
-}
-
 /// Reads one response (head plus `Content-Length` body) from a keep-alive connection.
 fn read_response(s: &mut TcpStream) -> Response {
     let mut raw = Vec::new();

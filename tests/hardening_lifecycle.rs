@@ -49,28 +49,6 @@ fn read_all(stream: Option<impl Read>) -> String {
     out
 }
 
-/// Reads one metric sample (exact name and label set) from /metrics.
-fn metric(node: &Node, series: &str) -> u64 {
-    let resp = admin(node, "GET", "/metrics", &[], b"");
-    assert_eq!(resp.status, 200);
-    let text = resp.text();
-    for line in text.lines() {
-        if let Some(value) = line.strip_prefix(series).and_then(|r| r.strip_prefix(' ')) {
-            return value.trim().parse().unwrap_or_else(|_| panic!("{line}"));
-        }
-    }
-    panic!("no series {series} in\n{text}");
-}
-
-/// Sums a per-shard counter over every shard label.
-fn metric_sum(node: &Node, name: &str) -> u64 {
-    let text = admin(node, "GET", "/metrics", &[], b"").text();
-    text.lines()
-        .filter(|l| l.starts_with(&format!("{name}{{")))
-        .filter_map(|l| l.rsplit(' ').next()?.parse::<u64>().ok())
-        .sum()
-}
-
 /// Waits until `f` holds (shards publish their counters every 50 ms tick).
 fn eventually(what: &str, mut f: impl FnMut() -> bool) {
     let deadline = Instant::now() + WAIT;

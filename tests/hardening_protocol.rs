@@ -12,54 +12,6 @@ use std::time::{Duration, Instant};
 use bytes::BytesMut;
 use ringpush::ws::{frame, OpCode};
 
-/// The resident set of process `pid`, in bytes (VmRSS from /proc).
-fn rss_bytes(pid: u32) -> usize {
-    let status = std::fs::read_to_string(format!("/proc/{pid}/status")).expect("status");
-    let line = status
-        .lines()
-        .find(|l| l.starts_with("VmRSS:"))
-        .expect("VmRSS line");
-    let kib: usize = line
-        .split_whitespace()
-        .nth(1)
-        .and_then(|v| v.parse().ok())
-        .expect("VmRSS value");
-    kib * 1024
-}
-
-/// Reads one metric sample (exact name and label set) from /metrics.
-fn metric(admin_addr: SocketAddr, series: &str) -> u64 {
-    let raw = http_raw_bytes(
-        admin_addr,
-        b"GET /metrics HTTP/1.1\r\nHost: admin\r\nConnection: close\r\n\r\n",
-    );
-    let resp = parse_response(&raw);
-    assert_eq!(resp.status, 200);
-    let text = resp.text();
-    for line in text.lines() {
-        if let Some(value) = line.strip_prefix(series).and_then(|r| r.strip_prefix(' ')) {
-            return value.trim().parse().unwrap_or_else(|_| panic!("{line}"));
-        }
-    }
-    panic!("no series {series} in\n{text}");
-}
-
-/// Waits until a metric is at least `min` (shards publish their counters every tick).
-fn metric_at_least(admin_addr: SocketAddr, series: &str, min: u64) -> u64 {
-    let deadline = Instant::now() + WAIT;
-    loop {
-        let got = metric(admin_addr, series);
-        if got >= min {
-            return got;
-        }
-        assert!(
-            Instant::now() < deadline,
-            "{series} = {got}, want at least {min}"
-        );
-        std::thread::sleep(Duration::from_millis(20));
-    }
-}
-
 /// One masked frame with the given FIN bit.
 fn masked_frame(fin: bool, opcode: OpCode, payload: &[u8]) -> Vec<u8> {
     let mut out = BytesMut::new();
@@ -163,14 +115,14 @@ fn issue_8_item_8_pongs_to_a_non_reader_do_not_pin_shared_reply_buffers() {
         if i % 16 == 0 {
             peak = peak.max(rss_bytes(pid));
         }
-        if i % 128 == 127 && metric(node.admin, series) >= 1 {
+        if i % 128 == 127 && metric(&node, series) >= 1 {
             closed = true;
             break;
         }
         assert!(Instant::now() < deadline, "the non-reader was never closed");
     }
     peak = peak.max(rss_bytes(pid));
-    assert!(closed || metric_at_least(node.admin, series, 1) >= 1);
+    assert!(closed || metric_at_least(&node, series, 1) >= 1);
     let growth = peak.saturating_sub(baseline);
     eprintln!("baseline rss {baseline} B, peak {peak} B, growth {growth} B");
     // --max-pending plus slack for allocator noise and the echo client's buffers.
@@ -192,7 +144,7 @@ fn issue_8_item_9_discarded_fragments_do_not_grow_memory() {
     let pid = node.child.id();
     let mut subs: Vec<Client> = (0..8).map(|_| node.ws("/ws/quiet")).collect();
     let baseline = rss_bytes(pid);
-    let before = metric(node.admin, "ringpush_bytes_in_total{shard=\"0\"}");
+    let before = metric(&node, "ringpush_bytes_in_total{shard=\"0\"}");
     // Each subscriber sends 7 MiB of a text message it never finishes: without
     // --client-publish it is discarded, so nothing need be kept.
     let chunk = vec![b'a'; 1024 * 1024];
@@ -207,11 +159,7 @@ fn issue_8_item_9_discarded_fragments_do_not_grow_memory() {
             sent += more.len() as u64;
         }
     }
-    metric_at_least(
-        node.admin,
-        "ringpush_bytes_in_total{shard=\"0\"}",
-        before + sent,
-    );
+    metric_at_least(&node, "ringpush_bytes_in_total{shard=\"0\"}", before + sent);
     let growth = rss_bytes(pid).saturating_sub(baseline);
     eprintln!("growth after 56 MiB of discarded fragments: {growth} B");
     assert!(
@@ -223,7 +171,7 @@ fn issue_8_item_9_discarded_fragments_do_not_grow_memory() {
         sub.send_raw(&masked_frame(true, OpCode::Continuation, b"end"));
     }
     metric_at_least(
-        node.admin,
+        &node,
         "ringpush_client_messages_ignored_total{shard=\"0\"}",
         8,
     );
@@ -258,12 +206,12 @@ fn issue_8_item_9_reassembly_budget_closes_the_largest_partial_message() {
     let half_mib = vec![7u8; 512 * 1024];
     let mut a = node.ws("/echo");
     let mut b = node.ws("/echo");
-    let before = metric(node.admin, "ringpush_bytes_in_total{shard=\"0\"}");
+    let before = metric(&node, "ringpush_bytes_in_total{shard=\"0\"}");
     let first = masked_frame(false, OpCode::Binary, &half_mib);
     a.send_raw(&first);
     b.send_raw(&first);
     metric_at_least(
-        node.admin,
+        &node,
         "ringpush_bytes_in_total{shard=\"0\"}",
         before + 2 * first.len() as u64,
     );
@@ -282,7 +230,7 @@ fn issue_8_item_9_reassembly_budget_closes_the_largest_partial_message() {
     c.expect_close(1009);
     assert_eq!(
         metric_at_least(
-            node.admin,
+            &node,
             "ringpush_reassembly_budget_closes_total{shard=\"0\"}",
             1
         ),
@@ -318,11 +266,11 @@ fn issue_8_item_14_an_unsolicited_pong_records_no_round_trip() {
     let forged = 1u64.to_be_bytes();
     assert_ne!(payload, forged);
     client.send(OpCode::Pong, &forged);
-    metric_at_least(node.admin, "ringpush_pongs_received_total{shard=\"0\"}", 1);
+    metric_at_least(&node, "ringpush_pongs_received_total{shard=\"0\"}", 1);
     // Counters are published every 50 ms tick; a second is ample.
     let deadline = Instant::now() + Duration::from_secs(1);
     while Instant::now() < deadline {
-        assert_eq!(metric(node.admin, rtt_count), 0, "a forged pong was timed");
+        assert_eq!(metric(&node, rtt_count), 0, "a forged pong was timed");
         std::thread::sleep(Duration::from_millis(100));
     }
     // The next ping (sent at the idle deadline the first one armed), answered with its own
@@ -332,7 +280,7 @@ fn issue_8_item_14_an_unsolicited_pong_records_no_round_trip() {
         other => panic!("expected a ping, got {other:?}"),
     };
     client.send(OpCode::Pong, &payload);
-    assert_eq!(metric_at_least(node.admin, rtt_count, 1), 1);
+    assert_eq!(metric_at_least(&node, rtt_count, 1), 1);
 }
 
 /// Raw request with a short read timeout; returns what came back before EOF or timeout.
@@ -429,6 +377,6 @@ fn issue_8_item_14_a_stalled_stderr_does_not_block_a_shard() {
     assert_eq!(ws.recv(), Msg::Text("ping?".into()));
     assert!(t.elapsed() < Duration::from_secs(5), "{:?}", t.elapsed());
     // Lines that could not be written are counted, not waited for.
-    let dropped = metric(admin_addr, "ringpush_log_lines_dropped_total");
+    let dropped = metric_at(admin_addr, "ringpush_log_lines_dropped_total");
     eprintln!("log lines dropped: {dropped}");
 }

@@ -28,19 +28,6 @@ fn start_with_tick(mode: Option<&str>, args: &[&str]) -> Node {
     node
 }
 
-/// Reads one metric sample (exact name and label set) from /metrics.
-fn metric(node: &Node, series: &str) -> u64 {
-    let resp = admin(node, "GET", "/metrics", &[], b"");
-    assert_eq!(resp.status, 200);
-    let text = resp.text();
-    for line in text.lines() {
-        if let Some(value) = line.strip_prefix(series).and_then(|r| r.strip_prefix(' ')) {
-            return value.trim().parse().unwrap_or_else(|_| panic!("{line}"));
-        }
-    }
-    panic!("no series {series} in\n{text}");
-}
-
 /// Seconds from connecting a TCP client that sends nothing until the node drops it.
 fn silent_client_dropped_after(addr: std::net::SocketAddr) -> f64 {
     let mut stream = TcpStream::connect(addr).expect("connect");

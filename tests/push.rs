@@ -6,52 +6,7 @@ mod util;
 use std::time::{Duration, Instant};
 
 use ringpush::ws::OpCode;
-use util::{admin, Client, Msg, Node};
-
-/// Reads one metric sample (exact name and label set) from /metrics.
-fn metric(node: &Node, series: &str) -> u64 {
-    let resp = admin(node, "GET", "/metrics", &[], b"");
-    assert_eq!(resp.status, 200);
-    let text = resp.text();
-    for line in text.lines() {
-        if let Some(rest) = line.strip_prefix(series) {
-            if let Some(value) = rest.strip_prefix(' ') {
-                return value.trim().parse().unwrap_or_else(|_| panic!("{line}"));
-            }
-        }
-    }
-    panic!("no series {series} in\n{text}");
-}
-
-/// Waits until a metric is at least `min` and returns it (shards publish their counters
-/// every 50 ms tick, so /metrics may lag by one tick).
-fn metric_at_least(node: &Node, series: &str, min: u64) -> u64 {
-    let deadline = Instant::now() + util::WAIT;
-    loop {
-        let got = metric(node, series);
-        if got >= min {
-            return got;
-        }
-        assert!(
-            Instant::now() < deadline,
-            "{series} = {got}, want at least {min}"
-        );
-        std::thread::sleep(Duration::from_millis(30));
-    }
-}
-
-/// Waits until a metric reaches `want` (shards publish their counters every tick).
-fn wait_metric(node: &Node, series: &str, want: u64) {
-    let deadline = Instant::now() + util::WAIT;
-    loop {
-        let got = metric(node, series);
-        if got == want {
-            return;
-        }
-        assert!(Instant::now() < deadline, "{series} = {got}, want {want}");
-        std::thread::sleep(Duration::from_millis(30));
-    }
-}
+use util::{admin, metric, metric_at_least, rss_kib, wait_metric, Client, Msg, Node};
 
 fn publish(node: &Node, channel: &str, content_type: &str, body: &[u8]) -> util::Response {
     admin(
@@ -291,12 +246,6 @@ fn a_closed_subscriber_is_unsubscribed() {
         assert!(Instant::now() < deadline);
         std::thread::sleep(Duration::from_millis(20));
     }
-}
-
-fn rss_kib(pid: u32) -> u64 {
-    let status = std::fs::read_to_string(format!("/proc/{pid}/status")).unwrap();
-    let line = status.lines().find(|l| l.starts_with("VmRSS:")).unwrap();
-    line.split_whitespace().nth(1).unwrap().parse().unwrap()
 }
 
 fn slow_consumer_run(policy: &str) -> (Node, Client, Client) {

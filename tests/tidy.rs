@@ -8,7 +8,11 @@
 //! - no `dbg!`, `todo!` or `unimplemented!` calls;
 //! - no line longer than 100 characters (counted in chars, not bytes);
 //! - no `#[ignore]` and no `#[should_panic]`: a wrong behaviour is asserted as it is, with
-//!   a FIXME.
+//!   a FIXME;
+//! - module boundaries (`BOUNDARIES`): the codec (`ws/`) and the HTTP parsers (`http/`) name
+//!   nothing of the crate outside themselves, and the ring boundary (`ring/`) knows no
+//!   protocol: it names only itself and the log; channels and sessions (`channels.rs`)
+//!   name no connection internals.
 //!
 //! Keywords, macros and attributes are matched in code only: comments and the contents of
 //! string and char literals are blanked out first, so prose and test data never trip a
@@ -47,6 +51,15 @@ const BANNED_MACROS: &[&str] = &[
     concat!("to", "do!("),
     concat!("unimpl", "emented!("),
 ];
+/// Folders (or files) and the only top-level modules their code may name as `crate::X`.
+const BOUNDARIES: &[(&str, &[&str])] = &[
+    ("src/ws/", &["ws"]),
+    ("src/http/", &["http"]),
+    ("src/ring/", &["ring", "elog", "log"]),
+    // Channels and sessions speak in slab keys and owners, never in connection internals.
+    ("src/channels.rs", &["ring"]),
+];
+
 /// Test attributes that hide a wrong behaviour instead of asserting it.
 const BANNED_ATTRIBUTES: &[&str] = &[concat!("#[ig", "nore"), concat!("#[should", "_panic")];
 
@@ -163,6 +176,20 @@ fn check_file(path: &str, text: &str, violations: &mut Vec<Violation>) {
                     index,
                     format!("`{UNSAFE}` block or impl without a `// {SAFETY_TAG}` comment"),
                 );
+            }
+        }
+        if let Some((under, allowed)) = BOUNDARIES.iter().find(|(p, _)| path.starts_with(p)) {
+            for start in token_starts(line, "crate::") {
+                let module: String = line[start + "crate::".len()..]
+                    .chars()
+                    .take_while(|&c| is_ident_char(c))
+                    .collect();
+                if !allowed.contains(&module.as_str()) {
+                    report(
+                        index,
+                        format!("`crate::{module}` named under {under} (allowed: {allowed:?})"),
+                    );
+                }
             }
         }
         for pattern in BANNED_MACROS {
@@ -437,6 +464,14 @@ fn rules_fire_on_what_they_name() {
     assert!(rules("src/ring/mod.rs", &function).is_empty());
     assert_eq!(rules("tests/x.rs", &function).len(), 1);
     assert!(rules("src/x.rs", &format!("#![forbid({UNSAFE}_code)]\n")).is_empty());
+
+    let reach = "use crate::conn::Conn;\n";
+    assert_eq!(rules("src/ring/mod.rs", reach).len(), 1);
+    assert_eq!(rules("src/ws/frame.rs", "use crate::http::x;\n").len(), 1);
+    assert!(rules("src/ws/frame.rs", "use crate::ws::frame;\n").is_empty());
+    assert!(rules("src/shard.rs", reach).is_empty());
+    assert!(rules("src/ring/mod.rs", "crate::elog!(\"x\");\n").is_empty());
+    assert_eq!(rules("src/channels.rs", reach).len(), 1);
 
     let attribute = format!("{}]\nfn t() {{}}\n", BANNED_ATTRIBUTES[1]);
     assert_eq!(rules("tests/x.rs", &attribute)[0].0, 1);

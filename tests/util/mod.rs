@@ -403,3 +403,82 @@ fn rand16() -> [u8; 16] {
     }
     out
 }
+
+/// Reads one metric sample (exact name and label set) from the admin listener at `addr`.
+pub fn metric_at(addr: SocketAddr, series: &str) -> u64 {
+    let raw = http_raw_bytes(
+        addr,
+        b"GET /metrics HTTP/1.1\r\nHost: admin\r\nConnection: close\r\n\r\n",
+    );
+    let resp = parse_response(&raw);
+    assert_eq!(resp.status, 200);
+    let text = resp.text();
+    for line in text.lines() {
+        if let Some(value) = line.strip_prefix(series).and_then(|r| r.strip_prefix(' ')) {
+            return value.trim().parse().unwrap_or_else(|_| panic!("{line}"));
+        }
+    }
+    panic!("no series {series} in\n{text}");
+}
+
+/// Reads one metric sample (exact name and label set) from the node's /metrics.
+pub fn metric(node: &Node, series: &str) -> u64 {
+    metric_at(node.admin, series)
+}
+
+/// Sums a per-shard counter over every shard label.
+pub fn metric_sum(node: &Node, name: &str) -> u64 {
+    let text = admin(node, "GET", "/metrics", &[], b"").text();
+    text.lines()
+        .filter(|l| l.starts_with(&format!("{name}{{")))
+        .filter_map(|l| l.rsplit(' ').next()?.parse::<u64>().ok())
+        .sum()
+}
+
+/// Waits until a metric is at least `min` and returns it (shards publish their counters
+/// every 50 ms tick, so /metrics may lag by one tick).
+pub fn metric_at_least(node: &Node, series: &str, min: u64) -> u64 {
+    let deadline = Instant::now() + WAIT;
+    loop {
+        let got = metric(node, series);
+        if got >= min {
+            return got;
+        }
+        assert!(
+            Instant::now() < deadline,
+            "{series} = {got}, want at least {min}"
+        );
+        std::thread::sleep(Duration::from_millis(30));
+    }
+}
+
+/// Waits until a metric reaches `want` (shards publish their counters every tick).
+pub fn wait_metric(node: &Node, series: &str, want: u64) {
+    let deadline = Instant::now() + WAIT;
+    loop {
+        let got = metric(node, series);
+        if got == want {
+            return;
+        }
+        assert!(Instant::now() < deadline, "{series} = {got}, want {want}");
+        std::thread::sleep(Duration::from_millis(30));
+    }
+}
+
+/// The resident set of process `pid` in KiB (VmRSS from /proc).
+pub fn rss_kib(pid: u32) -> u64 {
+    let status = std::fs::read_to_string(format!("/proc/{pid}/status")).expect("status");
+    let line = status
+        .lines()
+        .find(|l| l.starts_with("VmRSS:"))
+        .expect("VmRSS line");
+    line.split_whitespace()
+        .nth(1)
+        .and_then(|v| v.parse().ok())
+        .expect("VmRSS value")
+}
+
+/// The resident set of process `pid` in bytes.
+pub fn rss_bytes(pid: u32) -> usize {
+    rss_kib(pid) as usize * 1024
+}

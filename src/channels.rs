@@ -1,0 +1,466 @@
+//! Channels and sessions of one shard: who gets a delivery, never how it is sent.
+//!
+//! `Channels` owns the channel slab, the name index and the sessions map. It speaks in
+//! slab keys and `Owner`s and never touches a `Conn`: a connection stores the
+//! `Subscription` token `subscribe` returns, and when `unsubscribe` swap-removes it the
+//! `Moved` report names the subscriber that took its slot, so the caller (the connections
+//! part) updates that connection's stored slot.
+//!
+//! Invariants:
+//! - Subscribe and unsubscribe are O(1): a subscription is its channel id and its index in
+//!   the channel's subscriber vector, and leaving swap-removes it. There is no other
+//!   per-subscription state, so a subscription costs one `u32` here and the 8-byte token in
+//!   the connection.
+//! - A channel exists exactly while it has a subscriber slot: it is freed (and its name
+//!   unindexed) when its last subscriber leaves, and a session's entry when its last tab
+//!   unbinds.
+//! - **Leaving during a walk is applied after it.** Between `walk_start` and `walk_end`
+//!   nothing moves: `unsubscribe` writes a vacant mark into the leaver's slot instead of
+//!   swap-removing it, and `unbind` marks the tab vacant; `walk_end` then removes the marks
+//!   and reports the moves. So a delivery that closes a subscriber (a slow consumer closed
+//!   by `enqueue`, whose close leaves its channel at once) cannot make the walk skip or
+//!   repeat anyone, and needs no copy of the subscriber list. Walks do not nest.
+//! - A (session, tab) is held by at most one live connection node-wide: `claim` names the
+//!   local holders with an older claim sequence, which the caller closes.
+
+use std::collections::HashMap;
+
+use slab::Slab;
+
+use crate::ring::Owner;
+
+/// `Subscription::channel` of a connection that is not subscribed.
+pub const NO_CHANNEL: u32 = u32::MAX;
+
+/// A subscriber slot left during a walk, removed by `walk_end`.
+const VACANT: u32 = u32::MAX;
+
+/// The token a subscribed connection stores: its channel and its slot in that channel.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct Subscription {
+    /// Channel id on this shard (`NO_CHANNEL` when not subscribed).
+    pub channel: u32,
+    /// Index of the connection in the channel's subscriber vector.
+    pub slot: u32,
+}
+
+impl Subscription {
+    /// Not subscribed.
+    pub const NONE: Subscription = Subscription {
+        channel: NO_CHANNEL,
+        slot: 0,
+    };
+
+    /// Whether this names a channel.
+    pub fn is_some(&self) -> bool {
+        self.channel != NO_CHANNEL
+    }
+}
+
+/// A subscriber that a swap-remove moved: its stored slot is now `slot`.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct Moved {
+    /// Slab key of the connection that moved.
+    pub key: u32,
+    /// Its new index in the channel's subscriber vector.
+    pub slot: u32,
+}
+
+/// Whom a walk visits.
+#[derive(Clone, Copy, Debug)]
+pub enum Audience<'a> {
+    /// Every subscriber of the named channel.
+    Channel(&'a str),
+    /// Every connection bound to the named session (all tabs).
+    Session(&'a str),
+}
+
+/// A walk in progress, from `walk_start`; `walk_next` advances `cursor`.
+#[derive(Debug)]
+pub struct Walk<'a> {
+    audience: WalkOver<'a>,
+    cursor: usize,
+}
+
+#[derive(Clone, Copy, Debug)]
+enum WalkOver<'a> {
+    Channel(u32),
+    Session(&'a str),
+}
+
+/// A connection's (session, tab), the token it keeps for its unbinding.
+pub struct SessionTag {
+    /// Session id.
+    pub session: Box<str>,
+    /// Tab id.
+    pub tab: Box<str>,
+}
+
+/// A channel on one shard.
+struct Channel {
+    /// Its name (the key in `index`).
+    name: Box<str>,
+    /// Slab keys of local subscribers (`VACANT` for a slot left during a walk).
+    subs: Vec<u32>,
+}
+
+/// A connection bound to a (session, tab) on this shard.
+struct SessionTab {
+    /// Tab id.
+    tab: Box<str>,
+    /// The connection (`owner.key == VACANT` for a tab unbound during a walk).
+    owner: Owner,
+    /// Its claim's sequence.
+    seq: u64,
+}
+
+/// One shard's channels and sessions.
+#[derive(Default)]
+pub struct Channels {
+    channels: Slab<Channel>,
+    index: HashMap<Box<str>, u32>,
+    sessions: HashMap<Box<str>, Vec<SessionTab>>,
+    /// Whether a walk is in progress (between `walk_start` and `walk_end`).
+    walking: bool,
+    /// (channel, slot) pairs marked vacant during the walk.
+    vacated: Vec<(u32, u32)>,
+    /// Sessions with a tab marked vacant during the walk.
+    unbound: Vec<Box<str>>,
+}
+
+impl Channels {
+    /// No channels, no sessions.
+    pub fn new() -> Channels {
+        Channels::default()
+    }
+
+    /// Subscribes `key` to `name`, creating the channel on first use.
+    pub fn subscribe(&mut self, key: u32, name: &str) -> Subscription {
+        let id = match self.index.get(name) {
+            Some(&id) => id,
+            None => {
+                let id = self.channels.insert(Channel {
+                    name: name.into(),
+                    subs: Vec::new(),
+                }) as u32;
+                self.index.insert(name.into(), id);
+                id
+            }
+        };
+        let subs = &mut self.channels[id as usize].subs;
+        subs.push(key);
+        Subscription {
+            channel: id,
+            slot: subs.len() as u32 - 1,
+        }
+    }
+
+    /// Takes a subscription out of its channel. Outside a walk the last subscriber takes
+    /// the freed slot and is reported; during a walk the slot is marked vacant and the
+    /// move, if any, is reported by `walk_end`.
+    pub fn unsubscribe(&mut self, key: u32, sub: Subscription) -> Option<Moved> {
+        debug_assert!(sub.is_some());
+        let (id, slot) = (sub.channel, sub.slot);
+        let channel = &mut self.channels[id as usize];
+        debug_assert_eq!(channel.subs[slot as usize], key);
+        if self.walking {
+            channel.subs[slot as usize] = VACANT;
+            self.vacated.push((id, slot));
+            return None;
+        }
+        self.remove_slot(id, slot)
+    }
+
+    /// Removes a slot (swap-remove) and frees the channel once empty.
+    fn remove_slot(&mut self, id: u32, slot: u32) -> Option<Moved> {
+        let channel = &mut self.channels[id as usize];
+        channel.subs.swap_remove(slot as usize);
+        let moved = channel
+            .subs
+            .get(slot as usize)
+            .map(|&key| Moved { key, slot });
+        if channel.subs.is_empty() {
+            let channel = self.channels.remove(id as usize);
+            self.index.remove(&channel.name);
+        }
+        moved
+    }
+
+    /// The subscribers of `name` (empty when there is no such channel). During a walk it
+    /// may hold `u32::MAX` for slots left since `walk_start`.
+    pub fn subscribers(&self, name: &str) -> &[u32] {
+        match self.index.get(name) {
+            Some(&id) => &self.channels[id as usize].subs,
+            None => &[],
+        }
+    }
+
+    /// The name of channel `id`, which must exist.
+    pub fn name(&self, id: u32) -> &str {
+        &self.channels[id as usize].name
+    }
+
+    /// Channels on this shard.
+    pub fn channel_count(&self) -> usize {
+        self.channels.len()
+    }
+
+    /// Sessions with at least one tab bound on this shard.
+    pub fn session_count(&self) -> usize {
+        self.sessions.len()
+    }
+
+    /// Records `owner` as the holder of (session, tab) with claim sequence `seq`.
+    pub fn bind(&mut self, session: &str, tab: &str, owner: Owner, seq: u64) {
+        let tabs = match self.sessions.get_mut(session) {
+            Some(tabs) => tabs,
+            None => self.sessions.entry(session.into()).or_default(),
+        };
+        tabs.push(SessionTab {
+            tab: tab.into(),
+            owner,
+            seq,
+        });
+    }
+
+    /// Forgets `owner`'s binding to `session`; other tabs of the session stay. During a
+    /// walk the tab is marked vacant and removed by `walk_end`.
+    pub fn unbind(&mut self, session: &str, owner: Owner) {
+        let Some(tabs) = self.sessions.get_mut(session) else {
+            return;
+        };
+        if self.walking {
+            for t in tabs.iter_mut().filter(|t| t.owner == owner) {
+                t.owner.key = VACANT;
+            }
+            self.unbound.push(session.into());
+            return;
+        }
+        tabs.retain(|t| t.owner != owner);
+        if tabs.is_empty() {
+            self.sessions.remove(session);
+        }
+    }
+
+    /// Local holders of (session, tab) whose claim is older than `seq`: the caller closes
+    /// them (the newest claim wins).
+    pub fn claim(&self, session: &str, tab: &str, seq: u64) -> Vec<Owner> {
+        let Some(tabs) = self.sessions.get(session) else {
+            return Vec::new();
+        };
+        tabs.iter()
+            .filter(|t| t.owner.key != VACANT && &*t.tab == tab && t.seq < seq)
+            .map(|t| t.owner)
+            .collect()
+    }
+
+    /// Starts a walk over `audience`; None when it has no one on this shard. Until
+    /// `walk_end`, leaving is deferred (see the module doc).
+    pub fn walk_start<'a>(&mut self, audience: Audience<'a>) -> Option<Walk<'a>> {
+        debug_assert!(!self.walking, "walks do not nest");
+        let over = match audience {
+            Audience::Channel(name) => WalkOver::Channel(*self.index.get(name)?),
+            Audience::Session(session) => {
+                self.sessions.get_key_value(session)?;
+                WalkOver::Session(session)
+            }
+        };
+        self.walking = true;
+        Some(Walk {
+            audience: over,
+            cursor: 0,
+        })
+    }
+
+    /// The next slab key of the walk, skipping those that left during it.
+    pub fn walk_next(&self, walk: &mut Walk<'_>) -> Option<u32> {
+        debug_assert!(self.walking);
+        loop {
+            let i = walk.cursor;
+            walk.cursor += 1;
+            let key = match walk.audience {
+                WalkOver::Channel(id) => *self.channels[id as usize].subs.get(i)?,
+                WalkOver::Session(s) => self.sessions.get(s)?.get(i)?.owner.key,
+            };
+            if key != VACANT {
+                return Some(key);
+            }
+        }
+    }
+
+    /// Ends the walk: applies the leaves it deferred, calling `moved` for each subscriber
+    /// whose slot changed.
+    pub fn walk_end(&mut self, mut moved: impl FnMut(Moved)) {
+        debug_assert!(self.walking);
+        self.walking = false;
+        // Highest slot first within a channel: every slot above the one being removed is
+        // then already gone, so the subscriber a swap-remove moves is never a vacant mark.
+        let mut vacated = std::mem::take(&mut self.vacated);
+        vacated.sort_unstable_by(|a, b| b.cmp(a));
+        for &(id, slot) in &vacated {
+            if let Some(m) = self.remove_slot(id, slot) {
+                debug_assert_ne!(m.key, VACANT);
+                moved(m);
+            }
+        }
+        vacated.clear();
+        self.vacated = vacated;
+        for session in std::mem::take(&mut self.unbound) {
+            if let Some(tabs) = self.sessions.get_mut(&session) {
+                tabs.retain(|t| t.owner.key != VACANT);
+                if tabs.is_empty() {
+                    self.sessions.remove(&session);
+                }
+            }
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn owner(key: u32) -> Owner {
+        Owner { key, gen: 1 }
+    }
+
+    #[test]
+    fn subscribe_and_unsubscribe_report_the_moved_slot() {
+        let mut ch = Channels::new();
+        let a = ch.subscribe(10, "news");
+        let b = ch.subscribe(11, "news");
+        let c = ch.subscribe(12, "news");
+        assert_eq!(
+            (a.channel, b.channel, c.channel),
+            (a.channel, a.channel, a.channel)
+        );
+        assert_eq!((a.slot, b.slot, c.slot), (0, 1, 2));
+        assert_eq!(ch.subscribers("news"), &[10, 11, 12]);
+        // The last subscriber takes the freed slot, and the caller is told.
+        assert_eq!(ch.unsubscribe(10, a), Some(Moved { key: 12, slot: 0 }));
+        assert_eq!(ch.subscribers("news"), &[12, 11]);
+        // Removing the last slot moves no one.
+        assert_eq!(ch.unsubscribe(11, b), None);
+        assert_eq!(ch.subscribers("news"), &[12]);
+    }
+
+    #[test]
+    fn a_channel_is_freed_when_its_last_subscriber_leaves() {
+        let mut ch = Channels::new();
+        let a = ch.subscribe(1, "a");
+        let b = ch.subscribe(2, "b");
+        assert_eq!(ch.channel_count(), 2);
+        assert_eq!(ch.unsubscribe(1, a), None);
+        assert_eq!(ch.channel_count(), 1);
+        assert!(ch.subscribers("a").is_empty());
+        assert_eq!(ch.name(b.channel), "b");
+        // A new channel of the same name starts empty.
+        let again = ch.subscribe(3, "a");
+        assert_eq!(again.slot, 0);
+        assert_eq!(ch.subscribers("a"), &[3]);
+    }
+
+    #[test]
+    fn sessions_newest_claim_wins_and_unbind_removes_only_its_tab() {
+        let mut ch = Channels::new();
+        ch.bind("s", "t1", owner(1), 1);
+        ch.bind("s", "t2", owner(2), 2);
+        // A newer claim of t1 names the older holder of t1 only.
+        assert_eq!(ch.claim("s", "t1", 3), vec![owner(1)]);
+        // An older claim names no one: the newest wins.
+        assert!(ch.claim("s", "t2", 1).is_empty());
+        assert!(ch.claim("other", "t1", 9).is_empty());
+        ch.bind("s", "t1", owner(3), 3);
+        ch.unbind("s", owner(1));
+        assert!(ch.claim("s", "t1", 3).is_empty());
+        assert_eq!(ch.claim("s", "t1", 4), vec![owner(3)]);
+        assert_eq!(ch.claim("s", "t2", 4), vec![owner(2)]);
+        ch.unbind("s", owner(2));
+        ch.unbind("s", owner(3));
+        assert_eq!(ch.session_count(), 0);
+    }
+
+    #[test]
+    fn leaving_during_a_walk_is_applied_after_it() {
+        let mut ch = Channels::new();
+        let subs: Vec<Subscription> = (0..5).map(|k| ch.subscribe(k, "c")).collect();
+        let mut stored: Vec<u32> = subs.iter().map(|s| s.slot).collect();
+        let mut walk = ch
+            .walk_start(Audience::Channel("c"))
+            .expect("channel exists");
+        let mut seen = Vec::new();
+        while let Some(key) = ch.walk_next(&mut walk) {
+            seen.push(key);
+            // Every visited subscriber with an even key leaves as it is visited, and the
+            // first one also makes a later subscriber (4) leave before it is visited.
+            if key % 2 == 0 {
+                let sub = Subscription {
+                    channel: subs[0].channel,
+                    slot: stored[key as usize],
+                };
+                assert_eq!(
+                    ch.unsubscribe(key, sub),
+                    None,
+                    "nothing moves during a walk"
+                );
+            }
+            if key == 0 {
+                let sub = Subscription {
+                    channel: subs[0].channel,
+                    slot: stored[4],
+                };
+                assert_eq!(ch.unsubscribe(4, sub), None);
+            }
+        }
+        // Everyone was visited once, in order, except 4, which left before its turn.
+        assert_eq!(seen, vec![0, 1, 2, 3]);
+        assert_eq!(ch.subscribers("c").len(), 5, "the walk saw no removal");
+        ch.walk_end(|m| stored[m.key as usize] = m.slot);
+        let mut left: Vec<u32> = ch.subscribers("c").to_vec();
+        for (slot, &key) in left.iter().enumerate() {
+            assert_eq!(stored[key as usize], slot as u32, "moves were reported");
+        }
+        left.sort_unstable();
+        assert_eq!(left, vec![1, 3]);
+        // Leaving is immediate again once the walk has ended.
+        let sub = Subscription {
+            channel: subs[0].channel,
+            slot: stored[1],
+        };
+        ch.unsubscribe(1, sub);
+        assert_eq!(ch.subscribers("c"), &[3]);
+    }
+
+    #[test]
+    fn a_channel_emptied_during_a_walk_is_freed_after_it() {
+        let mut ch = Channels::new();
+        let a = ch.subscribe(7, "c");
+        let mut walk = ch
+            .walk_start(Audience::Channel("c"))
+            .expect("channel exists");
+        assert_eq!(ch.walk_next(&mut walk), Some(7));
+        ch.unsubscribe(7, a);
+        assert_eq!(ch.walk_next(&mut walk), None);
+        assert_eq!(ch.channel_count(), 1);
+        ch.walk_end(|m| panic!("no one is left to move: {m:?}"));
+        assert_eq!(ch.channel_count(), 0);
+        assert!(ch.walk_start(Audience::Channel("c")).is_none());
+    }
+
+    #[test]
+    fn unbinding_during_a_session_walk_is_applied_after_it() {
+        let mut ch = Channels::new();
+        ch.bind("s", "t1", owner(1), 1);
+        ch.bind("s", "t2", owner(2), 2);
+        let mut walk = ch
+            .walk_start(Audience::Session("s"))
+            .expect("session exists");
+        assert_eq!(ch.walk_next(&mut walk), Some(1));
+        ch.unbind("s", owner(1));
+        ch.unbind("s", owner(2));
+        assert_eq!(ch.walk_next(&mut walk), None, "2 left before its turn");
+        assert_eq!(ch.session_count(), 1);
+        ch.walk_end(|_| {});
+        assert_eq!(ch.session_count(), 0);
+    }
+}
