@@ -13,7 +13,7 @@ macro_rules! elog {
     };
 }
 
-pub mod admin;
+pub mod admin_service;
 pub mod channels;
 pub mod config;
 pub mod conn;

@@ -4,7 +4,7 @@
 
 use std::fmt::Write as _;
 
-use crate::http::admin::AdminError;
+use crate::http::admin_request::AdminError;
 use crate::http::handshake::HandshakeError;
 use crate::stats::{Buckets, Counters, BUCKET_BOUNDS_US, CLOSE_CODES};
 

@@ -6,7 +6,7 @@ use crate::http::handshake::HandshakeError;
 
 /// Channel names, session ids and tab ids share one rule, `[A-Za-z0-9_.:-]{1,128}`, with
 /// the admin API (`/publish/<channel>`, `/send/<session>`).
-pub use crate::http::admin::{valid_name, NAME_BYTES_MAX};
+pub use crate::http::admin_request::{valid_name, NAME_BYTES_MAX};
 
 /// What an upgraded connection does with the data messages it receives.
 #[derive(Clone, Debug, PartialEq, Eq)]

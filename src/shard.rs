@@ -3,7 +3,7 @@
 //! send → timers → shutdown for every connection it accepted.
 //!
 //! Client shards hold WebSocket connections; the admin shard runs the same loop on the
-//! admin listener and speaks plain HTTP (see `admin.rs`). Shards talk to each other only
+//! admin listener and speaks plain HTTP (see `admin_service.rs`). Shards talk to each other only
 //! through their inboxes (`fanout.rs`), each push followed by a MsgRingData doorbell.
 //!
 //! The loop reaps a whole batch of completions, handles each, then rings doorbells,
@@ -31,13 +31,13 @@ use bytes::{Bytes, BytesMut};
 use hdrhistogram::Histogram;
 use slab::Slab;
 
-use crate::admin::AdminConn;
+use crate::admin_service::AdminConn;
 use crate::channels::Channels;
 use crate::config::Config;
 use crate::conn::end::End;
 use crate::conn::{self, Conn, State};
 use crate::fanout::{Fanout, Peers, Pending, PublishWindow, ShardMsg};
-use crate::http::admin::AdminConfig;
+use crate::http::admin_request::AdminConfig;
 use crate::http::handshake::{self, HandshakeError};
 use crate::ring::{sys, Completion, Owner, Ring, GEN_MASK, QUIESCE_MS};
 use crate::route::RouteKind;
@@ -568,7 +568,7 @@ pub(crate) struct Core {
     pub(crate) fanouts: HashMap<usize, Fanout>,
     pub(crate) merged: HashMap<usize, Vec<usize>>,
     pub(crate) client_frames: Vec<Bytes>,
-    // Admin state (admin.rs).
+    // Admin state (admin_service.rs).
     pub(crate) pending: Slab<Pending>,
     pub(crate) admin_conns: HashMap<usize, AdminConn>,
     /// Admin connections in accept order that may not have completed a request yet: the

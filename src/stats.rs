@@ -6,7 +6,7 @@ use std::fmt::Write as _;
 
 use hdrhistogram::Histogram;
 
-use crate::http::admin::AdminError;
+use crate::http::admin_request::AdminError;
 use crate::http::handshake::HandshakeError;
 
 /// Close codes counted individually; anything else lands in the last slot.

@@ -1,5 +1,5 @@
 //! The admin listener's connections: plain HTTP/1.1 with keep-alive, served by the admin
-//! shard's reactor. Requests are parsed by `http::admin`; publishes fan out through
+//! shard's reactor. Requests are parsed by `http::admin_request`; publishes fan out through
 //! `fanout.rs` and are answered once every client shard has reported its count.
 //!
 //! Publishers must always get through, so one admin client can take neither memory nor
@@ -38,7 +38,7 @@ use bytes::Bytes;
 use crate::conn::end::End;
 use crate::conn::{self, Partial, State};
 use crate::fanout::{Pending, Publish, Target, Unsent};
-use crate::http::admin::{self, AdminError, AdminRequest, BodyKind};
+use crate::http::admin_request::{self, AdminError, AdminRequest, BodyKind};
 use crate::http::response::write_response;
 use crate::metrics;
 use crate::ring::sys;
@@ -349,11 +349,14 @@ impl Core {
                 break held;
             }
             let rest = &buf[used..];
-            let (request, request_bytes) = match admin::parse(rest, &self.admin_cfg) {
+            let (request, request_bytes) = match admin_request::parse(rest, &self.admin_cfg) {
                 Ok(None) => {
-                    let head_done = admin::head_complete(rest);
+                    let head_done = admin_request::head_complete(rest);
                     let c = &mut self.conns[key];
-                    if head_done && !c.has(conn::CONTINUE_SENT) && admin::expects_continue(rest) {
+                    if head_done
+                        && !c.has(conn::CONTINUE_SENT)
+                        && admin_request::expects_continue(rest)
+                    {
                         // curl sends `Expect: 100-continue` for bodies over 1 KiB and waits a
                         // second for this before sending the body. It takes its place in the
                         // response order, after the answers to earlier requests.
@@ -369,7 +372,7 @@ impl Core {
                 }
             };
             let publish_frame = match request.target {
-                admin::Target::Publish(_) | admin::Target::Send(_) => {
+                admin_request::Target::Publish(_) | admin_request::Target::Send(_) => {
                     let opcode = match request.kind {
                         BodyKind::Text => OpCode::Text,
                         BodyKind::Binary => OpCode::Binary,
@@ -448,7 +451,7 @@ impl Core {
         let keep_alive = request.keep_alive;
         let mut response = Vec::new();
         match request.target {
-            admin::Target::Metrics => {
+            admin_request::Target::Metrics => {
                 let body = self.render_metrics();
                 let body = if request.head_only { "" } else { body.as_str() };
                 write_response(
@@ -460,7 +463,7 @@ impl Core {
                     keep_alive,
                 );
             }
-            admin::Target::Healthz => {
+            admin_request::Target::Healthz => {
                 let (status, body): (u16, &[u8]) = if self.draining.is_some() {
                     (503, b"draining\n")
                 } else {
@@ -476,11 +479,11 @@ impl Core {
                     keep_alive,
                 );
             }
-            admin::Target::Publish(name) => {
+            admin_request::Target::Publish(name) => {
                 let frame = publish_frame.expect("publish has a frame");
                 self.admin_publish(key, name, false, frame, keep_alive);
             }
-            admin::Target::Send(name) => {
+            admin_request::Target::Send(name) => {
                 let frame = publish_frame.expect("send has a frame");
                 self.admin_publish(key, name, true, frame, keep_alive);
             }
@@ -611,7 +614,7 @@ impl Core {
         } else {
             ("channel", "subscribers")
         };
-        admin::write_json_ok(
+        admin_request::write_json_ok(
             &mut response,
             kind,
             &p.name,
