@@ -136,12 +136,8 @@ impl Core {
             if c.queue.is_empty() && !c.has(conn::SEND_INFLIGHT) {
                 // Nothing of ours is queued or in flight, so this small answer goes out
                 // whole and in order.
-                let mut response = Vec::new();
-                write_response(
-                    &mut response,
-                    503,
+                let response = unavailable(
                     &[],
-                    Some("text/plain; charset=utf-8"),
                     b"admin listener full; this connection completed no request",
                     false,
                 );
@@ -507,15 +503,7 @@ impl Core {
         if self.draining.is_some() {
             self.counters.admin_publishes_refused_draining += 1;
             self.log(format_args!("event=admin_publish_refused reason=draining"));
-            let mut response = Vec::new();
-            write_response(
-                &mut response,
-                503,
-                &[],
-                Some("text/plain; charset=utf-8"),
-                b"draining: the node is shutting down\n",
-                false,
-            );
+            let response = unavailable(&[], b"draining: the node is shutting down\n", false);
             self.admin_slot(key, AdminSlot::Ready(Bytes::from(response), true));
             return;
         }
@@ -546,12 +534,8 @@ impl Core {
         if sent == Err(Unsent::Full) {
             // Nothing was sent to any shard: answer now, keeping the connection.
             self.pending.remove(id as usize);
-            let mut response = Vec::new();
-            write_response(
-                &mut response,
-                503,
+            let response = unavailable(
                 &[("Retry-After", "1")],
-                Some("text/plain; charset=utf-8"),
                 b"shard inbox full: the node is behind on publishes; retry later\n",
                 keep_alive,
             );
@@ -671,4 +655,18 @@ impl Core {
         }
         metrics::render(&shards, self.peers.clients, self.draining.is_some())
     }
+}
+
+/// A 503 answer with a plain-text body (listener full, draining, an inbox full).
+fn unavailable(headers: &[(&str, &str)], body: &[u8], keep_alive: bool) -> Vec<u8> {
+    let mut response = Vec::new();
+    write_response(
+        &mut response,
+        503,
+        headers,
+        Some("text/plain; charset=utf-8"),
+        body,
+        keep_alive,
+    );
+    response
 }
