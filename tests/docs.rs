@@ -43,3 +43,24 @@ fn check_connection_size(doc: &str) {
     }
     assert!(real <= ringpush::conn::CONN_BYTES_MAX);
 }
+
+/// Every command-line flag of the node has a row in the README's options table: a flag is an
+/// interface users rely on, so it is documented where they look.
+#[test]
+fn every_flag_is_in_the_readme() {
+    use clap::CommandFactory as _;
+
+    let readme =
+        fs::read_to_string(concat!(env!("CARGO_MANIFEST_DIR"), "/README.md")).expect("README.md");
+    let missing: Vec<String> = ringpush::config::Config::command()
+        .get_arguments()
+        .filter_map(|arg| arg.get_long())
+        .filter(|long| !matches!(*long, "help" | "version"))
+        .filter(|long| !readme.contains(&format!("`--{long}`")))
+        .map(|long| format!("--{long}"))
+        .collect();
+    assert!(
+        missing.is_empty(),
+        "flags missing from README.md: {missing:?}"
+    );
+}
