@@ -27,6 +27,7 @@
 
 pub mod bufring;
 pub mod connect;
+pub mod driver;
 pub mod sys;
 
 use std::collections::VecDeque;
