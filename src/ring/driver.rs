@@ -2,7 +2,7 @@
 //!
 //! The shard loop is generic over it (`Shard<D: Driver>`), so the real path is
 //! monomorphised over [`Ring`] and costs no indirection, while unit tests drive the same loop
-//! with an in-memory driver and feed it completions by hand.
+//! with `FakeRing` (see `fake.rs`) and feed it completions by hand.
 //!
 //! Invariants (every implementation keeps them):
 //! - Pushing an operation never fails and never completes it synchronously: its outcome

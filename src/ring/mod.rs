@@ -28,6 +28,8 @@
 pub mod bufring;
 pub mod connect;
 pub mod driver;
+#[cfg(test)]
+pub mod fake;
 pub mod sys;
 
 use std::collections::VecDeque;
