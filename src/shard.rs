@@ -175,8 +175,8 @@ pub fn spawn(
     )
 }
 
-/// A reactor over driver `D` ([`Ring`] in production). The loop is monomorphised per
-/// driver, so the real path has no indirection.
+/// A reactor over driver `D`: [`Ring`] in production, `FakeRing` in the unit tests. The
+/// loop is monomorphised per driver, so the real path has no indirection.
 struct Shard<D: Driver = Ring> {
     ring: D,
     core: Core,
@@ -528,6 +528,10 @@ impl<D: Driver> Shard<D> {
         core.dirty = dirty;
     }
 }
+
+#[cfg(test)]
+#[path = "shard_tests.rs"]
+mod tests;
 
 /// The shard minus its ring: connection state, channels, timers, counters.
 pub(crate) struct Core {
