@@ -3,7 +3,7 @@
 //! (`Shard::batch`, the body of the real loop) and checks what the shard pushed and what its
 //! connections hold.
 
-use std::sync::atomic::{AtomicBool, AtomicU64};
+use std::sync::atomic::{AtomicBool, AtomicU64, AtomicUsize};
 use std::sync::mpsc::{self, Sender};
 use std::sync::{Arc, Mutex};
 
@@ -11,6 +11,7 @@ use bytes::{Bytes, BytesMut};
 use clap::Parser;
 
 use super::*;
+use crate::fanout::{Publish, Target};
 use crate::ring::fake::{FakeRing, Sqe, FAKE_FD_BASE};
 use crate::ws::frame;
 
@@ -23,10 +24,10 @@ Connection: Upgrade\r\nSec-WebSocket-Key: dGhlIHNhbXBsZSBub25jZQ==\r\n\
 Sec-WebSocket-Version: 13\r\n\r\n";
 const MASK: [u8; 4] = [1, 2, 3, 4];
 
-/// A client shard over a fake ring, with the sender of its inbox kept alive.
+/// A client shard over a fake ring, with the sender of its inbox.
 struct Harness {
     shard: Shard<FakeRing>,
-    _inbox: Sender<ShardMsg>,
+    inbox: Sender<ShardMsg>,
 }
 
 fn harness(buffers: u16) -> Harness {
@@ -38,8 +39,15 @@ fn harness(buffers: u16) -> Harness {
         counters: vec![Mutex::new(Counters::new())],
     });
     let (tx, rx) = mpsc::channel();
+    let peers = Peers {
+        inboxes: vec![tx.clone()],
+        ring_fds: vec![FAKE_FD_BASE - 2],
+        clients: 1,
+        queued: vec![AtomicUsize::new(0)],
+        inbox_max: 16,
+    };
     let core = Core::new(&ShardKind::Client, 0, LISTEN_FD, 16, cfg, shared)
-        .with_peers(Arc::new(Peers::default()), rx);
+        .with_peers(Arc::new(peers), rx);
     let mut shard = Shard {
         ring: FakeRing::new(buffers, BUF_BYTES),
         core,
@@ -47,7 +55,7 @@ fn harness(buffers: u16) -> Harness {
     };
     shard.ring.accept_multi(LISTEN_FD);
     shard.core.accept_armed = true;
-    Harness { shard, _inbox: tx }
+    Harness { shard, inbox: tx }
 }
 
 impl Harness {
@@ -64,8 +72,13 @@ impl Harness {
     /// Connects and upgrades one socket to /echo; returns its owner and the 101 (still in
     /// flight: the test completes it).
     fn upgraded(&mut self) -> (Owner, Bytes) {
+        self.upgraded_to(REQUEST)
+    }
+
+    /// Connects and upgrades one socket with `request`.
+    fn upgraded_to(&mut self, request: &[u8]) -> (Owner, Bytes) {
         let owner = self.connect();
-        self.shard.ring.recv(owner, REQUEST);
+        self.shard.ring.recv(owner, request);
         self.shard.batch();
         let response = self
             .shard
@@ -325,4 +338,61 @@ fn a_doorbell_with_an_empty_inbox_is_harmless_and_a_failed_tick_is_counted() {
     });
     h.shard.batch();
     assert_eq!(h.shard.core.counters.tick_errors, 1);
+}
+
+#[test]
+fn a_doorbell_delivers_a_publish_to_the_channel_subscribers_only() {
+    let mut h = harness(8);
+    let channel_request = String::from_utf8(REQUEST.to_vec())
+        .expect("ASCII")
+        .replace("/echo", "/ws/news");
+    let mut subscribers = Vec::new();
+    for _ in 0..2 {
+        let (owner, response) = h.upgraded_to(channel_request.as_bytes());
+        h.shard.ring.send_done(owner, response.len() as i32);
+        subscribers.push(owner);
+    }
+    let (echo, response) = h.upgraded();
+    h.shard.ring.send_done(echo, response.len() as i32);
+    h.shard.batch();
+    assert_eq!(h.shard.core.counters.subscriptions, 2);
+    // Another shard queues a publish, then rings this shard's doorbell.
+    let frame = frame::encode(OpCode::Text, b"news");
+    let publish = Publish {
+        target: Target::Channel("news".into()),
+        frame: frame.clone(),
+        accepted: Instant::now(),
+        origin: None,
+    };
+    h.shard.core.peers.queued[0].fetch_add(1, Ordering::Relaxed);
+    h.inbox
+        .send(ShardMsg::Publish(Arc::new(publish)))
+        .expect("the inbox is open");
+    h.shard.ring.doorbell();
+    h.shard.batch();
+    for &owner in &subscribers {
+        assert_eq!(h.shard.ring.send_pending(owner), Some(frame.clone()));
+    }
+    assert_eq!(
+        h.shard.ring.send_pending(echo),
+        None,
+        "the echo connection subscribed to nothing"
+    );
+    assert_eq!(h.shard.core.peers.queued[0].load(Ordering::Relaxed), 0);
+}
+
+#[test]
+fn an_eof_before_the_upgrade_frees_the_slot_at_once() {
+    let mut h = harness(8);
+    let owner = h.connect();
+    h.shard.ring.recv(owner, &REQUEST[..10]);
+    h.shard.ring.recv_end(owner, 0);
+    h.shard.batch();
+    assert!(
+        !h.shard.core.live(owner),
+        "nothing of it is in flight any more"
+    );
+    assert_eq!(h.shard.core.counters.open, 0);
+    assert_eq!(h.shard.ring.in_flight().recvs, 0);
+    assert_eq!(h.shard.ring.buffers_free(), 8);
 }
