@@ -39,6 +39,7 @@ use crate::conn::{self, Conn, State};
 use crate::fanout::{Fanout, Peers, Pending, PublishWindow, ShardMsg};
 use crate::http::admin_request::AdminConfig;
 use crate::http::handshake::{self, HandshakeError};
+use crate::ring::driver::Driver;
 use crate::ring::{sys, Completion, Owner, Ring, GEN_MASK, QUIESCE_MS};
 use crate::route::RouteKind;
 use crate::stats::{self, Counters};
@@ -174,14 +175,16 @@ pub fn spawn(
     )
 }
 
-struct Shard {
-    ring: Ring,
+/// A reactor over driver `D`: [`Ring`] in production, `FakeRing` in the unit tests. The
+/// loop is monomorphised per driver, so the real path has no indirection.
+struct Shard<D: Driver = Ring> {
+    ring: D,
     core: Core,
     completions: Vec<Completion>,
 }
 
-impl Shard {
-    fn start(setup: Setup) -> Result<Shard, String> {
+impl Shard<Ring> {
+    fn start(setup: Setup) -> Result<Shard<Ring>, String> {
         // A shard never waits on stderr: its log lines are queued or dropped and counted.
         crate::log::never_block_this_thread();
         let i = setup.index;
@@ -220,7 +223,9 @@ impl Shard {
             completions: Vec::with_capacity(1024),
         })
     }
+}
 
+impl<D: Driver> Shard<D> {
     fn run(&mut self) -> Report {
         let listen_fd = self.core.listen_fd.expect("listener at start");
         self.ring.accept_multi(listen_fd);
@@ -231,13 +236,7 @@ impl Shard {
                 crate::elog!("ringpush shard={} error=ring_enter {e}", self.core.index);
                 break;
             }
-            let mut batch = std::mem::take(&mut self.completions);
-            self.ring.reap(&mut batch);
-            for completion in batch.drain(..) {
-                self.handle(completion);
-            }
-            self.completions = batch;
-            self.after_batch();
+            self.batch();
             if self.core.finished() {
                 break;
             }
@@ -250,6 +249,18 @@ impl Shard {
         self.core.close_everything();
         self.core.publish();
         self.core.report()
+    }
+
+    /// One turn of the loop after an enter: reaps every completion, handles them in the
+    /// order they completed, then submits what the batch asked for (`after_batch`).
+    fn batch(&mut self) {
+        let mut batch = std::mem::take(&mut self.completions);
+        self.ring.reap(&mut batch);
+        for completion in batch.drain(..) {
+            self.handle(completion);
+        }
+        self.completions = batch;
+        self.after_batch();
     }
 
     fn handle(&mut self, completion: Completion) {
@@ -365,13 +376,11 @@ impl Shard {
         if res > 0 {
             let bid = bid.expect("a recv with data names its buffer");
             // The buffer goes back to the kernel even when the connection is gone.
-            self.ring
-                .bufs()
-                .consume(bid, res as usize, buf_more, |data| {
-                    if live {
-                        core.on_data(owner.key as usize, data);
-                    }
-                });
+            self.ring.consume(bid, res as usize, buf_more, |data| {
+                if live {
+                    core.on_data(owner.key as usize, data);
+                }
+            });
         }
         if !live || more {
             return;
@@ -486,7 +495,7 @@ impl Shard {
         }
         // Re-arm starved receives a few at a time, oldest first, so a burst does not turn
         // into an ENOBUFS storm.
-        let budget = (self.ring.bufs().count() as usize / 4).max(1);
+        let budget = (self.ring.buffer_count() as usize / 4).max(1);
         for _ in 0..budget {
             let Some(owner) = core.starved.pop_front() else {
                 break;
@@ -519,6 +528,10 @@ impl Shard {
         core.dirty = dirty;
     }
 }
+
+#[cfg(test)]
+#[path = "shard_tests.rs"]
+mod tests;
 
 /// The shard minus its ring: connection state, channels, timers, counters.
 pub(crate) struct Core {

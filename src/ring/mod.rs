@@ -27,6 +27,9 @@
 
 pub mod bufring;
 pub mod connect;
+pub mod driver;
+#[cfg(test)]
+pub mod fake;
 pub mod sys;
 
 use std::collections::VecDeque;
