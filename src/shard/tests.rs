@@ -6,14 +6,16 @@
 use std::sync::atomic::{AtomicBool, AtomicU64, AtomicUsize};
 use std::sync::mpsc::{self, Sender};
 use std::sync::{Arc, Mutex};
+use std::time::Instant;
 
 use bytes::{Bytes, BytesMut};
 use clap::Parser;
 
 use super::*;
+use crate::conn::Conn;
 use crate::fanout::{Publish, Target};
 use crate::ring::fake::{FakeRing, Sqe, FAKE_FD_BASE};
-use crate::ws::frame;
+use crate::ws::{frame, OpCode};
 
 /// The fake listener's descriptor (never a real file: see `FAKE_FD_BASE`).
 const LISTEN_FD: RawFd = FAKE_FD_BASE - 1;
