@@ -6,7 +6,8 @@
 #
 #   scripts/bench-fanout.sh [N ...]          default: 10000 100000
 #
-# Environment: REPS [5], BASE_PORT [19500], OUT [benches/runs/<date>-<host>-fanout].
+# Environment: REPS [5], BASE_PORT [19500], OUT [benches/runs/<date>-<host>-fanout], NODE
+# [target/release/ringpush] (another build, for a before/after comparison).
 set -euo pipefail
 cd "$(dirname "$0")/.."
 SIZES=("$@")
@@ -14,7 +15,7 @@ SIZES=("$@")
 REPS=${REPS:-5}
 PORT=${BASE_PORT:-19500}
 OUT=${OUT:-benches/runs/$(date +%Y-%m-%d)-$(hostname)-fanout}
-NODE=target/release/ringpush
+NODE=${NODE:-target/release/ringpush}
 LOADGEN=target/release/ringpush-loadgen
 [[ -x $NODE && -x $LOADGEN ]] || cargo build --release --workspace --bins
 mkdir -p "$OUT/raw"
