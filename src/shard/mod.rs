@@ -524,6 +524,8 @@ impl<D: Driver> Shard<D> {
     }
 }
 
+#[cfg(test)]
+mod admin_tests;
 mod state;
 #[cfg(test)]
 mod tests;

@@ -4,7 +4,7 @@
 //! connections hold.
 
 use std::sync::atomic::{AtomicBool, AtomicU64, AtomicUsize};
-use std::sync::mpsc::{self, Sender};
+use std::sync::mpsc::{self, Receiver, Sender};
 use std::sync::{Arc, Mutex};
 use std::time::Instant;
 
@@ -26,30 +26,56 @@ Connection: Upgrade\r\nSec-WebSocket-Key: dGhlIHNhbXBsZSBub25jZQ==\r\n\
 Sec-WebSocket-Version: 13\r\n\r\n";
 const MASK: [u8; 4] = [1, 2, 3, 4];
 
-/// A client shard over a fake ring, with the sender of its inbox.
-struct Harness {
-    shard: Shard<FakeRing>,
-    inbox: Sender<ShardMsg>,
+/// A shard over a fake ring, with the sender of its inbox and the other shards' inboxes.
+pub(super) struct Harness {
+    pub(super) shard: Shard<FakeRing>,
+    pub(super) inbox: Sender<ShardMsg>,
+    /// The other shards' inboxes, by shard index (this shard's own is `None`): kept open so
+    /// messages to them are queued, and readable by the test.
+    pub(super) peer_inboxes: Vec<Option<Receiver<ShardMsg>>>,
 }
 
 fn harness(buffers: u16) -> Harness {
-    let cfg = Arc::new(Config::parse_from(["ringpush"]));
+    shard_harness(ShardKind::Client, 1, &[], buffers)
+}
+
+/// A shard of `kind` among `clients` client shards (the admin shard comes after them),
+/// configured with the command-line flags `args`, over a fake ring of `buffers` buffers.
+pub(super) fn shard_harness(
+    kind: ShardKind,
+    clients: usize,
+    args: &[&str],
+    buffers: u16,
+) -> Harness {
+    let cfg = Arc::new(Config::parse_from(
+        std::iter::once("ringpush").chain(args.iter().copied()),
+    ));
+    let (index, shards) = match kind {
+        ShardKind::Client => (0, clients),
+        ShardKind::Admin => (clients, clients + 1),
+    };
     let shared = Arc::new(Shared {
         shutdown: AtomicBool::new(false),
-        exited: vec![AtomicBool::new(false)],
+        exited: (0..shards).map(|_| AtomicBool::new(false)).collect(),
         session_seq: AtomicU64::new(0),
-        counters: vec![Mutex::new(Counters::new())],
+        counters: (0..shards).map(|_| Mutex::new(Counters::new())).collect(),
     });
-    let (tx, rx) = mpsc::channel();
+    let (senders, mut receivers): (Vec<_>, Vec<_>) = (0..shards)
+        .map(|_| {
+            let (tx, rx) = mpsc::channel();
+            (tx, Some(rx))
+        })
+        .unzip();
+    let rx = receivers[index].take().expect("this shard's inbox");
+    let tx = senders[index].clone();
     let peers = Peers {
-        inboxes: vec![tx.clone()],
-        ring_fds: vec![FAKE_FD_BASE - 2],
-        clients: 1,
-        queued: vec![AtomicUsize::new(0)],
+        inboxes: senders,
+        ring_fds: (0..shards).map(|i| FAKE_FD_BASE - 2 - i as RawFd).collect(),
+        clients,
+        queued: (0..shards).map(|_| AtomicUsize::new(0)).collect(),
         inbox_max: 16,
     };
-    let core = Core::new(&ShardKind::Client, 0, LISTEN_FD, 16, cfg, shared)
-        .with_peers(Arc::new(peers), rx);
+    let core = Core::new(&kind, index, LISTEN_FD, 16, cfg, shared).with_peers(Arc::new(peers), rx);
     let mut shard = Shard {
         ring: FakeRing::new(buffers, BUF_BYTES),
         core,
@@ -57,12 +83,16 @@ fn harness(buffers: u16) -> Harness {
     };
     shard.ring.accept_multi(LISTEN_FD);
     shard.core.accept_armed = true;
-    Harness { shard, inbox: tx }
+    Harness {
+        shard,
+        inbox: tx,
+        peer_inboxes: receivers,
+    }
 }
 
 impl Harness {
     /// Accepts one socket and returns the owner its recv was armed for.
-    fn connect(&mut self) -> Owner {
+    pub(super) fn connect(&mut self) -> Owner {
         let fd = self.shard.ring.accept();
         self.shard.batch();
         match self.shard.ring.pushed.last() {
@@ -91,7 +121,7 @@ impl Harness {
         (owner, response)
     }
 
-    fn conn(&self, owner: Owner) -> &Conn {
+    pub(super) fn conn(&self, owner: Owner) -> &Conn {
         assert!(self.shard.core.live(owner), "{owner:?} is not live");
         &self.shard.core.conns[owner.key as usize]
     }
