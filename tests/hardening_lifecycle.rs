@@ -6,26 +6,12 @@ mod util;
 
 use std::io::{BufRead, BufReader, Read, Write};
 use std::net::TcpStream;
-use std::process::{Child, Command, ExitStatus, Stdio};
+use std::process::{Child, ExitStatus};
 use std::sync::mpsc;
 use std::time::{Duration, Instant};
 
 use ringpush::ws::OpCode;
 use util::*;
-
-/// Spawns the binary with `args` (after small rings and no pinning) and `envs`, both
-/// output streams piped.
-fn spawn_raw(args: &[&str], envs: &[(&str, &str)]) -> Child {
-    Command::new(env!("CARGO_BIN_EXE_ringpush"))
-        .args(["--no-pin", "--stats-interval", "0"])
-        .args(["--sq-entries", "256", "--cq-entries", "2048"])
-        .args(args)
-        .envs(envs.iter().copied())
-        .stdout(Stdio::piped())
-        .stderr(Stdio::piped())
-        .spawn()
-        .expect("spawn ringpush")
-}
 
 /// Waits up to `within` for `child` to exit; kills it and returns None if it does not.
 fn wait_child(child: &mut Child, within: Duration) -> Option<ExitStatus> {
@@ -80,7 +66,7 @@ fn stubborn_subscriber(node: &Node, channel: &str) -> Client {
 #[test]
 fn issue_8_item_13_a_huge_duration_is_a_usage_error_not_an_abort() {
     for flag in ["--idle-timeout", "--drain-timeout", "--handshake-timeout"] {
-        let mut child = spawn_raw(
+        let mut child = spawn_node(
             &[
                 "--listen",
                 "127.0.0.1:0",
@@ -104,7 +90,7 @@ fn issue_8_item_11_a_second_node_on_the_same_ports_is_refused_unless_asked() {
     let listen = a.addr.to_string();
     let admin_addr = a.admin.to_string();
     // The client port taken, the admin port free: the error names the client address.
-    let mut b = spawn_raw(
+    let mut b = spawn_node(
         &[
             "--shards",
             "1",
@@ -120,7 +106,7 @@ fn issue_8_item_11_a_second_node_on_the_same_ports_is_refused_unless_asked() {
     assert_eq!(status.code(), Some(1), "{err}");
     assert!(err.contains(&listen) && err.contains("already"), "{err}");
     // The admin port taken: named as well.
-    let mut b = spawn_raw(
+    let mut b = spawn_node(
         &[
             "--shards",
             "1",
@@ -139,7 +125,7 @@ fn issue_8_item_11_a_second_node_on_the_same_ports_is_refused_unless_asked() {
         "{err}"
     );
     // Asked for explicitly, B joins both ports.
-    let mut b = spawn_raw(
+    let mut b = spawn_node(
         &[
             "--shards",
             "1",
@@ -169,7 +155,7 @@ fn issue_8_item_11_a_second_node_on_the_same_ports_is_refused_unless_asked() {
 #[test]
 fn issue_8_item_3_a_shard_that_fails_to_start_is_named_and_the_node_exits() {
     let started = Instant::now();
-    let mut child = spawn_raw(
+    let mut child = spawn_node(
         &[
             "--shards",
             "2",

@@ -6,7 +6,6 @@ use util::*;
 
 use std::io::{BufRead, BufReader, Read, Write};
 use std::net::{SocketAddr, TcpStream};
-use std::process::{Command, Stdio};
 use std::time::{Duration, Instant};
 
 use bytes::BytesMut;
@@ -295,20 +294,17 @@ fn http_quick(addr: SocketAddr, request: &[u8], timeout: Duration) -> Vec<u8> {
 
 #[test]
 fn issue_8_item_14_a_stalled_stderr_does_not_block_a_shard() {
-    let mut child = Command::new(env!("CARGO_BIN_EXE_ringpush"))
-        .args([
+    let mut child = spawn_node(
+        &[
             "--listen",
             "127.0.0.1:0",
             "--admin",
             "127.0.0.1:0",
-            "--no-pin",
-        ])
-        .args(["--stats-interval", "0", "--shards", "1"])
-        .args(["--sq-entries", "256", "--cq-entries", "2048"])
-        .stdout(Stdio::piped())
-        .stderr(Stdio::piped())
-        .spawn()
-        .expect("spawn ringpush");
+            "--shards",
+            "1",
+        ],
+        &[],
+    );
     // Held and never read: the node's stderr is a pipe nobody drains.
     let _stderr = child.stderr.take().unwrap();
     let mut stdout = BufReader::new(child.stdout.take().unwrap());

@@ -37,6 +37,23 @@ fn pump(reader: impl Read + Send + 'static) -> mpsc::Receiver<String> {
     rx
 }
 
+/// Spawns the binary as every test runs it (no pinning, no stats lines, small rings) with
+/// `args` and `envs`, both output streams piped. `Node::start` adds ephemeral loopback ports
+/// and waits for the listening line; tests that expect a refusal or an exit call this.
+pub fn spawn_node(args: &[&str], envs: &[(&str, &str)]) -> Child {
+    Command::new(env!("CARGO_BIN_EXE_ringpush"))
+        .args(["--no-pin", "--stats-interval", "0"])
+        // Small rings: ring memory is locked memory, and without CAP_IPC_LOCK a user has
+        // 8 MiB of it for every node the tests run at once.
+        .args(["--sq-entries", "256", "--cq-entries", "2048"])
+        .args(args)
+        .envs(envs.iter().copied())
+        .stdout(Stdio::piped())
+        .stderr(Stdio::piped())
+        .spawn()
+        .expect("spawn ringpush")
+}
+
 impl Node {
     /// Starts the node with `args` on 127.0.0.1:0 and waits for its "listening" line.
     pub fn start(args: &[&str]) -> Node {
@@ -45,25 +62,10 @@ impl Node {
 
     /// As [`Node::start`], with extra environment variables (test hooks).
     pub fn start_with_env(args: &[&str], envs: &[(&str, &str)]) -> Node {
-        let mut child = Command::new(env!("CARGO_BIN_EXE_ringpush"))
-            .args([
-                "--listen",
-                "127.0.0.1:0",
-                "--admin",
-                "127.0.0.1:0",
-                "--no-pin",
-                "--stats-interval",
-                "0",
-            ])
-            // Small rings: ring memory is locked memory, and without CAP_IPC_LOCK a user has
-            // 8 MiB of it for every node the tests run at once.
-            .args(["--sq-entries", "256", "--cq-entries", "2048"])
-            .args(args)
-            .envs(envs.iter().copied())
-            .stdout(Stdio::piped())
-            .stderr(Stdio::piped())
-            .spawn()
-            .expect("spawn ringpush");
+        let mut child = spawn_node(
+            &[&["--listen", "127.0.0.1:0", "--admin", "127.0.0.1:0"], args].concat(),
+            envs,
+        );
         let stdout = pump(child.stdout.take().unwrap());
         let stderr = pump(child.stderr.take().unwrap());
         let line = stdout
