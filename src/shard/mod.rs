@@ -3,7 +3,7 @@
 //! send → timers → shutdown for every connection it accepted.
 //!
 //! Client shards hold WebSocket connections; the admin shard runs the same loop on the
-//! admin listener and speaks plain HTTP (see `admin_service.rs`). Shards talk to each other
+//! admin listener and speaks plain HTTP (see `admin_service/`). Shards talk to each other
 //! only through their inboxes (`fanout.rs`), each push followed by a MsgRingData doorbell.
 //! This file holds the thread and the loop (`Shard<D: Driver>`); `state.rs` holds the
 //! shard's state without its ring (`Core`) and the connection life cycle; `tests.rs` drives

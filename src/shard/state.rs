@@ -82,7 +82,7 @@ pub(crate) struct Core {
     pub(crate) fanouts: HashMap<usize, Fanout>,
     pub(crate) merged: HashMap<usize, Vec<usize>>,
     pub(crate) client_frames: Vec<Bytes>,
-    // Admin state (admin_service.rs).
+    // Admin state (admin_service/).
     pub(crate) pending: Slab<Pending>,
     pub(crate) admin_conns: HashMap<usize, AdminConn>,
     /// Admin connections in accept order that may not have completed a request yet: the
