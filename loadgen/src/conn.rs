@@ -43,20 +43,20 @@ pub enum State {
     Backoff,
 }
 
-/// A multishot recv is armed.
-pub const RECV_ARMED: u8 = 1 << 0;
-/// A send is in the kernel.
-pub const SEND_INFLIGHT: u8 = 1 << 1;
-/// Listed in the worker's dirty list (a flush is due after this batch).
-pub const DIRTY: u8 = 1 << 2;
+// The reactor skeleton's I/O flags (`ringpush::reactor::Conns` owns them): RECV_ARMED,
+// SEND_INFLIGHT, DIRTY and STARVED. The connection's own flags below use the other bits.
+pub use ringpush::reactor::{RECV_ARMED, SEND_INFLIGHT};
+
 /// We queued a close frame.
-pub const CLOSE_SENT: u8 = 1 << 3;
+pub const CLOSE_SENT: u16 = 1 << 2;
 /// The server's close frame arrived.
-pub const CLOSE_RECEIVED: u8 = 1 << 4;
+pub const CLOSE_RECEIVED: u16 = 1 << 3;
 /// The 101 was parsed: bytes are WebSocket frames.
-pub const UPGRADED: u8 = 1 << 5;
+pub const UPGRADED: u16 = 1 << 4;
 /// Once released, reopen after a backoff rather than free the slot.
-pub const RETRY: u8 = 1 << 6;
+pub const RETRY: u16 = 1 << 5;
+const _: () =
+    assert!((CLOSE_SENT | CLOSE_RECEIVED | UPGRADED | RETRY) & ringpush::reactor::IO_FLAGS == 0);
 
 /// Bytes in progress that do not fit in the receive buffer they arrived in.
 pub enum Partial {
@@ -77,7 +77,7 @@ pub struct Conn {
     /// Lifecycle state.
     pub state: State,
     /// `RECV_ARMED`, `SEND_INFLIGHT`, ...
-    pub flags: u8,
+    pub flags: u16,
     /// Consecutive failed attempts (reset when a 101 arrives).
     pub attempts: u8,
     /// When the current attempt started, µs since the worker's epoch (wrapping).
@@ -124,12 +124,39 @@ impl Conn {
     }
 
     /// Whether `flag` is set.
-    pub fn has(&self, flag: u8) -> bool {
+    pub fn has(&self, flag: u16) -> bool {
         self.flags & flag != 0
     }
 
     /// Whether an operation of this slot is in the kernel.
     pub fn busy(&self) -> bool {
         self.connect.is_some() || self.has(RECV_ARMED) || self.has(SEND_INFLIGHT)
+    }
+}
+
+impl ringpush::reactor::Slot for Conn {
+    #[inline]
+    fn fd(&self) -> RawFd {
+        self.fd
+    }
+
+    #[inline]
+    fn gen(&self) -> u32 {
+        self.gen
+    }
+
+    #[inline]
+    fn flags(&self) -> u16 {
+        self.flags
+    }
+
+    #[inline]
+    fn flags_mut(&mut self) -> &mut u16 {
+        &mut self.flags
+    }
+
+    #[inline]
+    fn is_dead(&self) -> bool {
+        self.state == State::Dead
     }
 }

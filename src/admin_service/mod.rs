@@ -46,9 +46,11 @@ use crate::shard::Core;
 use crate::ws::{frame, OpCode};
 
 mod conns;
+mod service;
 
 use conns::Stopped;
 pub(crate) use conns::{AdminConn, AdminSlot};
+pub(crate) use service::AdminService;
 
 /// Requests of one admin connection answered or waiting at once, at most.
 const ADMIN_PIPELINE_MAX: usize = 64;

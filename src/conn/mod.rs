@@ -46,10 +46,11 @@ pub enum State {
     Dead,
 }
 
-/// A multishot recv is armed for this connection.
-pub const RECV_ARMED: u16 = 1 << 0;
-/// A send is in the kernel.
-pub const SEND_INFLIGHT: u16 = 1 << 1;
+// The skeleton's I/O flags (`reactor::Conns` owns them): RECV_ARMED, SEND_INFLIGHT, DIRTY
+// (listed for a flush after the batch) and STARVED (its recv ended on ENOBUFS and waits to
+// re-arm). The connection's own flags below use the other bits.
+pub use crate::reactor::{DIRTY, RECV_ARMED, SEND_INFLIGHT, STARVED};
+
 /// We queued a close frame (or an HTTP refusal): nothing else is queued after it.
 pub const CLOSE_SENT: u16 = 1 << 2;
 /// The peer's close frame arrived: its further bytes are ignored.
@@ -58,14 +59,10 @@ pub const CLOSE_RECEIVED: u16 = 1 << 3;
 pub const FIN_AFTER_FLUSH: u16 = 1 << 4;
 /// A ping is out and unanswered.
 pub const PING_OUT: u16 = 1 << 5;
-/// Listed in the shard's dirty list (a flush is due after this batch).
-pub const DIRTY: u16 = 1 << 6;
 /// The upgrade completed: bytes are WebSocket frames.
 pub const UPGRADED: u16 = 1 << 7;
 /// Admin connection: `100 Continue` was sent for the request in progress.
 pub const CONTINUE_SENT: u16 = 1 << 8;
-/// Listed in the shard's `starved` queue: its recv ended on ENOBUFS and waits to re-arm.
-pub const STARVED: u16 = 1 << 9;
 
 /// Bytes in progress that do not fit in the provided receive buffer they arrived in.
 pub enum Partial {
@@ -133,6 +130,40 @@ impl Conn {
         self.flags & flag != 0
     }
 }
+
+impl crate::reactor::Slot for Conn {
+    #[inline]
+    fn fd(&self) -> RawFd {
+        self.fd
+    }
+
+    #[inline]
+    fn gen(&self) -> u32 {
+        self.gen
+    }
+
+    #[inline]
+    fn flags(&self) -> u16 {
+        self.flags
+    }
+
+    #[inline]
+    fn flags_mut(&mut self) -> &mut u16 {
+        &mut self.flags
+    }
+
+    #[inline]
+    fn is_dead(&self) -> bool {
+        self.state == State::Dead
+    }
+}
+
+// The connection's own flags stay clear of the skeleton's.
+const _: () = assert!(
+    (CLOSE_SENT | CLOSE_RECEIVED | FIN_AFTER_FLUSH | PING_OUT | UPGRADED | CONTINUE_SENT)
+        & crate::reactor::IO_FLAGS
+        == 0
+);
 
 #[cfg(test)]
 mod tests {

@@ -63,7 +63,6 @@ impl Core {
         let c = &self.conns[key];
         match c.state {
             State::Handshake => self.on_head(key, data),
-            State::Open if c.route == RouteKind::Admin as u8 => self.on_admin(key, data),
             State::Open | State::Closing
                 if c.has(conn::UPGRADED) && !c.has(conn::CLOSE_RECEIVED) =>
             {

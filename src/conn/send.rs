@@ -8,14 +8,13 @@
 //!   Every clone is retired exactly once: when its send completes, or when it is dropped.
 
 use std::collections::VecDeque;
-use std::os::fd::RawFd;
 
 use bytes::{Bytes, BytesMut};
 
 use crate::config::SlowConsumer;
 use crate::conn::end::End;
 use crate::conn::{self, State};
-use crate::ring::{sys, Owner};
+use crate::ring::sys;
 use crate::shard::Core;
 
 /// Replies queued for one connection are merged into one send up to this many bytes.
@@ -94,12 +93,9 @@ pub(crate) enum Queued {
 }
 
 impl Core {
+    #[inline]
     pub(crate) fn mark_dirty(&mut self, key: usize) {
-        let c = &mut self.conns[key];
-        if !c.has(conn::DIRTY) {
-            c.flags |= conn::DIRTY;
-            self.dirty.push(key);
-        }
+        self.conns.mark_dirty(key);
     }
 
     /// Appends a frame to the queue without the --max-pending check (control frames and
@@ -143,13 +139,11 @@ impl Core {
         Queued::Closed
     }
 
-    /// The next send for `key`, coalescing queued frames, or the FIN once drained.
-    pub(crate) fn next_send(&mut self, key: usize) -> Option<(RawFd, Owner, Bytes)> {
-        let owner = self.owner(key);
+    /// The next send for `key` (not dead, no send in flight: the skeleton checks),
+    /// coalescing queued frames, or the FIN once drained.
+    pub(crate) fn next_send(&mut self, key: usize) -> Option<Bytes> {
         let c = &self.conns[key];
-        if c.has(conn::SEND_INFLIGHT) || c.state == State::Dead {
-            return None;
-        }
+        debug_assert!(!c.has(conn::SEND_INFLIGHT) && c.state != State::Dead);
         if c.queue.is_empty() {
             if c.has(conn::FIN_AFTER_FLUSH) && c.state != State::Linger {
                 let c = &mut self.conns[key];
@@ -194,9 +188,7 @@ impl Core {
             }
             merged
         };
-        let c = &mut self.conns[key];
-        c.flags |= conn::SEND_INFLIGHT;
-        Some((c.fd, owner, frame))
+        Some(frame)
     }
 
     /// A frame left the connection for good (sent, or dropped): if it is a tracked

@@ -117,13 +117,23 @@ impl FakeRing {
     /// armed. Panics if the data does not fit a buffer or none is free (the test should
     /// script an ENOBUFS then).
     pub fn recv(&mut self, owner: Owner, data: &[u8]) {
+        self.recv_more(owner, data, true);
+    }
+
+    /// Queues `data` arriving for `owner` with the multishot ending there (`more` false),
+    /// as the kernel does on a CQ overflow: the reactor must arm it again.
+    pub fn recv_last(&mut self, owner: Owner, data: &[u8]) {
+        self.recv_more(owner, data, false);
+    }
+
+    fn recv_more(&mut self, owner: Owner, data: &[u8], more: bool) {
         assert!(data.len() <= self.buf_bytes, "recv data overruns a buffer");
         let bid = self.free.pop_front().expect("a free provided buffer");
         self.bufs[bid as usize][..data.len()].copy_from_slice(data);
         self.complete(Completion::Recv {
             owner,
             res: data.len() as i32,
-            more: true,
+            more,
             bid: Some(bid),
             buf_more: false,
         });

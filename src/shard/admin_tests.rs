@@ -12,8 +12,11 @@ use bytes::Bytes;
 
 use super::tests::{shard_harness, Harness};
 use super::*;
+use crate::admin_service::AdminService;
+use crate::conn::State;
 use crate::http::admin_request::AdminError;
 use crate::ring::fake::Sqe;
+use crate::ring::Owner;
 
 /// Client shards in front of the admin shard.
 const CLIENTS: usize = 2;
@@ -22,11 +25,11 @@ const METRICS: &[u8] = b"GET /metrics HTTP/1.1\r\nHost: test\r\n\r\n";
 const PUBLISH: &[u8] =
     b"POST /publish/news HTTP/1.1\r\nHost: test\r\nContent-Length: 5\r\n\r\nhello";
 
-fn admin(args: &[&str]) -> Harness {
-    shard_harness(ShardKind::Admin, CLIENTS, args, 8)
+fn admin(args: &[&str]) -> Harness<AdminService> {
+    shard_harness(CLIENTS, args, 8)
 }
 
-impl Harness {
+impl Harness<AdminService> {
     /// Delivers `request` on `owner` and returns the response it sent, completing the send
     /// in full; panics if nothing was sent.
     fn ask(&mut self, owner: Owner, request: &[u8]) -> Bytes {
@@ -46,13 +49,14 @@ impl Harness {
     /// The main thread asks for shutdown; the admin shard starts its drain on its next tick.
     fn drain(&mut self) {
         self.shard
+            .service
             .core
             .shared
             .shutdown
             .store(true, Ordering::Relaxed);
         self.shard.ring.tick_expired();
         self.shard.batch();
-        assert!(self.shard.core.draining.is_some());
+        assert!(self.shard.service.core.draining.is_some());
     }
 }
 
@@ -67,13 +71,13 @@ fn healthz_is_200_then_503_once_the_shard_drains() {
     let out = h.ask(owner, HEALTHZ);
     assert!(out.starts_with(b"HTTP/1.1 200"), "{out:?}");
     assert!(out.ends_with(b"\r\n\r\nok\n"), "{out:?}");
-    assert!(h.shard.core.live(owner), "keep-alive");
+    assert!(h.shard.service.core.live(owner), "keep-alive");
     h.drain();
     // The same keep-alive connection asks again during the drain.
     let out = h.ask(owner, HEALTHZ);
     assert!(out.starts_with(b"HTTP/1.1 503"), "{out:?}");
     assert!(out.ends_with(b"\r\n\r\ndraining\n"), "{out:?}");
-    assert_eq!(h.shard.core.counters.admin_requests, 2);
+    assert_eq!(h.shard.service.core.counters.admin_requests, 2);
 }
 
 #[test]
@@ -95,7 +99,7 @@ fn two_pipelined_requests_are_answered_in_order_in_one_send() {
     let metrics_at = contains(&out[healthz_end..], b"HTTP/1.1 200").expect("the metrics answer");
     assert!(contains(&out[healthz_end + metrics_at..], b"version=0.0.4").is_some());
     assert_eq!(h.shard.ring.sends_of(owner), 0, "nothing else to send");
-    assert_eq!(h.shard.core.counters.admin_requests, 2);
+    assert_eq!(h.shard.service.core.counters.admin_requests, 2);
 }
 
 #[test]
@@ -149,8 +153,8 @@ fn a_publish_is_answered_with_the_sum_of_the_client_shards_counts() {
         out.ends_with(br#"{"channel":"news","subscribers":5}"#),
         "{out:?}"
     );
-    assert!(h.shard.core.pending.is_empty());
-    assert!(h.shard.core.live(owner), "keep-alive");
+    assert!(h.shard.service.core.pending.is_empty());
+    assert!(h.shard.service.core.live(owner), "keep-alive");
 }
 
 #[test]
@@ -164,11 +168,18 @@ fn a_publish_while_draining_is_refused_503_and_sent_nowhere() {
         out.ends_with(b"draining: the node is shutting down\n"),
         "{out:?}"
     );
-    assert_eq!(h.shard.core.counters.admin_publishes_refused_draining, 1);
+    assert_eq!(
+        h.shard
+            .service
+            .core
+            .counters
+            .admin_publishes_refused_draining,
+        1
+    );
     for inbox in h.peer_inboxes[..CLIENTS].iter().flatten() {
         assert!(inbox.try_recv().is_err(), "no client shard got the publish");
     }
-    assert!(h.shard.core.pending.is_empty());
+    assert!(h.shard.service.core.pending.is_empty());
 }
 
 #[test]
@@ -192,7 +203,7 @@ fn a_request_head_that_never_completes_is_answered_408() {
     let out = out.expect("a 408 within two seconds");
     assert!(out.starts_with(b"HTTP/1.1 408"), "{out:?}");
     let slot = AdminError::RequestTimeout.slot();
-    assert_eq!(h.shard.core.counters.admin_refused[slot], 1);
+    assert_eq!(h.shard.service.core.counters.admin_refused[slot], 1);
     assert_eq!(
         h.conn(owner).state,
         State::Closing,

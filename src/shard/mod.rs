@@ -2,20 +2,19 @@
 //! connections and a timer wheel, and runs accept → handshake → recv → parse → dispatch →
 //! send → timers → shutdown for every connection it accepted.
 //!
-//! Client shards hold WebSocket connections; the admin shard runs the same loop on the
-//! admin listener and speaks plain HTTP (see `admin_service/`). Shards talk to each other
-//! only through their inboxes (`fanout.rs`), each push followed by a MsgRingData doorbell.
-//! This file holds the thread and the loop (`Shard<D: Driver>`); `state.rs` holds the
-//! shard's state without its ring (`Core`) and the connection life cycle; `tests.rs` drives
-//! the loop on `FakeRing`.
-//!
-//! The loop reaps a whole batch of completions, handles each, then rings doorbells,
-//! re-arms starved recvs and flushes every connection that queued bytes during the batch
-//! (so all replies to one batch leave in one send per connection).
+//! Each shard is the reactor skeleton (`reactor::Reactor`) with a service: client shards run
+//! the WebSocket client service (`client.rs`, `ClientService`), the admin shard the admin
+//! HTTP service (`admin_service/`, `AdminService`). Both work on the shard's state without
+//! its ring (`state.rs`, `Core`: connections, timers, channels, counters, and the life cycle
+//! they share). Shards talk to each other only through their inboxes (`fanout.rs`), each
+//! push followed by a MsgRingData doorbell. This file holds the thread: start-up, the run,
+//! and the quiesce at its end; `tests.rs` and `admin_tests.rs` drive the services on
+//! `FakeRing`.
 //!
 //! Invariants:
-//! - [`Core`] (everything but the ring) never pushes SQEs; it records what must be
-//!   submitted (`dirty`, `starved`, `doorbells`) and the shard submits after the batch.
+//! - [`Core`] (everything but the ring) pushes SQEs only from the services' `before_flush`
+//!   (accept, doorbells); otherwise it records what must be submitted (dirty, starved,
+//!   doorbells) and the skeleton submits after the batch.
 //! - A connection's slot is freed only when no operation of it is in the kernel.
 //! - When the loop ends, every socket is shut down and `Ring::quiesce` cancels and reaps
 //!   everything of this shard in the kernel before any fd is closed or buffer freed.
@@ -29,16 +28,15 @@ use std::sync::mpsc::Receiver;
 use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
-use bytes::Bytes;
 use hdrhistogram::Histogram;
 
+use crate::admin_service::AdminService;
 use crate::config::Config;
-use crate::conn::end::End;
-use crate::conn::{self, State};
+use crate::conn::Conn;
 use crate::fanout::{Peers, ShardMsg};
+use crate::reactor::{Reactor, Service};
 use crate::ring::driver::Driver;
-use crate::ring::{sys, Completion, Owner, Ring, QUIESCE_MS};
-use crate::route::RouteKind;
+use crate::ring::{sys, Ring, QUIESCE_MS};
 use crate::stats::Counters;
 
 /// Length of one timer tick.
@@ -157,377 +155,117 @@ pub fn spawn(
         ready,
         move || {
             // A failed start drops the setup, inbox included, before the flag is set.
-            Shard::start(setup).inspect_err(|_| shared.exited[index].store(true, Ordering::Release))
+            start(setup).inspect_err(|_| shared.exited[index].store(true, Ordering::Release))
         },
-        move |mut shard| {
-            let report = shard.run();
-            // The inbox goes with the shard: senders see it gone, then the admin shard
+        move |shard| {
+            let report = match shard {
+                Shard::Client(mut reactor) => run(&mut reactor),
+                Shard::Admin(mut reactor) => run(&mut reactor),
+            };
+            // The inbox went with the shard: senders see it gone, then the admin shard
             // sees the flag and stops waiting for this shard's counts.
-            drop(shard);
             shared_run.exited[index].store(true, Ordering::Release);
             report
         },
     )
 }
 
-/// A reactor over driver `D`: [`Ring`] in production, `FakeRing` in the unit tests. The
-/// loop is monomorphised per driver, so the real path has no indirection.
-struct Shard<D: Driver = Ring> {
-    ring: D,
-    core: Core,
-    completions: Vec<Completion>,
+/// A started shard: the reactor skeleton over the real ring with the service of its kind.
+enum Shard {
+    Client(Reactor<Ring, ClientService>),
+    Admin(Reactor<Ring, AdminService>),
 }
 
-impl Shard<Ring> {
-    fn start(setup: Setup) -> Result<Shard<Ring>, String> {
-        // A shard never waits on stderr: its log lines are queued or dropped and counted.
-        crate::log::never_block_this_thread();
-        let i = setup.index;
-        let cfg = setup.cfg;
-        let mut ring = setup.ring;
-        // Closed after the unshare `adopt` does: they are the other shards' listeners.
-        let foreign_fds = setup.foreign_fds;
-        ring.adopt(
-            &format!("ringpush shard {i}"),
-            setup.core,
-            cfg.recv_buffers,
-            cfg.recv_buffer_bytes,
-        )?;
-        for fd in &foreign_fds {
-            sys::close(*fd);
-        }
-        let failure = test_failure(i);
-        if failure == TestFailure::Start {
-            return Err(format!(
-                "ringpush shard {i}: start-up failed on purpose ({TEST_FAIL_SHARD_ENV})"
-            ));
-        }
-        let mut core = Core::new(
-            &setup.kind,
-            i,
-            setup.listen_fd,
-            setup.conns_max,
-            cfg,
-            setup.shared,
-        )
+/// A node service: a reactor service over the node's connections and shard state
+/// ([`Core`]), which the shutdown below needs.
+pub(crate) trait NodeService<D: Driver>: Service<D, Conn = Conn> {
+    /// The shard state the service works on.
+    fn core(&mut self) -> &mut Core;
+}
+
+fn start(setup: Setup) -> Result<Shard, String> {
+    // A shard never waits on stderr: its log lines are queued or dropped and counted.
+    crate::log::never_block_this_thread();
+    let i = setup.index;
+    let cfg = setup.cfg;
+    let mut ring = setup.ring;
+    // Closed after the unshare `adopt` does: they are the other shards' listeners.
+    let foreign_fds = setup.foreign_fds;
+    ring.adopt(
+        &format!("ringpush shard {i}"),
+        setup.core,
+        cfg.recv_buffers,
+        cfg.recv_buffer_bytes,
+    )?;
+    for fd in &foreign_fds {
+        sys::close(*fd);
+    }
+    let failure = test_failure(i);
+    if failure == TestFailure::Start {
+        return Err(format!(
+            "ringpush shard {i}: start-up failed on purpose ({TEST_FAIL_SHARD_ENV})"
+        ));
+    }
+    let mut core = Core::new(i, setup.listen_fd, setup.conns_max, cfg, setup.shared)
         .with_peers(setup.peers, setup.inbox);
-        core.test_exit = failure == TestFailure::Run;
-        Ok(Shard {
-            ring,
-            core,
-            completions: Vec::with_capacity(1024),
-        })
+    if failure == TestFailure::Run {
+        core.test_exit = TestExit::OnTick;
     }
+    Ok(match setup.kind {
+        ShardKind::Client => Shard::Client(Reactor::new(ring, ClientService { core })),
+        ShardKind::Admin => Shard::Admin(Reactor::new(ring, AdminService { core })),
+    })
 }
 
-impl<D: Driver> Shard<D> {
-    fn run(&mut self) -> Report {
-        let listen_fd = self.core.listen_fd.expect("listener at start");
-        self.ring.accept_multi(listen_fd);
-        self.core.accept_armed = true;
-        self.ring.tick(Duration::from_millis(TICK_MS));
-        loop {
-            if let Err(e) = self.ring.submit_and_wait() {
-                crate::elog!("ringpush shard={} error=ring_enter {e}", self.core.index);
-                break;
-            }
-            self.batch();
-            if self.core.finished() {
-                break;
-            }
-        }
-        // The listener stays open during a drain (late sockets hear the shutdown 503), and a
-        // ring error leaves the accept armed: the quiesce cancels it with everything else,
-        // so no connection is taken that nobody would serve.
-        self.quiesce();
-        self.core.accept_armed = false;
-        self.core.close_everything();
-        self.core.publish();
-        self.core.report()
-    }
+/// Runs a shard: arms the accept and the tick, runs the skeleton's loop, then ends every
+/// operation in the kernel before any fd is closed or buffer freed, and reports.
+fn run<D: Driver, S: NodeService<D>>(reactor: &mut Reactor<D, S>) -> Report {
+    let core = reactor.service.core();
+    let listen_fd = core.listen_fd.expect("listener at start");
+    core.accept_armed = true;
+    reactor.ring.accept_multi(listen_fd);
+    reactor.ring.tick(Duration::from_millis(TICK_MS));
+    reactor.run();
+    // The listener stays open during a drain (late sockets hear the shutdown 503), and a
+    // ring error leaves the accept armed: the quiesce cancels it with everything else,
+    // so no connection is taken that nobody would serve.
+    quiesce(reactor);
+    let core = reactor.service.core();
+    core.accept_armed = false;
+    core.close_everything();
+    core.publish();
+    core.report()
+}
 
-    /// One turn of the loop after an enter: reaps every completion, handles them in the
-    /// order they completed, then submits what the batch asked for (`after_batch`).
-    fn batch(&mut self) {
-        let mut batch = std::mem::take(&mut self.completions);
-        self.ring.reap(&mut batch);
-        for completion in batch.drain(..) {
-            self.handle(completion);
-        }
-        self.completions = batch;
-        self.after_batch();
+/// Ends every operation of this shard in the kernel before its memory is freed: shuts
+/// every socket down (which ends its recv and send), then cancels and reaps for at most
+/// `QUIESCE_MS`. Dropping the ring would cancel nothing, since every file table holds
+/// its fd. If the kernel keeps something, the ring leaks its buffers and frames.
+fn quiesce<D: Driver, S: NodeService<D>>(reactor: &mut Reactor<D, S>) {
+    let core = reactor.service.core();
+    for (_, c) in core.conns.iter() {
+        sys::shutdown(c.fd, libc::SHUT_RDWR);
     }
-
-    fn handle(&mut self, completion: Completion) {
-        match completion {
-            Completion::Accept { res, more } => self.accept_complete(res, more),
-            Completion::Recv {
-                owner,
-                res,
-                more,
-                bid,
-                buf_more,
-            } => self.recv_complete(owner, res, more, bid, buf_more),
-            Completion::Send {
-                owner,
-                res,
-                frame,
-                offset,
-            } => self.send_complete(owner, res, frame, offset),
-            // The ring re-arms the tick itself; only an expiry moves the wheel, and it moves
-            // to the wall clock, so a late or merged tick does not make deadlines drift.
-            Completion::Tick { res, .. } if res == -libc::ETIME => self.core.tick(),
-            Completion::Tick { res, more } => {
-                self.core.counters.tick_errors += 1;
-                let mode = self.ring.tick_mode();
-                self.core.log(format_args!(
-                    "event=tick_failed res={res} more={more} mode={mode:?} (re-armed after \
-                     one interval)"
-                ));
-            }
-            // A doorbell from another shard: its messages wait in our inbox.
-            Completion::Msg { .. } => self.core.drain_inbox(),
-            Completion::DoorbellFailed { target, res } => {
-                // The target still drains its inbox on its next tick, so the messages are
-                // late by at most a tick, not lost.
-                self.core.counters.doorbell_failures += 1;
-                self.core.log(format_args!(
-                    "event=doorbell_failed target={target} res={res} (its tick drains the inbox)"
-                ));
-            }
-            Completion::Unknown { user_data, res } => {
-                self.core.counters.ring_unknown_completions += 1;
-                self.core.log(format_args!(
-                    "event=unknown_completion user_data={user_data:#x} res={res}"
-                ));
-            }
-            Completion::SubmitFailed { errno } => {
-                self.core.counters.ring_submit_errors += 1;
-                self.core.log(format_args!(
-                    "event=submit_failed errno={errno} (the SQEs stay queued)"
-                ));
-            }
-            Completion::Cancel { .. } | Completion::Connect { .. } => {}
+    let index = core.index;
+    match reactor.ring.quiesce(Duration::from_millis(QUIESCE_MS)) {
+        Ok(()) => {}
+        Err(left) => {
+            reactor.service.core().counters.ring_quiesce_timeouts += 1;
+            crate::elog!(
+                "ringpush shard={index} error=ring_quiesce_gave_up {left} after \
+                 {QUIESCE_MS} ms (its buffers and frames are leaked, not freed)"
+            );
         }
-    }
-
-    /// Ends every operation of this shard in the kernel before its memory is freed: shuts
-    /// every socket down (which ends its recv and send), then cancels and reaps for at most
-    /// `QUIESCE_MS`. Dropping the ring would cancel nothing, since every file table holds
-    /// its fd. If the kernel keeps something, the ring leaks its buffers and frames.
-    fn quiesce(&mut self) {
-        for (_, c) in self.core.conns.iter() {
-            sys::shutdown(c.fd, libc::SHUT_RDWR);
-        }
-        let index = self.core.index;
-        match self.ring.quiesce(Duration::from_millis(QUIESCE_MS)) {
-            Ok(()) => {}
-            Err(left) => {
-                self.core.counters.ring_quiesce_timeouts += 1;
-                crate::elog!(
-                    "ringpush shard={index} error=ring_quiesce_gave_up {left} after \
-                     {QUIESCE_MS} ms (its buffers and frames are leaked, not freed)"
-                );
-            }
-        }
-    }
-
-    fn accept_complete(&mut self, res: i32, more: bool) {
-        if !more {
-            self.core.accept_armed = false;
-        }
-        if res >= 0 {
-            if let Some(owner) = self.core.accepted(res) {
-                debug_assert!(self.core.conns[owner.key as usize].has(conn::RECV_ARMED));
-                self.ring.recv_multi(res, owner);
-            }
-            if !more && !self.core.stop_accepting {
-                self.core.accept_retry_at = self.core.wheel.now();
-            }
-            return;
-        }
-        let errno = -res;
-        if errno == libc::EMFILE || errno == libc::ENFILE {
-            self.core.counters.accept_emfile += 1;
-            self.core.log(format_args!(
-                "event=accept_emfile errno={errno} (retrying from the timer)"
-            ));
-            self.core.accept_retry_at = self.core.wheel.now() + ACCEPT_RETRY_TICKS;
-        } else if errno != libc::ECANCELED && !more {
-            self.core.accept_retry_at = self.core.wheel.now() + 1;
-        }
-    }
-
-    fn recv_complete(
-        &mut self,
-        owner: Owner,
-        res: i32,
-        more: bool,
-        bid: Option<u16>,
-        buf_more: bool,
-    ) {
-        let core = &mut self.core;
-        let live = core.live(owner);
-        if res > 0 {
-            let bid = bid.expect("a recv with data names its buffer");
-            // The buffer goes back to the kernel even when the connection is gone.
-            self.ring.consume(bid, res as usize, buf_more, |data| {
-                if live {
-                    core.on_data(owner.key as usize, data);
-                }
-            });
-        }
-        if !live || more {
-            return;
-        }
-        let key = owner.key as usize;
-        debug_assert!(
-            core.conns[key].has(conn::RECV_ARMED),
-            "a recv ended that the connection did not arm"
-        );
-        core.conns[key].flags &= !conn::RECV_ARMED;
-        if res > 0 {
-            // The multishot ended for a reason other than EOF or an error (for example a CQ
-            // overflow): arm it again so no data is left unread.
-            if core.conns[key].state != State::Dead {
-                core.counters.recv_rearmed += 1;
-                debug_assert!(!core.conns[key].has(conn::RECV_ARMED));
-                core.conns[key].flags |= conn::RECV_ARMED;
-                self.ring.recv_multi(core.conns[key].fd, owner);
-            } else {
-                core.maybe_release(key);
-            }
-            return;
-        }
-        if res == -libc::ENOBUFS {
-            core.counters.enobufs += 1;
-            if core.conns[key].state != State::Dead {
-                core.conns[key].flags |= conn::STARVED;
-                core.starved.push_back(owner);
-            } else {
-                core.maybe_release(key);
-            }
-            return;
-        }
-        core.recv_ended(key, res);
-    }
-
-    fn send_complete(&mut self, owner: Owner, res: i32, frame: Bytes, offset: usize) {
-        if !self.core.live(owner) {
-            self.core.retire(&frame);
-            return;
-        }
-        let key = owner.key as usize;
-        let core = &mut self.core;
-        debug_assert!(
-            core.conns[key].has(conn::SEND_INFLIGHT),
-            "a send completed that the connection did not have in flight"
-        );
-        core.conns[key].flags &= !conn::SEND_INFLIGHT;
-        if core.conns[key].state == State::Dead {
-            core.retire(&frame);
-            core.maybe_release(key);
-            return;
-        }
-        if res <= 0 {
-            core.retire(&frame);
-            // A send that fails means the peer reset or vanished.
-            core.end(key, End::PeerGone);
-            return;
-        }
-        core.counters.bytes_out += res as u64;
-        let sent = offset + res as usize;
-        if sent < frame.len() {
-            // A short send: resume where the kernel stopped, keeping the queue order.
-            core.conns[key].flags |= conn::SEND_INFLIGHT;
-            self.ring.send(core.conns[key].fd, owner, frame, sent);
-            return;
-        }
-        let c = &mut core.conns[key];
-        c.queued_bytes = c.queued_bytes.saturating_sub(frame.len() as u32);
-        let admin = c.route == RouteKind::Admin as u8;
-        core.retire(&frame);
-        core.mark_dirty(key);
-        if admin {
-            // A paused admin connection takes requests again once its answers drain.
-            core.admin_sent(key);
-        }
-    }
-
-    fn after_batch(&mut self) {
-        let core = &mut self.core;
-        if core.accept_retry_at != 0
-            && core.wheel.now() >= core.accept_retry_at
-            && !core.accept_armed
-        {
-            core.accept_retry_at = 0;
-            if let (Some(fd), false) = (core.listen_fd, core.stop_accepting) {
-                self.ring.accept_multi(fd);
-                core.accept_armed = true;
-            }
-        }
-        if core.stop_accepting {
-            core.stop_accepting = false;
-            if core.accept_armed {
-                self.ring.cancel_accept();
-            }
-            if let Some(fd) = core.listen_fd.take() {
-                sys::close(fd);
-            }
-        }
-        let mut rang = false;
-        for (target, ring) in core.doorbells.iter_mut().enumerate() {
-            if std::mem::take(ring) {
-                self.ring
-                    .msg_ring(core.peers.ring_fds[target], target as u32, 1, 0);
-                rang = true;
-            }
-        }
-        if rang {
-            // Other shards (the admin shard waiting for a publish count) act on these now,
-            // not after this batch's sends have been queued and submitted.
-            self.ring.submit_now();
-        }
-        // Re-arm starved receives a few at a time, oldest first, so a burst does not turn
-        // into an ENOBUFS storm.
-        let budget = (self.ring.buffer_count() as usize / 4).max(1);
-        for _ in 0..budget {
-            let Some(owner) = core.starved.pop_front() else {
-                break;
-            };
-            if !core.live(owner) {
-                continue;
-            }
-            let key = owner.key as usize;
-            core.conns[key].flags &= !conn::STARVED;
-            if core.conns[key].state == State::Dead {
-                core.maybe_release(key);
-                continue;
-            }
-            debug_assert!(!core.conns[key].has(conn::RECV_ARMED));
-            core.conns[key].flags |= conn::RECV_ARMED;
-            self.ring.recv_multi(core.conns[key].fd, owner);
-        }
-        let mut dirty = std::mem::take(&mut core.dirty);
-        for key in dirty.drain(..) {
-            if let Some(c) = core.conns.get_mut(key) {
-                c.flags &= !conn::DIRTY;
-            } else {
-                continue;
-            }
-            if let Some((fd, owner, frame)) = core.next_send(key) {
-                debug_assert!(core.conns[key].has(conn::SEND_INFLIGHT));
-                self.ring.send(fd, owner, frame, 0);
-            }
-        }
-        core.dirty = dirty;
     }
 }
 
 #[cfg(test)]
 mod admin_tests;
+mod client;
 mod state;
 #[cfg(test)]
 mod tests;
 
-pub(crate) use state::Core;
+pub(crate) use client::ClientService;
+use state::TestExit;
+pub(crate) use state::{Core, Refusal};

@@ -1,10 +1,11 @@
 //! The shard's state minus its ring (`Core`): connections, channels, timers, admin state and
-//! counters, and the connection life cycle (`accepted`, `recv_ended`, `finish`, `abort`,
-//! `maybe_release`, `expire`, `tick`, `start_drain`).
+//! counters, and the parts of the connection life cycle both node services share
+//! (`accept_complete`, `admit`, `refuse_socket`, `recv_ended`, `finish`, `abort`,
+//! `maybe_release`, `advance`, `tick_end`, the shard's own submissions in `before_flush`).
 //!
 //! Invariants:
-//! - `Core` never pushes SQEs; it records what must be submitted (`dirty`, `starved`,
-//!   `doorbells`) and the shard submits after the batch.
+//! - `Core` pushes SQEs only in `before_flush` (accept, doorbells), which the skeleton calls
+//!   after a batch; the rest it records (dirty, starved, doorbells).
 //! - A connection's slot is freed only when no operation of it is in the kernel.
 
 use std::collections::{HashMap, VecDeque};
@@ -26,17 +27,39 @@ use crate::conn::{self, Conn, State};
 use crate::fanout::{Fanout, Peers, Pending, PublishWindow, ShardMsg};
 use crate::http::admin_request::AdminConfig;
 use crate::http::handshake::{self, HandshakeError};
-use crate::ring::{sys, Owner, GEN_MASK};
-use crate::route::RouteKind;
+use crate::reactor::{Conns, IoEvent};
+use crate::ring::{sys, Completion, Owner, TickMode};
 use crate::stats::{self, Counters};
 use crate::timer::{Wheel, NEVER};
-use crate::ws::{frame, Limits, OpCode, Role};
+use crate::ws::{Limits, Role};
 
 use super::*;
 
+/// The test hook that stops a shard's loop as a ring error would (`TEST_FAIL_SHARD_ENV`).
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub(crate) enum TestExit {
+    /// Not asked for (production).
+    No,
+    /// Stop at the next tick, logging `event=shard_stopped`.
+    OnTick,
+    /// The tick logged it: the loop ends.
+    Now,
+}
+
+/// A service's handling of a connection whose deadline came (`Core::advance`).
+pub(crate) type Expire = fn(&mut Core, usize, u32);
+
+/// Why an accepted socket is turned away (`Core::refuse_socket`).
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub(crate) enum Refusal {
+    /// The shard is draining: 503 "shutting down".
+    ShuttingDown,
+    /// The listener's share of connections is taken: 503.
+    AtCapacity,
+}
+
 /// The shard minus its ring: connection state, channels, timers, counters.
 pub(crate) struct Core {
-    pub(crate) kind: ShardKind,
     pub(crate) index: usize,
     pub(crate) cfg: Arc<Config>,
     pub(crate) shared: Arc<Shared>,
@@ -44,13 +67,11 @@ pub(crate) struct Core {
     pub(crate) accept_armed: bool,
     pub(crate) accept_retry_at: u32,
     pub(crate) stop_accepting: bool,
-    pub(crate) conns: Slab<Conn>,
+    /// The connections (the skeleton's part: slab, generations, dirty and starved lists).
+    pub(crate) conns: Conns<Conn>,
     pub(crate) conns_max: usize,
-    pub(crate) next_gen: u32,
     pub(crate) wheel: Wheel,
     pub(crate) due: Vec<Owner>,
-    pub(crate) dirty: Vec<usize>,
-    pub(crate) starved: VecDeque<Owner>,
     pub(crate) out: BytesMut,
     /// Bytes held by decoders reassembling messages; may overestimate (buffers dropped with
     /// their connection elsewhere are not subtracted) until `enforce_reassembly_budget`
@@ -95,7 +116,7 @@ pub(crate) struct Core {
     /// published (by slab key; removed when the slot is freed).
     pub(crate) publish_windows: HashMap<usize, PublishWindow>,
     /// Test hook: leave the loop on the next tick, as on a ring error.
-    pub(super) test_exit: bool,
+    pub(super) test_exit: TestExit,
 }
 
 fn ticks(d: Duration) -> u32 {
@@ -106,7 +127,6 @@ fn ticks(d: Duration) -> u32 {
 
 impl Core {
     pub(super) fn new(
-        kind: &ShardKind,
         index: usize,
         listen_fd: RawFd,
         conns_max: usize,
@@ -128,19 +148,15 @@ impl Core {
         let mut refusal_shutdown = Vec::new();
         HandshakeError::ShuttingDown.write_refusal(&mut refusal_shutdown);
         Core {
-            kind: *kind,
             index,
             listen_fd: Some(listen_fd),
             accept_armed: false,
             accept_retry_at: 0,
             stop_accepting: false,
-            conns: Slab::new(),
+            conns: Conns::new(),
             conns_max,
-            next_gen: 1,
             wheel: Wheel::new(WHEEL_SLOTS),
             due: Vec::new(),
-            dirty: Vec::new(),
-            starved: VecDeque::new(),
             out: BytesMut::new(),
             reassembly_bytes: 0,
             epoch: Instant::now(),
@@ -176,7 +192,7 @@ impl Core {
             ticks_admin_request: ticks(cfg.admin_request_timeout),
             shards_gone: Vec::new(),
             publish_windows: HashMap::new(),
-            test_exit: false,
+            test_exit: TestExit::No,
             cfg,
             shared,
         }
@@ -207,86 +223,195 @@ impl Core {
 
     /// Whether `owner` still names the slot's current occupant.
     pub(crate) fn live(&self, owner: Owner) -> bool {
-        self.conns
-            .get(owner.key as usize)
-            .is_some_and(|c| c.gen & GEN_MASK == owner.gen)
+        self.conns.live(owner).is_some()
     }
 
     pub(crate) fn owner(&self, key: usize) -> Owner {
-        Owner {
-            key: key as u32,
-            gen: self.conns[key].gen & GEN_MASK,
-        }
+        self.conns.owner(key)
     }
 
-    pub(super) fn finished(&self) -> bool {
-        if self.test_exit {
+    /// Whether the loop is over, as far as the shard's own state says: a test hook asked,
+    /// or the drain has started and `drained` (the service's own condition) holds.
+    pub(crate) fn finished(&self, drained: impl FnOnce(&Core, u32) -> bool) -> bool {
+        if self.test_exit == TestExit::Now {
             return true;
         }
-        let Some(end) = self.draining else {
-            return false;
+        match self.draining {
+            Some(end) => drained(self, end),
+            None => false,
+        }
+    }
+
+    /// The multishot accept completed. Keeps the accept armed (or schedules its retry from
+    /// the timer) and returns the new socket, if there is one.
+    pub(crate) fn accept_complete(&mut self, res: i32, more: bool) -> Option<RawFd> {
+        if !more {
+            self.accept_armed = false;
+        }
+        if res >= 0 {
+            self.counters.accepted += 1;
+            if !more && !self.stop_accepting {
+                self.accept_retry_at = self.wheel.now();
+            }
+            return Some(res);
+        }
+        let errno = -res;
+        if errno == libc::EMFILE || errno == libc::ENFILE {
+            self.counters.accept_emfile += 1;
+            self.log(format_args!(
+                "event=accept_emfile errno={errno} (retrying from the timer)"
+            ));
+            self.accept_retry_at = self.wheel.now() + ACCEPT_RETRY_TICKS;
+        } else if errno != libc::ECANCELED && !more {
+            self.accept_retry_at = self.wheel.now() + 1;
+        }
+        None
+    }
+
+    /// Answers a socket it will not keep with `refusal` (a fresh socket's send buffer is
+    /// empty, so a small response goes out whole) and closes it.
+    pub(crate) fn refuse_socket(&mut self, fd: RawFd, refusal: Refusal) {
+        let bytes = match refusal {
+            Refusal::ShuttingDown => &self.refusal_shutdown,
+            Refusal::AtCapacity => &self.refusal_busy,
         };
-        match self.kind {
-            ShardKind::Client => self.conns.is_empty() || self.wheel.now() > end + DRAIN_REAP_TICKS,
-            // The admin listener answers (healthz 503, publishes 503) until every client
-            // shard has exited, however it ended: drained, stopped on a ring error, or never
-            // started. Requests still waiting count exited shards as 0 (`count_exited_shards`).
-            ShardKind::Admin => {
-                self.shared.exited[..self.peers.clients]
-                    .iter()
-                    .all(|done| done.load(Ordering::Acquire))
-                    && self.pending.is_empty()
+        let _ = sys::send_now(fd, bytes);
+        sys::close(fd);
+        match refusal {
+            Refusal::ShuttingDown => {
+                self.counters.refused[HandshakeError::ShuttingDown.slot()] += 1;
+                self.log(format_args!("event=refused reason=shutting_down"));
+            }
+            Refusal::AtCapacity => {
+                self.counters.refused_at_cap += 1;
+                let open = self.conns.len();
+                self.log(format_args!("event=refused reason=at_capacity open={open}"));
             }
         }
     }
 
-    /// A new socket from the listener: refused at the cap, else given a slot and a
-    /// deadline. Returns the owner to arm its recv for.
-    pub(super) fn accepted(&mut self, fd: RawFd) -> Option<Owner> {
-        self.counters.accepted += 1;
-        if self.draining.is_some() && self.kind == ShardKind::Client {
-            // A fresh socket's send buffer is empty, so this small response goes out whole.
-            let _ = sys::send_now(fd, &self.refusal_shutdown);
-            sys::close(fd);
-            self.counters.refused[HandshakeError::ShuttingDown.slot()] += 1;
-            self.log(format_args!("event=refused reason=shutting_down"));
-            return None;
-        }
-        // A full admin listener makes room by evicting a connection that has not completed
-        // a request, so a publisher is never locked out by sockets that only hold slots. The
-        // evicted slot is freed once its recv ends, so the slab may briefly hold a few more
-        // than the cap; the connections still open never exceed it.
-        let full = self.conns.len() >= self.conns_max
-            && !(self.kind == ShardKind::Admin && self.admin_evict_unproven());
-        if full {
-            // A fresh socket's send buffer is empty, so this small response goes out whole.
-            let _ = sys::send_now(fd, &self.refusal_busy);
-            sys::close(fd);
-            self.counters.refused_at_cap += 1;
-            let open = self.conns.len();
-            self.log(format_args!("event=refused reason=at_capacity open={open}"));
-            return None;
-        }
-        let gen = self.next_gen;
-        self.next_gen = (self.next_gen + 1) & GEN_MASK;
-        if self.next_gen == 0 {
-            self.next_gen = 1;
-        }
+    /// Whether the listener's share of connections is taken.
+    pub(crate) fn full(&self) -> bool {
+        self.conns.len() >= self.conns_max
+    }
+
+    /// Gives accepted socket `fd` a slot in `state` with its first deadline `ticks` away;
+    /// returns its key (the skeleton arms its recv).
+    pub(crate) fn admit(&mut self, fd: RawFd, state: State, ticks: u32) -> usize {
+        let gen = self.conns.next_gen();
         let now = self.wheel.now();
-        let key = self.conns.insert(Conn::new(fd, gen, self.now_us(), now));
-        self.conns[key].flags |= conn::RECV_ARMED;
+        let mut conn = Conn::new(fd, gen, self.now_us(), now);
+        conn.state = state;
+        let key = self.conns.insert(conn);
         self.counters.open += 1;
-        match self.kind {
-            ShardKind::Client => self.arm(key, now + self.ticks_handshake),
-            ShardKind::Admin => {
-                let c = &mut self.conns[key];
-                c.state = State::Open;
-                c.route = RouteKind::Admin as u8;
-                self.arm(key, now + self.ticks_idle);
-                self.admin_accepted(key);
+        self.arm(key, now + ticks);
+        key
+    }
+
+    /// The shard's own operations after a batch: the accept's retry or its end, and the
+    /// doorbells of the other shards this batch sent messages to (submitted at once, so a
+    /// waiting admin shard is answered before this batch's sends are queued).
+    pub(crate) fn before_flush<D: Driver>(&mut self, ring: &mut D) {
+        if self.accept_retry_at != 0
+            && self.wheel.now() >= self.accept_retry_at
+            && !self.accept_armed
+        {
+            self.accept_retry_at = 0;
+            if let (Some(fd), false) = (self.listen_fd, self.stop_accepting) {
+                ring.accept_multi(fd);
+                self.accept_armed = true;
             }
         }
-        Some(self.owner(key))
+        if self.stop_accepting {
+            self.stop_accepting = false;
+            if self.accept_armed {
+                ring.cancel_accept();
+            }
+            if let Some(fd) = self.listen_fd.take() {
+                sys::close(fd);
+            }
+        }
+        let mut rang = false;
+        for (target, doorbell) in self.doorbells.iter_mut().enumerate() {
+            if std::mem::take(doorbell) {
+                ring.msg_ring(self.peers.ring_fds[target], target as u32, 1, 0);
+                rang = true;
+            }
+        }
+        if rang {
+            ring.submit_now();
+        }
+    }
+
+    /// A tick completed: true when it expired and the wheel should move; anything else
+    /// is counted and logged (the ring re-arms it after one interval).
+    pub(crate) fn tick_expired(&mut self, res: i32, more: bool, mode: TickMode) -> bool {
+        if res == -libc::ETIME {
+            return true;
+        }
+        self.counters.tick_errors += 1;
+        self.log(format_args!(
+            "event=tick_failed res={res} more={more} mode={mode:?} (re-armed after one \
+             interval)"
+        ));
+        false
+    }
+
+    /// The completions no connection owns: failed doorbells, unknown op kinds, submit
+    /// errors (counted and logged); cancels need nothing.
+    pub(crate) fn ring_event(&mut self, completion: Completion) {
+        match completion {
+            Completion::DoorbellFailed { target, res } => {
+                // The target still drains its inbox on its next tick, so the messages are
+                // late by at most a tick, not lost.
+                self.counters.doorbell_failures += 1;
+                self.log(format_args!(
+                    "event=doorbell_failed target={target} res={res} (its tick drains the inbox)"
+                ));
+            }
+            Completion::Unknown { user_data, res } => {
+                self.counters.ring_unknown_completions += 1;
+                self.log(format_args!(
+                    "event=unknown_completion user_data={user_data:#x} res={res}"
+                ));
+            }
+            Completion::SubmitFailed { errno } => {
+                self.counters.ring_submit_errors += 1;
+                self.log(format_args!(
+                    "event=submit_failed errno={errno} (the SQEs stay queued)"
+                ));
+            }
+            _ => {}
+        }
+    }
+
+    /// Counts what the skeleton reports.
+    #[inline]
+    pub(crate) fn count(&mut self, event: IoEvent) {
+        match event {
+            IoEvent::RecvRearmed => self.counters.recv_rearmed += 1,
+            IoEvent::Enobufs => self.counters.enobufs += 1,
+            IoEvent::BytesOut(n) => self.counters.bytes_out += n as u64,
+        }
+    }
+
+    /// The whole of `frame` left for `key`.
+    #[inline]
+    pub(crate) fn sent(&mut self, key: usize, frame: &Bytes) {
+        let c = &mut self.conns[key];
+        c.queued_bytes = c.queued_bytes.saturating_sub(frame.len() as u32);
+        self.retire(frame);
+    }
+
+    /// A send failed: the peer reset or vanished.
+    pub(crate) fn send_failed(&mut self, key: usize, frame: &Bytes) {
+        self.retire(frame);
+        self.end(key, End::PeerGone);
+    }
+
+    /// Entering the ring failed: the loop ends.
+    pub(crate) fn ring_failed(&mut self, e: std::io::Error) {
+        crate::elog!("ringpush shard={} error=ring_enter {e}", self.index);
     }
 
     /// Sets the connection's deadline; adds a wheel entry only when it moves earlier.
@@ -300,15 +425,12 @@ impl Core {
     }
 
     /// The multishot recv ended with EOF (0) or an error.
-    pub(super) fn recv_ended(&mut self, key: usize, res: i32) {
-        let state = self.conns[key].state;
-        let admin = self.conns[key].route == RouteKind::Admin as u8;
-        match state {
+    pub(crate) fn recv_ended(&mut self, key: usize, res: i32) {
+        match self.conns[key].state {
             State::Dead => self.maybe_release(key),
             State::Linger => self.finish(key),
             // The peer finished sending; once our queue drains we FIN and are done.
             State::Closing if res == 0 => self.fin_when_drained(key),
-            State::Open if admin && res == 0 => self.end(key, End::AdminPeerClosed),
             _ => {
                 // The peer went without a close frame (EOF or reset).
                 self.end(key, End::PeerGone);
@@ -366,37 +488,46 @@ impl Core {
     }
 
     /// A tick expired: advance the wheel to the wall clock (one step per `TICK_MS` elapsed
-    /// since `epoch`, however many expiries that took), then drain the inbox (in case a
-    /// doorbell was lost), publish counters, and start the drain when the main thread asks.
-    pub(super) fn tick(&mut self) {
+    /// since `epoch`, however many expiries that took). `expire` is the service's handling
+    /// of a connection whose wheel entry came due, `stepped` what it does after each step.
+    pub(crate) fn advance(&mut self, expire: Expire, stepped: fn(&mut Core, u32)) {
         let target = (self.epoch.elapsed().as_millis() / u128::from(TICK_MS)) as u32 + 1;
         while self.wheel.now() < target {
-            self.tick_step();
+            self.tick_step(expire);
+            stepped(self, self.wheel.now());
         }
-        self.drain_inbox();
-        if self.kind == ShardKind::Admin {
-            self.count_exited_shards();
-        }
-        if self.test_exit {
+    }
+
+    /// The end of a tick, after the service's own work: the test hook's log line, the
+    /// counters published, and the drain started when the main thread asks. Returns
+    /// whether the drain started now.
+    pub(crate) fn tick_end(&mut self) -> bool {
+        if self.test_exit == TestExit::OnTick {
+            self.test_exit = TestExit::Now;
             self.log(format_args!(
                 "event=shard_stopped reason=test_hook ({TEST_FAIL_SHARD_ENV})"
             ));
         }
         self.publish();
         if self.draining.is_none() && self.shared.shutdown.load(Ordering::Relaxed) {
-            self.start_drain();
+            let now = self.wheel.now();
+            self.draining = Some(now + ticks(self.cfg.drain_timeout));
+            return true;
         }
+        false
     }
 
-    /// One step of the wheel: expire due connections, refill the log budget each second,
-    /// abort what is left when the drain deadline comes.
-    pub(super) fn tick_step(&mut self) {
+    /// One step of the wheel: expire due connections, refill the log budget each second.
+    fn tick_step(&mut self, expire: Expire) {
         let mut due = std::mem::take(&mut self.due);
         self.wheel.advance(&mut due);
         let now = self.wheel.now();
         for owner in due.drain(..) {
             if self.live(owner) {
-                self.expire(owner.key as usize, now);
+                let key = owner.key as usize;
+                if self.due(key, now) {
+                    expire(self, key, now);
+                }
             }
         }
         self.due = due;
@@ -411,96 +542,41 @@ impl Core {
             }
             self.log_budget = LOG_LINES_PER_SEC_MAX;
         }
-        if let Some(end) = self.draining {
-            if now == end && self.kind == ShardKind::Client {
-                let keys: Vec<usize> = self.conns.iter().map(|(k, _)| k).collect();
-                let left = keys.len();
-                self.log(format_args!("event=drain_timeout aborting={left}"));
-                for key in keys {
-                    self.end(key, End::DrainAbort);
-                }
-            }
-        }
     }
 
-    pub(super) fn expire(&mut self, key: usize, now: u32) {
-        let now_us = self.now_us();
+    /// Whether `key`'s wheel entry at `now` is its live one and its deadline has come; a
+    /// deadline that moved later is re-armed here instead.
+    fn due(&mut self, key: usize, now: u32) -> bool {
         let c = &mut self.conns[key];
         if c.wheel_at != now {
-            return;
+            return false;
         }
         c.wheel_at = 0;
         if c.deadline == NEVER {
-            return;
+            return false;
         }
         if now < c.deadline {
             let at = c.deadline;
             self.arm(key, at);
-            return;
+            return false;
         }
-        match c.state {
+        true
+    }
+
+    /// The deadlines every service shares: the handshake's and the close handshake's.
+    pub(crate) fn expire_unopened(&mut self, key: usize) {
+        match self.conns[key].state {
             State::Handshake => {
                 self.end(key, End::HandshakeTimeout);
             }
-            State::Open if c.route == RouteKind::Admin as u8 => self.admin_expire(key, now),
-            State::Open => {
-                let ping_out = c.has(conn::PING_OUT);
-                let next = c.last_seen
-                    + if ping_out {
-                        self.ticks_idle
-                    } else {
-                        self.ticks_ping
-                    };
-                if now < next {
-                    self.arm(key, next);
-                } else if ping_out || now >= c.last_seen + self.ticks_idle {
-                    if ping_out {
-                        self.counters.pings_lost += 1;
-                    }
-                    self.end(key, End::IdleTimeout);
-                } else {
-                    let payload = crate::conn::protocol::ping_payload(key, c.gen, now_us);
-                    c.flags |= conn::PING_OUT;
-                    let at = c.last_seen + self.ticks_idle;
-                    self.counters.pings_sent += 1;
-                    self.push_frame(key, frame::encode(OpCode::Ping, &payload));
-                    self.arm(key, at);
-                }
-            }
-            State::Closing | State::Linger => {
-                let state = c.state;
+            state @ (State::Closing | State::Linger) => {
                 self.end_logged(
                     key,
                     End::CloseTimeout,
                     Some(format_args!("state={state:?}")),
                 );
             }
-            State::Dead => {}
-        }
-    }
-
-    pub(super) fn start_drain(&mut self) {
-        let now = self.wheel.now();
-        self.draining = Some(now + ticks(self.cfg.drain_timeout));
-        if self.kind == ShardKind::Admin {
-            // The admin listener keeps answering (healthz says 503) until the clients are
-            // drained; `finished` ends it.
-            return;
-        }
-        if self.cfg.reuse_port_with_others {
-            // Another process shares the port (an overlapping restart): close the listener
-            // so the kernel sends every new client there.
-            self.stop_accepting = true;
-        }
-        // Otherwise the listener stays open until the shard exits: a client that connects
-        // during the drain hears 503 "shutting down" (`accepted`), not a reset.
-        let keys: Vec<usize> = self.conns.iter().map(|(k, _)| k).collect();
-        for key in keys {
-            match self.conns[key].state {
-                State::Open => self.end(key, End::Shutdown),
-                State::Handshake => self.end(key, End::DrainHandshake),
-                _ => {}
-            }
+            State::Open | State::Dead => {}
         }
     }
 

@@ -12,9 +12,13 @@ use bytes::{Bytes, BytesMut};
 use clap::Parser;
 
 use super::*;
-use crate::conn::Conn;
+use crate::admin_service::AdminService;
+use crate::conn::end::End;
+use crate::conn::{self, Conn, State};
 use crate::fanout::{Publish, Target};
 use crate::ring::fake::{FakeRing, Sqe, FAKE_FD_BASE};
+use crate::ring::Completion;
+use crate::ring::Owner;
 use crate::ws::{frame, OpCode};
 
 /// The fake listener's descriptor (never a real file: see `FAKE_FD_BASE`).
@@ -26,9 +30,39 @@ Connection: Upgrade\r\nSec-WebSocket-Key: dGhlIHNhbXBsZSBub25jZQ==\r\n\
 Sec-WebSocket-Version: 13\r\n\r\n";
 const MASK: [u8; 4] = [1, 2, 3, 4];
 
+/// A node service the harness can build over a fake ring.
+pub(super) trait TestService: NodeService<FakeRing> + Sized {
+    /// Its kind (which index it takes among the shards).
+    const KIND: ShardKind;
+    /// The service over `core`.
+    fn wrap(core: Core) -> Self;
+    /// Its state.
+    fn core_ref(&self) -> &Core;
+}
+
+impl TestService for ClientService {
+    const KIND: ShardKind = ShardKind::Client;
+    fn wrap(core: Core) -> Self {
+        ClientService { core }
+    }
+    fn core_ref(&self) -> &Core {
+        &self.core
+    }
+}
+
+impl TestService for AdminService {
+    const KIND: ShardKind = ShardKind::Admin;
+    fn wrap(core: Core) -> Self {
+        AdminService { core }
+    }
+    fn core_ref(&self) -> &Core {
+        &self.core
+    }
+}
+
 /// A shard over a fake ring, with the sender of its inbox and the other shards' inboxes.
-pub(super) struct Harness {
-    pub(super) shard: Shard<FakeRing>,
+pub(super) struct Harness<S: TestService = ClientService> {
+    pub(super) shard: Reactor<FakeRing, S>,
     pub(super) inbox: Sender<ShardMsg>,
     /// The other shards' inboxes, by shard index (this shard's own is `None`): kept open so
     /// messages to them are queued, and readable by the test.
@@ -36,17 +70,17 @@ pub(super) struct Harness {
 }
 
 fn harness(buffers: u16) -> Harness {
-    shard_harness(ShardKind::Client, 1, &[], buffers)
+    shard_harness(1, &[], buffers)
 }
 
-/// A shard of `kind` among `clients` client shards (the admin shard comes after them),
+/// A shard of service `S` among `clients` client shards (the admin shard comes after them),
 /// configured with the command-line flags `args`, over a fake ring of `buffers` buffers.
-pub(super) fn shard_harness(
-    kind: ShardKind,
+pub(super) fn shard_harness<S: TestService>(
     clients: usize,
     args: &[&str],
     buffers: u16,
-) -> Harness {
+) -> Harness<S> {
+    let kind = S::KIND;
     let cfg = Arc::new(Config::parse_from(
         std::iter::once("ringpush").chain(args.iter().copied()),
     ));
@@ -75,14 +109,10 @@ pub(super) fn shard_harness(
         queued: (0..shards).map(|_| AtomicUsize::new(0)).collect(),
         inbox_max: 16,
     };
-    let core = Core::new(&kind, index, LISTEN_FD, 16, cfg, shared).with_peers(Arc::new(peers), rx);
-    let mut shard = Shard {
-        ring: FakeRing::new(buffers, BUF_BYTES),
-        core,
-        completions: Vec::new(),
-    };
+    let core = Core::new(index, LISTEN_FD, 16, cfg, shared).with_peers(Arc::new(peers), rx);
+    let mut shard = Reactor::new(FakeRing::new(buffers, BUF_BYTES), S::wrap(core));
     shard.ring.accept_multi(LISTEN_FD);
-    shard.core.accept_armed = true;
+    shard.service.core().accept_armed = true;
     Harness {
         shard,
         inbox: tx,
@@ -90,7 +120,7 @@ pub(super) fn shard_harness(
     }
 }
 
-impl Harness {
+impl<S: TestService> Harness<S> {
     /// Accepts one socket and returns the owner its recv was armed for.
     pub(super) fn connect(&mut self) -> Owner {
         let fd = self.shard.ring.accept();
@@ -122,8 +152,9 @@ impl Harness {
     }
 
     pub(super) fn conn(&self, owner: Owner) -> &Conn {
-        assert!(self.shard.core.live(owner), "{owner:?} is not live");
-        &self.shard.core.conns[owner.key as usize]
+        let core = self.shard.service.core_ref();
+        assert!(core.live(owner), "{owner:?} is not live");
+        &core.conns[owner.key as usize]
     }
 
     /// The Recv SQEs pushed since the log was last cleared.
@@ -159,7 +190,7 @@ fn upgrade_then_echo_round_trip() {
     h.shard.ring.send_done(owner, echoed.len() as i32);
     h.shard.batch();
     assert_eq!(h.shard.ring.sends_of(owner), 0);
-    assert_eq!(h.shard.core.counters.upgraded, 1);
+    assert_eq!(h.shard.service.core.counters.upgraded, 1);
     assert_eq!(
         h.shard.ring.buffers_free(),
         8,
@@ -223,7 +254,10 @@ fn a_short_send_resumes_at_its_offset_and_frames_keep_their_order() {
     expected.extend_from_slice(&frame::encode(OpCode::Text, b"first"));
     expected.extend_from_slice(&frame::encode(OpCode::Text, b"second"));
     assert_eq!(wire, expected);
-    assert_eq!(h.shard.core.counters.bytes_out, expected.len() as u64);
+    assert_eq!(
+        h.shard.service.core.counters.bytes_out,
+        expected.len() as u64
+    );
 }
 
 #[test]
@@ -238,7 +272,7 @@ fn enobufs_starves_and_rearms_within_the_buffer_budget_losing_no_data() {
         h.shard.ring.recv_end(owner, -libc::ENOBUFS);
     }
     h.shard.batch();
-    assert_eq!(h.shard.core.counters.enobufs, 3);
+    assert_eq!(h.shard.service.core.counters.enobufs, 3);
     assert_eq!(
         h.recvs_pushed(),
         vec![owners[0]],
@@ -262,7 +296,7 @@ fn enobufs_starves_and_rearms_within_the_buffer_budget_losing_no_data() {
         let response = h.shard.ring.send_pending(owner).expect("the 101");
         assert!(response.starts_with(b"HTTP/1.1 101"));
     }
-    assert_eq!(h.shard.core.counters.upgraded, 3);
+    assert_eq!(h.shard.service.core.counters.upgraded, 3);
 }
 
 #[test]
@@ -272,14 +306,14 @@ fn a_stale_generation_is_dropped_and_never_touches_the_new_occupant() {
     // The old connection is reset: its send fails, then its recv ends.
     h.shard.ring.send_done(old, -libc::ECONNRESET);
     h.shard.batch();
-    assert!(h.shard.core.live(old), "the recv is still armed");
+    assert!(h.shard.service.core.live(old), "the recv is still armed");
     h.shard.ring.recv_end(old, 0);
     h.shard.batch();
-    assert!(!h.shard.core.live(old), "the slot is freed");
+    assert!(!h.shard.service.core.live(old), "the slot is freed");
     let new = h.connect();
     assert_eq!(new.key, old.key, "the slot is reused");
     assert_ne!(new.gen, old.gen);
-    let bytes_in = h.shard.core.counters.bytes_in;
+    let bytes_in = h.shard.service.core.counters.bytes_in;
     h.shard.ring.pushed.clear();
     // Late completions for the old occupant: data, a send, the end of its recv.
     h.shard.ring.recv(old, &text(b"stale"));
@@ -292,7 +326,7 @@ fn a_stale_generation_is_dropped_and_never_touches_the_new_occupant() {
     h.shard.ring.recv_end(old, 0);
     h.shard.batch();
     assert_eq!(
-        h.shard.core.counters.bytes_in, bytes_in,
+        h.shard.service.core.counters.bytes_in, bytes_in,
         "no byte reached the new one"
     );
     assert!(
@@ -320,10 +354,15 @@ fn a_drain_frees_no_slot_until_its_send_and_recv_complete() {
     let (owner, response) = h.upgraded();
     let key = owner.key as usize;
     // The main thread asks for shutdown; the next tick starts the drain.
-    h.shard.core.shared.shutdown.store(true, Ordering::Relaxed);
+    h.shard
+        .service
+        .core
+        .shared
+        .shutdown
+        .store(true, Ordering::Relaxed);
     h.shard.ring.tick_expired();
     h.shard.batch();
-    assert!(h.shard.core.draining.is_some());
+    assert!(h.shard.service.core.draining.is_some());
     assert_eq!(
         h.conn(owner).state,
         State::Closing,
@@ -334,16 +373,16 @@ fn a_drain_frees_no_slot_until_its_send_and_recv_complete() {
         "the 101 is still in flight"
     );
     // The drain deadline passes: the connection is aborted with both ops in the kernel.
-    h.shard.core.end(key, End::DrainAbort);
-    assert_eq!(h.shard.core.conns[key].state, State::Dead);
+    h.shard.service.core.end(key, End::DrainAbort);
+    assert_eq!(h.shard.service.core.conns[key].state, State::Dead);
     assert!(
-        h.shard.core.live(owner),
+        h.shard.service.core.live(owner),
         "not freed while the send is in flight"
     );
     h.shard.ring.send_done(owner, response.len() as i32);
     h.shard.batch();
     assert!(
-        h.shard.core.live(owner),
+        h.shard.service.core.live(owner),
         "not freed while the recv is armed"
     );
     assert_eq!(
@@ -353,9 +392,15 @@ fn a_drain_frees_no_slot_until_its_send_and_recv_complete() {
     );
     h.shard.ring.recv_end(owner, 0);
     h.shard.batch();
-    assert!(!h.shard.core.live(owner), "freed once nothing is in flight");
-    assert_eq!(h.shard.core.counters.open, 0);
-    assert!(h.shard.core.finished(), "the drained shard is done");
+    assert!(
+        !h.shard.service.core.live(owner),
+        "freed once nothing is in flight"
+    );
+    assert_eq!(h.shard.service.core.counters.open, 0);
+    assert!(
+        Service::<FakeRing>::finished(&h.shard.service),
+        "the drained shard is done"
+    );
     assert_eq!(h.shard.ring.in_flight().sends, 0);
     assert_eq!(h.shard.ring.in_flight().recvs, 0);
 }
@@ -369,7 +414,7 @@ fn a_doorbell_with_an_empty_inbox_is_harmless_and_a_failed_tick_is_counted() {
         more: false,
     });
     h.shard.batch();
-    assert_eq!(h.shard.core.counters.tick_errors, 1);
+    assert_eq!(h.shard.service.core.counters.tick_errors, 1);
 }
 
 #[test]
@@ -387,7 +432,7 @@ fn a_doorbell_delivers_a_publish_to_the_channel_subscribers_only() {
     let (echo, response) = h.upgraded();
     h.shard.ring.send_done(echo, response.len() as i32);
     h.shard.batch();
-    assert_eq!(h.shard.core.counters.subscriptions, 2);
+    assert_eq!(h.shard.service.core.counters.subscriptions, 2);
     // Another shard queues a publish, then rings this shard's doorbell.
     let frame = frame::encode(OpCode::Text, b"news");
     let publish = Publish {
@@ -396,7 +441,7 @@ fn a_doorbell_delivers_a_publish_to_the_channel_subscribers_only() {
         accepted: Instant::now(),
         origin: None,
     };
-    h.shard.core.peers.queued[0].fetch_add(1, Ordering::Relaxed);
+    h.shard.service.core.peers.queued[0].fetch_add(1, Ordering::Relaxed);
     h.inbox
         .send(ShardMsg::Publish(Arc::new(publish)))
         .expect("the inbox is open");
@@ -410,7 +455,10 @@ fn a_doorbell_delivers_a_publish_to_the_channel_subscribers_only() {
         None,
         "the echo connection subscribed to nothing"
     );
-    assert_eq!(h.shard.core.peers.queued[0].load(Ordering::Relaxed), 0);
+    assert_eq!(
+        h.shard.service.core.peers.queued[0].load(Ordering::Relaxed),
+        0
+    );
 }
 
 #[test]
@@ -421,10 +469,10 @@ fn an_eof_before_the_upgrade_frees_the_slot_at_once() {
     h.shard.ring.recv_end(owner, 0);
     h.shard.batch();
     assert!(
-        !h.shard.core.live(owner),
+        !h.shard.service.core.live(owner),
         "nothing of it is in flight any more"
     );
-    assert_eq!(h.shard.core.counters.open, 0);
+    assert_eq!(h.shard.service.core.counters.open, 0);
     assert_eq!(h.shard.ring.in_flight().recvs, 0);
     assert_eq!(h.shard.ring.buffers_free(), 8);
 }

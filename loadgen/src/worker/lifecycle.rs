@@ -16,7 +16,8 @@ use std::time::{Duration, Instant};
 use bytes::Bytes;
 use ringpush::http::client::{client_key, parse_response, ClientHandshakeError};
 use ringpush::http::handshake::accept_key;
-use ringpush::ring::{connect, sys, Owner, GEN_MASK};
+use ringpush::reactor::DIRTY;
+use ringpush::ring::{connect, sys, Owner};
 use ringpush::timer::NEVER;
 use ringpush::ws::{frame, CloseCode};
 
@@ -48,11 +49,7 @@ impl Core {
                 return None;
             }
         };
-        let gen = self.next_gen;
-        self.next_gen = (self.next_gen + 1) & GEN_MASK;
-        if self.next_gen == 0 {
-            self.next_gen = 1;
-        }
+        let gen = self.conns.next_gen();
         let mut nonce = [0u8; 16];
         for chunk in nonce.chunks_exact_mut(4) {
             chunk.copy_from_slice(&self.rng.next_key());
@@ -61,7 +58,8 @@ impl Core {
         let c = &mut self.conns[key];
         c.fd = fd;
         c.gen = gen;
-        c.flags = 0;
+        // Only a pending flush survives into the new attempt (the key stays listed).
+        c.flags &= DIRTY;
         c.started_us = started;
         c.nonce = nonce;
         c.seq_out = 0;
@@ -176,6 +174,7 @@ impl Core {
 
     /// Closes the slot's socket (if any) and backs off or frees the slot.
     pub(super) fn end_attempt(&mut self, key: usize, retry: bool) {
+        let gen = self.conns.next_gen();
         let c = &mut self.conns[key];
         if c.fd >= 0 {
             sys::close(c.fd);
@@ -183,7 +182,10 @@ impl Core {
         }
         c.queue = VecDeque::new();
         c.partial = None;
-        c.flags = 0;
+        // A new generation makes every reference to the ended attempt stale (a starved
+        // receive waiting to re-arm, a wheel entry); only a pending flush stays listed.
+        c.flags &= DIRTY;
+        c.gen = gen;
         if retry && self.retry_allowed() {
             let backoff = self.plan.reconnect.unwrap_or(self.plan.backoff);
             let c = &mut self.conns[key];

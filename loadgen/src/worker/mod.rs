@@ -26,12 +26,12 @@ use std::sync::{mpsc, Arc, Mutex};
 use std::time::{Duration, Instant};
 
 use bytes::{Bytes, BytesMut};
+use ringpush::reactor::{Conns, IoEvent, Reactor, Service};
 use ringpush::ring::connect::{self, ConnectId};
-use ringpush::ring::{sys, Completion, Owner, Ring, RingConfig, GEN_MASK};
+use ringpush::ring::{sys, Completion, Owner, Ring, RingConfig, TickMode};
 use ringpush::timer::Wheel;
 use ringpush::ws::mask::MaskGen;
 use ringpush::ws::{Limits, OpCode, Role};
-use slab::Slab;
 
 use crate::conn::{self, Conn, State};
 use crate::payload;
@@ -167,260 +167,167 @@ pub fn spawn(
     ringpush::reactor::spawn(
         name,
         ready,
-        move || Worker::start(setup),
-        |mut worker| worker.run(),
+        move || start(setup),
+        |mut worker| run(&mut worker),
     )
 }
 
-struct Worker {
-    ring: Ring,
-    core: Core,
-    completions: Vec<Completion>,
+/// A worker's reactor: the engine's skeleton over the real ring, with the load generator's
+/// client as its service.
+type Worker = Reactor<Ring, Core>;
+
+fn start(setup: Setup) -> Result<Worker, String> {
+    let i = setup.index;
+    let plan = setup.plan;
+    let ring_cfg = RingConfig {
+        sq_entries: plan.sq_entries,
+        cq_entries: plan.cq_entries,
+    };
+    let mut ring = Ring::new(&ring_cfg).map_err(|e| format!("worker {i}: {e}"))?;
+    ring.adopt(
+        &format!("ringpush-loadgen worker {i}"),
+        setup.core,
+        plan.recv_buffers,
+        plan.recv_buffer_bytes as usize,
+    )?;
+    let mut core = Core::new(i, plan, setup.shared);
+    // The main thread judges the ramp from published gauges: publish before it looks.
+    core.publish();
+    Ok(Reactor::new(ring, core))
 }
 
-impl Worker {
-    fn start(setup: Setup) -> Result<Worker, String> {
-        let i = setup.index;
-        let plan = setup.plan;
-        let ring_cfg = RingConfig {
-            sq_entries: plan.sq_entries,
-            cq_entries: plan.cq_entries,
-        };
-        let mut ring = Ring::new(&ring_cfg).map_err(|e| format!("worker {i}: {e}"))?;
-        ring.adopt(
-            &format!("ringpush-loadgen worker {i}"),
-            setup.core,
-            plan.recv_buffers,
-            plan.recv_buffer_bytes as usize,
-        )?;
-        let mut core = Core::new(i, plan, setup.shared);
-        // The main thread judges the ramp from published gauges: publish before it looks.
-        core.publish();
-        Ok(Worker {
-            ring,
-            core,
-            completions: Vec::with_capacity(1024),
-        })
+fn run(worker: &mut Worker) -> Report {
+    worker.ring.tick(worker.service.tick);
+    worker.run();
+    let core = &mut worker.service;
+    core.close_everything();
+    core.publish();
+    Report {
+        counters: core.counters.clone(),
+        hists: core.hists.clone(),
+    }
+}
+
+impl Service<Ring> for Core {
+    type Conn = Conn;
+
+    #[inline]
+    fn conns(&mut self) -> &mut Conns<Conn> {
+        &mut self.conns
     }
 
-    fn run(&mut self) -> Report {
-        self.ring.tick(self.core.tick);
-        loop {
-            self.after_batch();
-            if self.core.finished() {
-                break;
-            }
-            if let Err(e) = self.ring.submit_and_wait() {
-                ringpush::elog!(
-                    "ringpush-loadgen worker={} error=ring_enter {e}",
-                    self.core.index
-                );
-                break;
-            }
-            let mut batch = std::mem::take(&mut self.completions);
-            self.ring.reap(&mut batch);
-            for completion in batch.drain(..) {
-                self.handle(completion);
-            }
-            self.completions = batch;
+    #[inline]
+    fn on_data(&mut self, key: usize, data: &mut [u8]) {
+        Core::on_data(self, key, data);
+    }
+
+    fn on_recv_end(&mut self, key: usize, res: i32) {
+        self.recv_ended(key, res);
+    }
+
+    fn on_sent(&mut self, _key: usize, _frame: Bytes) {}
+
+    fn on_send_failed(&mut self, key: usize, res: i32, _frame: Bytes) {
+        if res < 0 {
+            self.counters.send_errors += 1;
         }
-        self.core.close_everything();
-        self.core.publish();
-        Report {
-            counters: self.core.counters.clone(),
-            hists: self.core.hists.clone(),
+        self.broken(key, -res);
+    }
+
+    fn release(&mut self, key: usize) {
+        self.maybe_release(key);
+    }
+
+    #[inline]
+    fn next_send(&mut self, key: usize) -> Option<Bytes> {
+        Core::next_send(self, key)
+    }
+
+    #[inline]
+    fn count(&mut self, event: IoEvent) {
+        match event {
+            IoEvent::RecvRearmed => self.counters.recv_rearmed += 1,
+            IoEvent::Enobufs => self.counters.enobufs += 1,
+            IoEvent::BytesOut(n) => self.counters.bytes_out += n as u64,
         }
     }
 
-    fn handle(&mut self, completion: Completion) {
+    fn on_connect(&mut self, owner: Owner, res: i32) -> Option<Owner> {
+        let key = self.conns.live(owner)?;
+        let now_us = self.now_us();
+        let c = &mut self.conns[key];
+        c.connect = None;
+        if c.state == State::Dead {
+            self.maybe_release(key);
+            return None;
+        }
+        debug_assert_eq!(c.state, State::Connecting);
+        if res < 0 {
+            self.fail(key, Failure::from_errno(-res));
+            return None;
+        }
+        let elapsed = now_us.wrapping_sub(c.started_us);
+        self.counters.tcp_connected += 1;
+        report::record(&mut self.hists.tcp_connect, u64::from(elapsed));
+        self.set_state(key, State::Handshake);
+        let request = self.request(key);
+        self.push_frame(key, request);
+        Some(owner)
+    }
+
+    // The ring re-arms the tick itself; the wheel follows the wall clock (`advance_timers`).
+    fn on_tick(&mut self, _res: i32, _more: bool, _mode: TickMode) {}
+
+    fn on_ring_event(&mut self, completion: Completion) {
         match completion {
-            Completion::Connect { owner, res } => self.connect_complete(owner, res),
-            Completion::Recv {
-                owner,
-                res,
-                more,
-                bid,
-                buf_more,
-            } => self.recv_complete(owner, res, more, bid, buf_more),
-            Completion::Send {
-                owner,
-                res,
-                frame,
-                offset,
-            } => self.send_complete(owner, res, frame, offset),
-            // The ring re-arms the tick itself; the wheel follows the wall clock.
-            Completion::Tick { .. } => {}
             Completion::DoorbellFailed { res, .. } | Completion::Unknown { res, .. } => {
                 ringpush::elog!(
                     "ringpush-loadgen worker={} error=ring_completion res={res}",
-                    self.core.index
+                    self.index
                 );
             }
             Completion::SubmitFailed { errno } => {
                 ringpush::elog!(
                     "ringpush-loadgen worker={} error=ring_submit errno={errno}",
-                    self.core.index
+                    self.index
                 );
             }
-            Completion::Accept { .. } | Completion::Cancel { .. } | Completion::Msg { .. } => {}
+            _ => {}
         }
     }
 
-    fn connect_complete(&mut self, owner: Owner, res: i32) {
-        let core = &mut self.core;
-        let Some(key) = core.live_key(owner) else {
-            return;
-        };
-        let now_us = core.now_us();
-        let c = &mut core.conns[key];
-        c.connect = None;
-        if c.state == State::Dead {
-            core.maybe_release(key);
-            return;
+    /// Follows the phase the main thread set, fires due timers, cancels connects, opens
+    /// connections within the pacing budget, paces echo messages, publishes counters.
+    fn before_flush(&mut self, ring: &mut Ring) {
+        self.sync_phase();
+        self.advance_timers();
+        for id in self.cancels.drain(..) {
+            ring.cancel_connect(id);
         }
-        debug_assert_eq!(c.state, State::Connecting);
-        if res < 0 {
-            core.fail(key, Failure::from_errno(-res));
-            return;
-        }
-        let elapsed = now_us.wrapping_sub(c.started_us);
-        core.counters.tcp_connected += 1;
-        report::record(&mut core.hists.tcp_connect, u64::from(elapsed));
-        core.set_state(key, State::Handshake);
-        let c = &mut core.conns[key];
-        c.flags |= conn::RECV_ARMED;
-        let fd = c.fd;
-        self.ring.recv_multi(fd, owner);
-        let request = core.request(key);
-        core.push_frame(key, request);
-    }
-
-    fn recv_complete(
-        &mut self,
-        owner: Owner,
-        res: i32,
-        more: bool,
-        bid: Option<u16>,
-        buf_more: bool,
-    ) {
-        let core = &mut self.core;
-        let live = core.live_key(owner);
-        if res > 0 {
-            let bid = bid.expect("a recv with data names its buffer");
-            // The buffer goes back to the kernel even when the connection is gone.
-            self.ring
-                .bufs()
-                .consume(bid, res as usize, buf_more, |data| {
-                    if let Some(key) = live {
-                        core.on_data(key, data);
-                    }
-                });
-        }
-        let Some(key) = live else {
-            return;
-        };
-        if more || !core.conns.contains(key) {
-            return;
-        }
-        core.conns[key].flags &= !conn::RECV_ARMED;
-        if res > 0 {
-            // The multishot ended for a reason other than EOF or an error (a CQ overflow,
-            // for one): arm it again so that no data is left unread.
-            if core.conns[key].state != State::Dead {
-                core.counters.recv_rearmed += 1;
-                core.conns[key].flags |= conn::RECV_ARMED;
-                self.ring.recv_multi(core.conns[key].fd, owner);
-            } else {
-                core.maybe_release(key);
-            }
-            return;
-        }
-        if res == -libc::ENOBUFS {
-            core.counters.enobufs += 1;
-            if core.conns[key].state != State::Dead {
-                core.starved.push_back(owner);
-            } else {
-                core.maybe_release(key);
-            }
-            return;
-        }
-        core.recv_ended(key, res);
-    }
-
-    fn send_complete(&mut self, owner: Owner, res: i32, frame: Bytes, offset: usize) {
-        let core = &mut self.core;
-        let Some(key) = core.live_key(owner) else {
-            return;
-        };
-        core.conns[key].flags &= !conn::SEND_INFLIGHT;
-        if core.conns[key].state == State::Dead {
-            core.maybe_release(key);
-            return;
-        }
-        if res <= 0 {
-            if res < 0 {
-                core.counters.send_errors += 1;
-            }
-            core.broken(key, -res);
-            return;
-        }
-        core.counters.bytes_out += res as u64;
-        let sent = offset + res as usize;
-        if sent < frame.len() {
-            // A short send: resume where the kernel stopped, keeping the queue order.
-            core.conns[key].flags |= conn::SEND_INFLIGHT;
-            self.ring.send(core.conns[key].fd, owner, frame, sent);
-            return;
-        }
-        core.mark_dirty(key);
-    }
-
-    fn after_batch(&mut self) {
-        self.core.sync_phase();
-        self.core.advance_timers();
-        for id in self.core.cancels.drain(..) {
-            self.ring.cancel_connect(id);
-        }
-        self.open_more();
-        self.core.pace_echo();
-        let core = &mut self.core;
-        // Re-arm starved receives a few at a time, oldest first, so a burst does not turn
-        // into an ENOBUFS storm.
-        let budget = (self.ring.bufs().count() as usize / 4).max(1);
-        for _ in 0..budget {
-            let Some(owner) = core.starved.pop_front() else {
-                break;
-            };
-            let Some(key) = core.live_key(owner) else {
-                continue;
-            };
-            if core.conns[key].state == State::Dead {
-                core.maybe_release(key);
-                continue;
-            }
-            core.conns[key].flags |= conn::RECV_ARMED;
-            self.ring.recv_multi(core.conns[key].fd, owner);
-        }
-        let mut dirty = std::mem::take(&mut core.dirty);
-        for key in dirty.drain(..) {
-            match core.conns.get_mut(key) {
-                Some(c) => c.flags &= !conn::DIRTY,
-                None => continue,
-            }
-            if let Some((fd, owner, frame)) = core.next_send(key) {
-                self.ring.send(fd, owner, frame, 0);
-            }
-        }
-        core.dirty = dirty;
-        if core.last_publish.elapsed() >= PUBLISH_EVERY {
-            core.publish();
+        self.open_more(ring);
+        self.pace_echo();
+        if self.last_publish.elapsed() >= PUBLISH_EVERY {
+            self.publish();
         }
     }
 
+    fn finished(&self) -> bool {
+        Core::finished(self)
+    }
+
+    fn on_ring_error(&mut self, error: std::io::Error) {
+        ringpush::elog!(
+            "ringpush-loadgen worker={} error=ring_enter {error}",
+            self.index
+        );
+    }
+}
+
+impl Core {
     /// Starts connection attempts: reopens first, then new connections of the share,
     /// within --max-connecting and the --rate budget.
-    fn open_more(&mut self) {
-        let core = &mut self.core;
+    fn open_more(&mut self, ring: &mut Ring) {
+        let core = self;
         if core.phase > Phase::Drain {
             return;
         }
@@ -438,7 +345,7 @@ impl Worker {
         }
         while budget > 0 {
             let key = if let Some(owner) = core.reopen.pop_front() {
-                match core.live_key(owner) {
+                match core.conns.live(owner) {
                     Some(key) if core.conns[key].state == State::Backoff => key,
                     _ => continue,
                 }
@@ -456,7 +363,7 @@ impl Worker {
             let Some((fd, owner)) = core.open_socket(key) else {
                 continue;
             };
-            let id = self.ring.connect(fd, &core.plan.dest, owner);
+            let id = ring.connect(fd, &core.plan.dest, owner);
             core.conns[key].connect = Some(id);
         }
     }
@@ -479,14 +386,11 @@ struct Core {
     plan: Arc<Plan>,
     shared: Arc<Shared>,
     phase: Phase,
-    conns: Slab<Conn>,
-    next_gen: u32,
+    conns: Conns<Conn>,
     wheel: Wheel,
     due: Vec<Owner>,
     tick: Duration,
     epoch: Instant,
-    dirty: Vec<usize>,
-    starved: VecDeque<Owner>,
     reopen: VecDeque<Owner>,
     cancels: Vec<ConnectId>,
     out: BytesMut,
@@ -554,14 +458,11 @@ impl Core {
         Core {
             index,
             phase: shared.phase(),
-            conns: Slab::new(),
-            next_gen: 1,
+            conns: Conns::new(),
             wheel: Wheel::new(WHEEL_SLOTS),
             due: Vec::new(),
             tick,
             epoch: now,
-            dirty: Vec::new(),
-            starved: VecDeque::new(),
             reopen: VecDeque::new(),
             cancels: Vec::new(),
             out: BytesMut::new(),
@@ -615,18 +516,11 @@ impl Core {
 
     /// The slot `owner` names, if it still holds the same attempt.
     fn live_key(&self, owner: Owner) -> Option<usize> {
-        let key = owner.key as usize;
-        self.conns
-            .get(key)
-            .is_some_and(|c| c.gen & GEN_MASK == owner.gen)
-            .then_some(key)
+        self.conns.live(owner)
     }
 
     fn owner(&self, key: usize) -> Owner {
-        Owner {
-            key: key as u32,
-            gen: self.conns[key].gen & GEN_MASK,
-        }
+        self.conns.owner(key)
     }
 
     fn retry_allowed(&self) -> bool {
@@ -684,11 +578,7 @@ impl Core {
     }
 
     fn mark_dirty(&mut self, key: usize) {
-        let c = &mut self.conns[key];
-        if !c.has(conn::DIRTY) {
-            c.flags |= conn::DIRTY;
-            self.dirty.push(key);
-        }
+        self.conns.mark_dirty(key);
     }
 
     /// Appends a frame to the connection's queue; nothing goes after our close frame.
@@ -703,13 +593,12 @@ impl Core {
 
     /// Closes every socket still held (the close phase timed out, or a hard stop).
     fn close_everything(&mut self) {
-        for (_, c) in self.conns.iter() {
+        for c in self.conns.drain() {
             if c.fd >= 0 {
                 let _ = connect::set_linger_reset(c.fd);
                 sys::close(c.fd);
             }
         }
-        self.conns.clear();
         self.counters.releasing = 0;
         self.counters.connecting = 0;
         self.counters.open = 0;

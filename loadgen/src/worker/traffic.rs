@@ -10,10 +10,8 @@
 
 use std::collections::VecDeque;
 use std::ops::ControlFlow;
-use std::os::fd::RawFd;
 
 use bytes::{Bytes, BytesMut};
-use ringpush::ring::Owner;
 use ringpush::ws::{frame, CloseCode, Decoder, Event, OpCode};
 
 use super::{Core, Phase, Traffic, COALESCE_BYTES_MAX, PACED_PER_BATCH_MAX};
@@ -225,10 +223,11 @@ impl Core {
     }
 
     /// The next send for `key`, coalescing queued frames.
-    pub(super) fn next_send(&mut self, key: usize) -> Option<(RawFd, Owner, Bytes)> {
-        let owner = self.owner(key);
+    /// The next send for `key` (not dead, no send in flight: the skeleton checks),
+    /// coalescing queued frames.
+    pub(super) fn next_send(&mut self, key: usize) -> Option<Bytes> {
         let c = &mut self.conns[key];
-        if c.has(conn::SEND_INFLIGHT) || c.state == State::Dead || c.queue.is_empty() {
+        if c.queue.is_empty() {
             return None;
         }
         let frame = if c.queue.len() > 1 && c.queue[0].len() < COALESCE_BYTES_MAX {
@@ -253,7 +252,6 @@ impl Core {
             // Give back a burst's queue memory: an idle connection holds none.
             c.queue = VecDeque::new();
         }
-        c.flags |= conn::SEND_INFLIGHT;
-        Some((c.fd, owner, frame))
+        Some(frame)
     }
 }
