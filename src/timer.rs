@@ -2,11 +2,13 @@
 //! deadlines for every connection, driven by one periodic ring timeout.
 //!
 //! The wheel stores only `(slab key, generation)` per scheduled check; what is due and why
-//! lives in the connection (`deadline`, `wheel_at`). Arming, resetting and cancelling are
-//! O(1): resetting moves the connection's deadline without touching the wheel (the check at
-//! the old tick re-schedules itself), arming earlier adds one entry and leaves the later
-//! one stale, and cancelling sets the deadline to [`NEVER`]. Stale entries are recognised
-//! by generation or by `wheel_at` and dropped when their bucket fires.
+//! lives in the connection's [`Deadline`] (`at`, `wheel_at`), which `Wheel::arm` sets and
+//! `Wheel::due` checks, for the node's shards and the load generator's workers alike.
+//! Arming, resetting and cancelling are O(1): resetting moves the connection's deadline
+//! without touching the wheel (the check at the old tick re-schedules itself), arming
+//! earlier adds one entry and leaves the later one stale, and cancelling sets the deadline
+//! to [`NEVER`]. Stale entries are recognised by generation or by `wheel_at` and dropped
+//! when their bucket fires.
 //!
 //! Invariant: a connection has at most one live entry, the one at tick `wheel_at`.
 
@@ -14,6 +16,25 @@ use crate::ring::Owner;
 
 /// A deadline that never comes (a cancelled timer).
 pub const NEVER: u32 = u32::MAX;
+
+/// A connection's timer, kept in the connection: when it must act, and where the wheel
+/// holds its live entry.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct Deadline {
+    /// Tick at which the connection's timer must act ([`NEVER`] when none).
+    pub at: u32,
+    /// Tick at which the wheel holds this connection's live entry (0 = none).
+    pub wheel_at: u32,
+}
+
+impl Default for Deadline {
+    fn default() -> Deadline {
+        Deadline {
+            at: NEVER,
+            wheel_at: 0,
+        }
+    }
+}
 
 /// A hashed wheel of `slots` buckets, one tick each.
 pub struct Wheel {
@@ -46,6 +67,34 @@ impl Wheel {
         let slot = at as usize & (self.buckets.len() - 1);
         self.buckets[slot].push(owner);
         at
+    }
+
+    /// Sets `owner`'s timer to act at tick `at`; adds a wheel entry only when that is
+    /// earlier than its live one (a later deadline is found by the earlier check).
+    pub fn arm(&mut self, owner: Owner, timer: &mut Deadline, at: u32) {
+        timer.at = at;
+        if timer.wheel_at == 0 || at < timer.wheel_at {
+            timer.wheel_at = self.schedule(owner, at);
+        }
+    }
+
+    /// For an entry of `owner` that just fired: whether it is the live one and the
+    /// deadline has come. A deadline that moved later is scheduled again instead, and a
+    /// stale or cancelled entry is dropped.
+    pub fn due(&mut self, owner: Owner, timer: &mut Deadline) -> bool {
+        if timer.wheel_at != self.now {
+            return false;
+        }
+        timer.wheel_at = 0;
+        if timer.at == NEVER {
+            return false;
+        }
+        if self.now < timer.at {
+            let at = timer.at;
+            self.arm(owner, timer, at);
+            return false;
+        }
+        true
     }
 
     /// Advances one tick and moves every check scheduled for the new tick into `due`.
@@ -113,5 +162,49 @@ mod tests {
             wheel.advance(&mut due);
         }
         assert_eq!(due, vec![owner(1)]);
+    }
+
+    /// Advances to tick `to` and reports, for every entry fired on the way, whether
+    /// `Wheel::due` took it as due.
+    fn run_to(wheel: &mut Wheel, timer: &mut Deadline, to: u32) -> Vec<(u32, bool)> {
+        let mut fired = Vec::new();
+        while wheel.now() < to {
+            let mut due = Vec::new();
+            wheel.advance(&mut due);
+            for o in due {
+                fired.push((wheel.now(), wheel.due(o, timer)));
+            }
+        }
+        fired
+    }
+
+    #[test]
+    fn a_deadline_moved_later_is_found_by_its_earlier_entry_and_rescheduled() {
+        let mut wheel = Wheel::new(16);
+        let mut timer = Deadline::default();
+        wheel.arm(owner(1), &mut timer, 3);
+        // Later: no new entry; the one at 3 finds the deadline moved and schedules 6.
+        wheel.arm(owner(1), &mut timer, 6);
+        assert_eq!(timer.wheel_at, 3);
+        assert_eq!(run_to(&mut wheel, &mut timer, 6), [(3, false), (6, true)]);
+        assert_eq!(timer.wheel_at, 0, "a due entry is no longer live");
+    }
+
+    #[test]
+    fn a_deadline_moved_earlier_leaves_the_later_entry_stale() {
+        let mut wheel = Wheel::new(16);
+        let mut timer = Deadline::default();
+        wheel.arm(owner(1), &mut timer, 5);
+        wheel.arm(owner(1), &mut timer, 2);
+        assert_eq!(run_to(&mut wheel, &mut timer, 5), [(2, true), (5, false)]);
+    }
+
+    #[test]
+    fn a_cancelled_deadline_never_comes() {
+        let mut wheel = Wheel::new(16);
+        let mut timer = Deadline::default();
+        wheel.arm(owner(1), &mut timer, 2);
+        timer.at = NEVER;
+        assert_eq!(run_to(&mut wheel, &mut timer, 4), [(2, false)]);
     }
 }

@@ -12,11 +12,11 @@
 //!   capacity.
 //! - Nothing is queued after our close frame.
 
-use std::collections::VecDeque;
 use std::os::fd::RawFd;
 
-use bytes::Bytes;
+use ringpush::reactor::SendQueue;
 use ringpush::ring::connect::ConnectId;
+use ringpush::timer::Deadline;
 use ringpush::ws::Decoder;
 
 use crate::payload::SeqTracker;
@@ -82,10 +82,8 @@ pub struct Conn {
     pub attempts: u8,
     /// When the current attempt started, µs since the worker's epoch (wrapping).
     pub started_us: u32,
-    /// Tick at which the current deadline falls (`timer::NEVER`: none).
-    pub deadline: u32,
-    /// Tick of the wheel entry that checks `deadline` (0: none).
-    pub wheel_at: u32,
+    /// The current deadline and the wheel entry that checks it.
+    pub timer: Deadline,
     /// The Connect in the kernel, if any.
     pub connect: Option<ConnectId>,
     /// The handshake nonce of the current attempt.
@@ -95,7 +93,7 @@ pub struct Conn {
     /// Sequence numbers received.
     pub seq_in: SeqTracker,
     /// Frames waiting for the send in flight to finish.
-    pub queue: VecDeque<Bytes>,
+    pub queue: SendQueue,
     /// Bytes in progress across receives.
     pub partial: Option<Box<Partial>>,
 }
@@ -112,13 +110,12 @@ impl Conn {
             flags: 0,
             attempts: 0,
             started_us: 0,
-            deadline: ringpush::timer::NEVER,
-            wheel_at: 0,
+            timer: Deadline::default(),
             connect: None,
             nonce: [0; 16],
             seq_out: 0,
             seq_in: SeqTracker::default(),
-            queue: VecDeque::new(),
+            queue: SendQueue::default(),
             partial: None,
         }
     }

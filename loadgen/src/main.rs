@@ -20,6 +20,7 @@ mod host;
 mod payload;
 mod plan;
 mod report;
+mod summary;
 mod worker;
 
 use std::io::Write as _;

@@ -16,13 +16,14 @@
 use std::os::fd::RawFd;
 
 use crate::channels::{SessionTag, Subscription};
+use crate::timer::Deadline;
 use crate::ws::Decoder;
 
 pub mod end;
 pub mod protocol;
 pub mod send;
 
-pub use send::SendQueue;
+pub use crate::reactor::SendQueue;
 
 /// The per-connection struct is pinned at or under this many bytes: the figure the README
 /// states (`tests/docs.rs` checks the README against `size_of::<Conn>()`), so a field that
@@ -84,10 +85,8 @@ pub struct Conn {
     pub flags: u16,
     /// The route the connection upgraded on (index into the shard's routes).
     pub route: u8,
-    /// Tick at which the connection's timer must act (`timer::NEVER` when none).
-    pub deadline: u32,
-    /// Tick at which the wheel holds this connection's live entry (0 = none).
-    pub wheel_at: u32,
+    /// Its timer: when it must act, and the wheel's live entry.
+    pub timer: Deadline,
     /// Tick of the last frame received (heartbeat and idle accounting).
     pub last_seen: u32,
     /// Shard-relative microseconds at accept (handshake latency).
@@ -113,8 +112,7 @@ impl Conn {
             state: State::Handshake,
             flags: 0,
             route: 0,
-            deadline: crate::timer::NEVER,
-            wheel_at: 0,
+            timer: Deadline::default(),
             last_seen: now,
             accepted_us,
             queued_bytes: 0,

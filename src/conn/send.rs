@@ -1,5 +1,6 @@
-//! The per-connection send queue: ordered, bounded by `--max-pending`, coalescing small
-//! replies into one send, and telling fan-out when a broadcast frame has left.
+//! Sending on a node connection: the queue (`reactor::SendQueue`) bounded by
+//! `--max-pending` with the slow-consumer policy, coalescing small replies into one send,
+//! the FIN after the last byte, and telling fan-out when a broadcast frame has left.
 //!
 //! Invariants:
 //! - `queued_bytes` counts every byte queued or in flight for the connection.
@@ -7,9 +8,7 @@
 //!   merged into a larger send, `Core::merged` maps that send to the broadcasts inside it.
 //!   Every clone is retired exactly once: when its send completes, or when it is dropped.
 
-use std::collections::VecDeque;
-
-use bytes::{Bytes, BytesMut};
+use bytes::Bytes;
 
 use crate::config::SlowConsumer;
 use crate::conn::end::End;
@@ -19,67 +18,6 @@ use crate::shard::Core;
 
 /// Replies queued for one connection are merged into one send up to this many bytes.
 const COALESCE_BYTES_MAX: usize = 64 * 1024;
-
-/// A connection's FIFO of frames. The first frame lives inline, so a connection with one
-/// frame queued (one broadcast: the common case) allocates nothing; only a backlog spills
-/// into a boxed deque, which is freed as soon as it empties.
-#[derive(Default)]
-pub struct SendQueue {
-    head: Option<Bytes>,
-    // Boxed on purpose: 8 bytes in every connection instead of a 32-byte empty deque.
-    #[allow(clippy::box_collection)]
-    rest: Option<Box<VecDeque<Bytes>>>,
-}
-
-impl SendQueue {
-    /// Whether nothing is queued.
-    pub fn is_empty(&self) -> bool {
-        debug_assert!(self.head.is_some() || self.rest.is_none());
-        self.head.is_none()
-    }
-
-    /// Frames queued.
-    pub fn len(&self) -> usize {
-        usize::from(self.head.is_some()) + self.rest.as_ref().map_or(0, |r| r.len())
-    }
-
-    /// Appends a frame.
-    pub fn push_back(&mut self, frame: Bytes) {
-        if self.head.is_none() {
-            self.head = Some(frame);
-        } else {
-            self.rest
-                .get_or_insert_with(Default::default)
-                .push_back(frame);
-        }
-    }
-
-    /// Removes the first frame.
-    pub fn pop_front(&mut self) -> Option<Bytes> {
-        let first = self.head.take()?;
-        if let Some(rest) = &mut self.rest {
-            self.head = rest.pop_front();
-            if rest.is_empty() {
-                self.rest = None;
-            }
-        }
-        Some(first)
-    }
-
-    /// The frames in order.
-    pub fn iter(&self) -> impl Iterator<Item = &Bytes> {
-        self.head
-            .iter()
-            .chain(self.rest.iter().flat_map(|r| r.iter()))
-    }
-
-    /// Empties the queue, yielding its frames in order.
-    pub fn take_all(&mut self) -> impl Iterator<Item = Bytes> {
-        let SendQueue { head, rest } = std::mem::take(self);
-        head.into_iter()
-            .chain(rest.into_iter().flat_map(|r| r.into_iter()))
-    }
-}
 
 /// What `enqueue` did with a frame.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
@@ -156,38 +94,20 @@ impl Core {
             }
             return None;
         }
-        // Count how many leading frames merge into one send.
-        let mut count = 0;
-        let mut total = 0;
-        for f in c.queue.iter() {
-            if count > 0 && total + f.len() > COALESCE_BYTES_MAX {
-                break;
-            }
-            total += f.len();
-            count += 1;
-        }
-        let frame = if count == 1 {
-            self.conns[key]
-                .queue
-                .pop_front()
-                .expect("queue is not empty")
-        } else {
-            let mut merged = BytesMut::with_capacity(total);
-            let mut tracked = Vec::new();
-            for _ in 0..count {
-                let f = self.conns[key].queue.pop_front().expect("counted above");
-                merged.extend_from_slice(&f);
-                if !self.fanouts.is_empty() && self.fanouts.contains_key(&(f.as_ptr() as usize)) {
+        let fanouts = &self.fanouts;
+        let mut tracked = Vec::new();
+        let frame = self.conns[key]
+            .queue
+            .next_send(COALESCE_BYTES_MAX, |f| {
+                if !fanouts.is_empty() && fanouts.contains_key(&(f.as_ptr() as usize)) {
                     tracked.push(f.as_ptr() as usize);
                 }
-            }
-            let merged = merged.freeze();
-            if !tracked.is_empty() {
-                // Broadcast frames inside a merged send are retired when it completes.
-                self.merged.insert(merged.as_ptr() as usize, tracked);
-            }
-            merged
-        };
+            })
+            .expect("queue is not empty");
+        if !tracked.is_empty() {
+            // Broadcast frames inside a merged send are retired when it completes.
+            self.merged.insert(frame.as_ptr() as usize, tracked);
+        }
         Some(frame)
     }
 
@@ -219,45 +139,5 @@ impl Core {
             let _ = self.fanout_us.record(us);
             self.counters.fanout.record(us);
         }
-    }
-}
-
-#[cfg(test)]
-mod tests {
-    use super::*;
-
-    fn frame(n: u8) -> Bytes {
-        Bytes::from(vec![n])
-    }
-
-    #[test]
-    fn one_frame_lives_inline_and_a_backlog_spills_in_order() {
-        let mut q = SendQueue::default();
-        assert!(q.is_empty());
-        q.push_back(frame(1));
-        assert!(q.rest.is_none(), "a single frame allocates nothing");
-        for n in 2..=5 {
-            q.push_back(frame(n));
-        }
-        assert_eq!(q.len(), 5);
-        let order: Vec<u8> = q.iter().map(|f| f[0]).collect();
-        assert_eq!(order, [1, 2, 3, 4, 5]);
-        for n in 1..=5 {
-            assert_eq!(q.pop_front().unwrap()[0], n);
-        }
-        assert!(q.is_empty());
-        assert!(q.rest.is_none(), "the spilled deque is freed once empty");
-        assert!(q.pop_front().is_none());
-    }
-
-    #[test]
-    fn take_all_empties_in_order() {
-        let mut q = SendQueue::default();
-        for n in 1..=3 {
-            q.push_back(frame(n));
-        }
-        let all: Vec<u8> = q.take_all().map(|f| f[0]).collect();
-        assert_eq!(all, [1, 2, 3]);
-        assert!(q.is_empty());
     }
 }

@@ -29,6 +29,7 @@
 //!   monomorphised over its driver and service.
 
 mod conns;
+mod send_queue;
 #[cfg(test)]
 mod tests;
 
@@ -39,6 +40,7 @@ use std::thread::JoinHandle;
 use bytes::Bytes;
 
 pub use conns::{Conns, Slot, DIRTY, IO_FLAGS, RECV_ARMED, SEND_INFLIGHT, STARVED};
+pub use send_queue::SendQueue;
 
 use crate::ring::driver::Driver;
 use crate::ring::{Completion, Owner, TickMode};

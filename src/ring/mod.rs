@@ -5,6 +5,11 @@
 //! every piece of memory an SQE points at until its CQE is reaped, so nothing outside this
 //! module can free memory the kernel still reads or writes.
 //!
+//! This file holds `Ring`: set-up, pushing, submitting, reaping and the quiesce. `op.rs`
+//! holds what crosses the boundary (`Owner`, `user_data` packing, `Completion`,
+//! `InFlight`); `tick.rs` the periodic tick; `bufring.rs` the provided buffers;
+//! `connect.rs` the load generator's connects; `driver.rs` the `Driver` trait.
+//!
 //! Invariants:
 //! - `user_data` packs (op kind, slab key, generation); a completion for a reused slot is
 //!   recognised by its generation and dropped by the caller. Every kind decodes to a named
@@ -30,7 +35,9 @@ pub mod connect;
 pub mod driver;
 #[cfg(test)]
 pub mod fake;
+mod op;
 pub mod sys;
+mod tick;
 
 use std::collections::VecDeque;
 use std::io;
@@ -42,160 +49,17 @@ use io_uring::{cqueue, opcode, squeue, types, IoUring};
 use slab::Slab;
 
 use crate::ring::bufring::BufRing;
-
-/// Identifies a connection slot: its slab key and the generation of its current occupant.
-#[derive(Clone, Copy, Debug, PartialEq, Eq)]
-pub struct Owner {
-    /// Slab key of the connection.
-    pub key: u32,
-    /// Generation of the slot's occupant (24 bits are carried in `user_data`).
-    pub gen: u32,
-}
-
-/// Generations are carried in 24 bits of `user_data`.
-pub const GEN_MASK: u32 = 0x00ff_ffff;
+use op::{pack, unpack, OpKind};
+pub use op::{Completion, InFlight, Owner, GEN_MASK};
+pub use tick::{TickMode, TICK_ENV};
 
 /// How long [`Ring::quiesce`] waits, by default, for the kernel to give back every operation
 /// of ours before it gives up and leaks the memory they point at.
 pub const QUIESCE_MS: u64 = 1_000;
 /// Longest single wait inside [`Ring::quiesce`]; the cancel is repeated after each.
 const QUIESCE_WAIT_MS: u64 = 50;
-/// The environment variable that forces the tick's mode (`oneshot` or `multishot`); unset
-/// or `auto`, the kernel is probed. A test and compatibility switch, not a tuning knob.
-pub const TICK_ENV: &str = "RINGPUSH_TICK";
-/// Key of the start-up probe's timeout (real ticks use key 0).
-const PROBE_KEY: u32 = 1;
 /// Cap on enter retries after EINTR, so a signal storm cannot hold a push for ever.
 const EINTR_RETRIES_MAX: u32 = 16;
-
-#[repr(u8)]
-#[derive(Clone, Copy, Debug, PartialEq, Eq)]
-enum OpKind {
-    Accept = 1,
-    Recv = 2,
-    Send = 3,
-    Tick = 4,
-    Cancel = 5,
-    Msg = 6,
-    Connect = 7,
-    Doorbell = 8,
-}
-
-impl OpKind {
-    /// The kind a `user_data` byte names, or None for a byte no SQE of ours carries.
-    fn decode(byte: u8) -> Option<OpKind> {
-        Some(match byte {
-            1 => OpKind::Accept,
-            2 => OpKind::Recv,
-            3 => OpKind::Send,
-            4 => OpKind::Tick,
-            5 => OpKind::Cancel,
-            6 => OpKind::Msg,
-            7 => OpKind::Connect,
-            8 => OpKind::Doorbell,
-            _ => return None,
-        })
-    }
-}
-
-fn pack(kind: OpKind, key: u32, gen: u32) -> u64 {
-    ((kind as u64) << 56) | (((gen & GEN_MASK) as u64) << 32) | key as u64
-}
-
-fn unpack(user_data: u64) -> (u8, u32, u32) {
-    (
-        (user_data >> 56) as u8,
-        user_data as u32,
-        ((user_data >> 32) as u32) & GEN_MASK,
-    )
-}
-
-/// How the shard's periodic tick is armed.
-#[derive(Clone, Copy, Debug, PartialEq, Eq)]
-pub enum TickMode {
-    /// One multishot timeout for the ring's life (Linux 6.4 and later).
-    Multishot,
-    /// A one-shot timeout re-armed after each expiry (Linux 6.1 to 6.3, or forced with
-    /// `RINGPUSH_TICK=oneshot`).
-    Oneshot,
-}
-
-/// What a ring has in the kernel: every operation whose completion is still to come.
-#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
-pub struct InFlight {
-    /// Sends (frames the kernel may still read).
-    pub sends: usize,
-    /// Armed receives (the kernel may still write into provided buffers).
-    pub recvs: usize,
-    /// Armed multishot accepts.
-    pub accepts: usize,
-    /// Whether the tick is armed.
-    pub tick: bool,
-    /// Outgoing connects (addresses the kernel may still read).
-    pub connects: usize,
-}
-
-impl InFlight {
-    /// Whether nothing at all is in the kernel.
-    pub fn is_empty(&self) -> bool {
-        *self == InFlight::default()
-    }
-}
-
-impl std::fmt::Display for InFlight {
-    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
-        write!(
-            f,
-            "sends={} recvs={} accepts={} tick={} connects={}",
-            self.sends,
-            self.recvs,
-            self.accepts,
-            u8::from(self.tick),
-            self.connects
-        )
-    }
-}
-
-/// A reaped completion, typed by the operation that produced it.
-#[derive(Debug)]
-pub enum Completion {
-    /// Multishot accept: `res` is the new fd or a negative errno.
-    Accept { res: i32, more: bool },
-    /// Multishot recv for `owner`: `res` bytes in buffer `bid`, 0 at EOF, or a negative errno.
-    Recv {
-        owner: Owner,
-        res: i32,
-        more: bool,
-        bid: Option<u16>,
-        buf_more: bool,
-    },
-    /// A send of `frame[offset..]` finished: `res` bytes were sent, or a negative errno.
-    Send {
-        owner: Owner,
-        res: i32,
-        frame: Bytes,
-        offset: usize,
-    },
-    /// The periodic tick: `res` is -ETIME when it expired; anything else is a failure the
-    /// caller counts (the ring re-arms the tick itself, a failed one after a full interval).
-    Tick { res: i32, more: bool },
-    /// An async cancel finished.
-    Cancel { res: i32 },
-    /// A doorbell (MsgRingData) to ring `target` failed with `res`; successes post nothing.
-    /// The target still drains its inbox on its next tick.
-    DoorbellFailed { target: u32, res: i32 },
-    /// A completion whose op kind no SQE of ours carries: a bug, counted and logged.
-    Unknown { user_data: u64, res: i32 },
-    /// Handing SQEs to the kernel failed with `errno` (not EINTR, EBUSY or EAGAIN, which
-    /// are retried); the SQEs stay queued for the next enter.
-    SubmitFailed { errno: i32 },
-    /// A message from another ring (MsgRingData): its 64-bit payload, carried in `user_data`
-    /// minus the op byte, and `res` as the sender chose it.
-    Msg { data: u64, res: i32 },
-    /// An outgoing connect for `owner` finished: 0 when connected, or a negative errno
-    /// (`-ECANCELED` after [`Ring::cancel_connect`]). See `connect.rs`.
-    Connect { owner: Owner, res: i32 },
-}
 
 /// Ring sizes; see README for the memory they pin.
 #[derive(Clone, Copy, Debug)]
@@ -370,59 +234,6 @@ impl Ring {
         Ok(())
     }
 
-    /// Chooses how the tick is armed: `forced` (`"oneshot"` or `"multishot"`, from
-    /// `RINGPUSH_TICK`) wins; otherwise a multishot timeout of 1 µs that fires once is
-    /// submitted on this fresh ring, and EINVAL means the kernel predates them (6.4).
-    /// Call on an enabled ring with nothing in flight.
-    pub fn probe_tick(&mut self, forced: Option<&str>) -> TickMode {
-        debug_assert!(self.in_flight().is_empty(), "the probe needs a quiet ring");
-        self.tick_mode = match forced {
-            Some("oneshot") => TickMode::Oneshot,
-            Some("multishot") => TickMode::Multishot,
-            _ => self.probe_multishot_timeout(),
-        };
-        self.tick_mode
-    }
-
-    fn probe_multishot_timeout(&mut self) -> TickMode {
-        *self.tick_ts = types::Timespec::new().nsec(1_000);
-        let ts: *const types::Timespec = &*self.tick_ts;
-        // The kernel copies the timespec at submission; `tick_ts` lives as long as the ring.
-        let entry = opcode::Timeout::new(ts)
-            .count(1)
-            .flags(types::TimeoutFlags::MULTISHOT)
-            .build()
-            .user_data(pack(OpKind::Tick, PROBE_KEY, 0));
-        self.push(entry);
-        self.flush_backlog();
-        let bound = types::Timespec::new().sec(1);
-        let args = types::SubmitArgs::new().timespec(&bound);
-        let mut verdict = None;
-        // A fresh ring posts nothing but the probe's completion; the bound covers a kernel
-        // that never answers (then the one-shot tick, which every kernel has, is used).
-        for _ in 0..4 {
-            let _ = self.ring.submitter().submit_with_args(1, &args);
-            for cqe in self.ring.completion() {
-                if cqe.user_data() == pack(OpKind::Tick, PROBE_KEY, 0) && !cqueue::more(cqe.flags())
-                {
-                    verdict = Some(cqe.result());
-                }
-            }
-            if verdict.is_some() {
-                break;
-            }
-        }
-        match verdict {
-            Some(res) if res == -libc::ETIME => TickMode::Multishot,
-            _ => TickMode::Oneshot,
-        }
-    }
-
-    /// How the tick is armed (after [`Ring::adopt`] or [`Ring::probe_tick`]).
-    pub fn tick_mode(&self) -> TickMode {
-        self.tick_mode
-    }
-
     /// Registers the shard's provided-buffer ring as group 0.
     pub fn register_buffers(&mut self, count: u16, buf_bytes: u32) -> io::Result<()> {
         let bufs = BufRing::register(&self.ring.submitter(), 0, count, buf_bytes)?;
@@ -564,55 +375,6 @@ impl Ring {
         self.push(entry);
     }
 
-    /// Arms the periodic tick every `every`, in the mode [`Ring::probe_tick`] chose. The
-    /// ring keeps it armed from then on: a one-shot tick is re-armed after each expiry and a
-    /// multishot one when it ends; a tick that failed is re-armed one interval later.
-    pub fn tick(&mut self, every: Duration) {
-        debug_assert!(!self.stopping, "nothing is armed after quiesce");
-        self.tick_every = Some(every);
-        self.arm_tick();
-    }
-
-    fn arm_tick(&mut self) {
-        debug_assert!(!self.tick_armed, "one tick at a time");
-        let Some(every) = self.tick_every else {
-            return;
-        };
-        self.tick_rearm_at = None;
-        *self.tick_ts = types::Timespec::from(every);
-        let ts: *const types::Timespec = &*self.tick_ts;
-        // `tick_ts` is a Box owned by the Ring for its whole life; the kernel copies it at
-        // submission time and the box never moves.
-        let timeout = opcode::Timeout::new(ts).count(0);
-        let timeout = match self.tick_mode {
-            TickMode::Multishot => timeout.flags(types::TimeoutFlags::MULTISHOT),
-            TickMode::Oneshot => timeout,
-        };
-        let entry = timeout.build().user_data(pack(OpKind::Tick, 0, 0));
-        self.tick_armed = true;
-        self.push(entry);
-    }
-
-    /// Books a Tick CQE that ends the tick: an expiry is re-armed at the next enter, a
-    /// multishot tick the kernel refused (EINVAL: before 6.4) falls back to one-shot, and
-    /// any other failure waits one full interval, so that a failing tick never spins.
-    fn tick_ended(&mut self, res: i32) {
-        debug_assert!(self.tick_armed, "a tick ended that was not armed");
-        self.tick_armed = false;
-        let Some(every) = self.tick_every else {
-            return;
-        };
-        let now = Instant::now();
-        self.tick_rearm_at = Some(if res == -libc::ETIME {
-            now
-        } else if res == -libc::EINVAL && self.tick_mode == TickMode::Multishot {
-            self.tick_mode = TickMode::Oneshot;
-            now
-        } else {
-            now + every
-        });
-    }
-
     /// Posts a 56-bit message into another ring's CQ (no memory is referenced). Success
     /// posts nothing here; a failure comes back as [`Completion::DoorbellFailed`] naming
     /// `target` (the caller's index for that ring).
@@ -664,19 +426,6 @@ impl Ring {
                 },
             }
         }
-    }
-
-    /// Re-arms an ended tick once it is due; returns when a pending re-arm is due otherwise.
-    fn rearm_tick_if_due(&mut self) -> Option<Instant> {
-        let at = self.tick_rearm_at?;
-        if self.stopping || self.tick_armed {
-            return None;
-        }
-        if Instant::now() >= at {
-            self.arm_tick();
-            return None;
-        }
-        Some(at)
     }
 
     /// Moves every available completion into `out`, typed, returning each send's frame.

@@ -21,7 +21,7 @@ use crate::conn::{self, Conn, State};
 use crate::reactor::{Conns, IoEvent, Service};
 use crate::ring::driver::Driver;
 use crate::ring::{Completion, Owner, TickMode};
-use crate::shard::state::{Core, Refusal};
+use crate::shard::{Core, Refusal};
 use crate::ws::{frame, OpCode};
 
 /// The service of a client shard (see the module documentation).

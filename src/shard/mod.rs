@@ -262,10 +262,12 @@ fn quiesce<D: Driver, S: NodeService<D>>(reactor: &mut Reactor<D, S>) {
 #[cfg(test)]
 mod admin_tests;
 mod client;
+mod ring_events;
 mod state;
 #[cfg(test)]
 mod tests;
 
 pub(crate) use client::ClientService;
+pub(crate) use ring_events::Refusal;
+pub(crate) use state::Core;
 use state::TestExit;
-pub(crate) use state::{Core, Refusal};

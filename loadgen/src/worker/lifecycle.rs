@@ -8,7 +8,6 @@
 //!   backs off (`RETRY`, while reconnects are allowed) or frees the slot.
 //! - Each end is counted once, where it is detected, never at release.
 
-use std::collections::VecDeque;
 use std::os::fd::RawFd;
 use std::sync::atomic::Ordering;
 use std::time::{Duration, Instant};
@@ -16,7 +15,7 @@ use std::time::{Duration, Instant};
 use bytes::Bytes;
 use ringpush::http::client::{client_key, parse_response, ClientHandshakeError};
 use ringpush::http::handshake::accept_key;
-use ringpush::reactor::DIRTY;
+use ringpush::reactor::{SendQueue, DIRTY};
 use ringpush::ring::{connect, sys, Owner};
 use ringpush::timer::NEVER;
 use ringpush::ws::{frame, CloseCode};
@@ -180,7 +179,7 @@ impl Core {
             sys::close(c.fd);
             c.fd = -1;
         }
-        c.queue = VecDeque::new();
+        c.queue = SendQueue::default();
         c.partial = None;
         // A new generation makes every reference to the ended attempt stale (a starved
         // receive waiting to re-arm, a wheel entry); only a pending flush stays listed.
@@ -338,7 +337,7 @@ impl Core {
                 let at = self.wheel.now() + ticks(life, self.tick);
                 self.arm(key, at);
             }
-            None => c.deadline = NEVER,
+            None => c.timer.at = NEVER,
         }
         if let Traffic::Echo {
             closed_loop: true, ..
@@ -433,31 +432,23 @@ impl Core {
         while self.wheel.now() < target {
             let mut due = std::mem::take(&mut self.due);
             self.wheel.advance(&mut due);
-            let now = self.wheel.now();
             for owner in due.drain(..) {
                 if let Some(key) = self.live_key(owner) {
-                    self.expire(key, now);
+                    self.expire(key);
                 }
             }
             self.due = due;
         }
     }
 
-    pub(super) fn expire(&mut self, key: usize, now: u32) {
+    /// A wheel entry of `key` fired: acts on its deadline if it is the live one and due.
+    pub(super) fn expire(&mut self, key: usize) {
+        let owner = self.owner(key);
+        if !self.wheel.due(owner, &mut self.conns[key].timer) {
+            return;
+        }
         let c = &mut self.conns[key];
-        if c.wheel_at != now {
-            return;
-        }
-        c.wheel_at = 0;
-        if c.deadline == NEVER {
-            return;
-        }
-        if now < c.deadline {
-            let at = c.deadline;
-            self.arm(key, at);
-            return;
-        }
-        c.deadline = NEVER;
+        c.timer.at = NEVER;
         match c.state {
             State::Connecting => self.fail(key, Failure::TimedOut),
             State::Handshake => self.fail(key, Failure::HandshakeTimeout),

@@ -2,27 +2,33 @@
 //! a slab of client connections and a timer wheel, and runs connect → upgrade → recv →
 //! parse → reply → send → timers → close for every connection of its share.
 //!
-//! The loop mirrors the node's shard: it reaps a whole batch of completions and handles
-//! each, then, after the batch, follows the phase the main thread set, fires due timers,
-//! opens connections within the pacing budget, paces echo messages, re-arms starved
-//! receives and flushes every connection that queued frames (one send per connection).
+//! The loop is the engine's reactor skeleton (`ringpush::reactor::Reactor`), the same one
+//! the node's shards run; the worker's [`Core`] is its service (`Service<Ring>` below). After
+//! each batch, before the skeleton re-arms starved receives and flushes, the service follows
+//! the phase the main thread set, fires due timers, cancels and opens connections within the
+//! pacing budget, and paces echo messages.
 //!
 //! `lifecycle.rs` holds a connection's life (connect, upgrade, end, backoff, deadlines,
-//! phases); `traffic.rs` what flows on open connections (frames, echo, sends).
+//! phases); `traffic.rs` what flows on open connections (frames, echo, sends); `phase.rs`
+//! the run's phases and the state shared with the main thread.
 //!
 //! Invariants:
-//! - [`Core`] never pushes SQEs: it records what must be submitted (`dirty`, `starved`,
-//!   `reopen`, `cancels`) and the worker submits after the batch.
+//! - [`Core`] pushes SQEs only in `before_flush` (connects and their cancels); everything
+//!   else it records (dirty, starved, `reopen`) for the skeleton or the next batch.
 //! - A slot's socket is closed only when no operation of it is in the kernel
 //!   (`Conn::busy`), so no completion names a closed socket.
+//! - An ended attempt gets a fresh generation, so nothing pending for it (a starved
+//!   receive, a wheel entry) can act on the slot's next attempt.
 //! - Gauges in `counters` follow `set_state`: every state change goes through it.
 
 mod lifecycle;
+mod phase;
 mod traffic;
 
+pub use phase::{Phase, Shared};
+
 use std::collections::VecDeque;
-use std::sync::atomic::{AtomicU64, AtomicU8, Ordering};
-use std::sync::{mpsc, Arc, Mutex};
+use std::sync::{mpsc, Arc};
 use std::time::{Duration, Instant};
 
 use bytes::{Bytes, BytesMut};
@@ -54,96 +60,6 @@ const PUBLISH_EVERY: Duration = Duration::from_millis(100);
 const PACING_BURST: Duration = Duration::from_millis(100);
 /// Extra time the close phase waits beyond --close-timeout before giving up on sockets.
 const CLOSE_GRACE: Duration = Duration::from_secs(1);
-
-/// The run's phases, set by the main thread, followed by every worker.
-#[repr(u8)]
-#[derive(Clone, Copy, Debug, PartialEq, Eq, PartialOrd, Ord)]
-pub enum Phase {
-    /// Open every connection of the share (churn skips this).
-    Ramp = 0,
-    /// The scenario's traffic: hold, echo, receive broadcasts, churn.
-    Run = 1,
-    /// No new messages; wait for outstanding echoes and deliveries.
-    Drain = 2,
-    /// Close every connection and exit.
-    Close = 3,
-    /// Reset everything and exit now (a second interrupt).
-    Stop = 4,
-}
-
-impl Phase {
-    fn from_u8(v: u8) -> Phase {
-        match v {
-            0 => Phase::Ramp,
-            1 => Phase::Run,
-            2 => Phase::Drain,
-            3 => Phase::Close,
-            _ => Phase::Stop,
-        }
-    }
-
-    /// The phase's name in the progress line.
-    pub fn name(self) -> &'static str {
-        match self {
-            Phase::Ramp => "ramp",
-            Phase::Run => "run",
-            Phase::Drain => "drain",
-            Phase::Close => "close",
-            Phase::Stop => "stop",
-        }
-    }
-}
-
-/// State shared by the main thread, the workers and the publisher.
-pub struct Shared {
-    /// The current [`Phase`].
-    pub phase: AtomicU8,
-    /// Broadcast: sequence numbers the publisher has used (final before `Close`).
-    pub published: AtomicU64,
-    /// Per worker: its counters as of its last publication.
-    pub counters: Vec<Mutex<Counters>>,
-    /// The common origin of the workers' ramp timestamps.
-    pub epoch: Instant,
-}
-
-impl Shared {
-    /// Fresh shared state for `workers` workers, in the given first phase.
-    pub fn new(workers: usize, first: Phase) -> Shared {
-        Shared {
-            phase: AtomicU8::new(first as u8),
-            published: AtomicU64::new(0),
-            counters: (0..workers)
-                .map(|_| Mutex::new(Counters::default()))
-                .collect(),
-            epoch: Instant::now(),
-        }
-    }
-
-    /// The current phase.
-    pub fn phase(&self) -> Phase {
-        Phase::from_u8(self.phase.load(Ordering::Acquire))
-    }
-
-    /// Moves every thread to `phase`.
-    pub fn set_phase(&self, phase: Phase) {
-        self.phase.store(phase as u8, Ordering::Release);
-    }
-
-    /// The sum of every worker's last published counters; its `phase_seen` is the
-    /// lowest phase any worker had seen when it published.
-    pub fn sum(&self) -> Counters {
-        let mut sum = Counters {
-            phase_seen: u8::MAX,
-            ..Counters::default()
-        };
-        for c in &self.counters {
-            if let Ok(c) = c.lock() {
-                sum.add(&c);
-            }
-        }
-        sum
-    }
-}
 
 /// Everything a worker thread needs.
 pub struct Setup {
@@ -570,11 +486,7 @@ impl Core {
     /// Sets the slot's deadline; adds a wheel entry only when it moves earlier.
     fn arm(&mut self, key: usize, at: u32) {
         let owner = self.owner(key);
-        let c = &mut self.conns[key];
-        c.deadline = at;
-        if c.wheel_at == 0 || at < c.wheel_at {
-            c.wheel_at = self.wheel.schedule(owner, at);
-        }
+        self.wheel.arm(owner, &mut self.conns[key].timer, at);
     }
 
     fn mark_dirty(&mut self, key: usize) {

@@ -8,10 +8,9 @@
 //! - Frames queued for one connection during a batch leave in one send, up to
 //!   `COALESCE_BYTES_MAX`.
 
-use std::collections::VecDeque;
 use std::ops::ControlFlow;
 
-use bytes::{Bytes, BytesMut};
+use bytes::Bytes;
 use ringpush::ws::{frame, CloseCode, Decoder, Event, OpCode};
 
 use super::{Core, Phase, Traffic, COALESCE_BYTES_MAX, PACED_PER_BATCH_MAX};
@@ -222,36 +221,9 @@ impl Core {
         None
     }
 
-    /// The next send for `key`, coalescing queued frames.
     /// The next send for `key` (not dead, no send in flight: the skeleton checks),
     /// coalescing queued frames.
     pub(super) fn next_send(&mut self, key: usize) -> Option<Bytes> {
-        let c = &mut self.conns[key];
-        if c.queue.is_empty() {
-            return None;
-        }
-        let frame = if c.queue.len() > 1 && c.queue[0].len() < COALESCE_BYTES_MAX {
-            let mut total = 0;
-            let mut count = 0;
-            for f in &c.queue {
-                if count > 0 && total + f.len() > COALESCE_BYTES_MAX {
-                    break;
-                }
-                total += f.len();
-                count += 1;
-            }
-            let mut merged = BytesMut::with_capacity(total);
-            for f in c.queue.drain(..count) {
-                merged.extend_from_slice(&f);
-            }
-            merged.freeze()
-        } else {
-            c.queue.pop_front().expect("queue is not empty")
-        };
-        if c.queue.is_empty() && c.queue.capacity() > 4 {
-            // Give back a burst's queue memory: an idle connection holds none.
-            c.queue = VecDeque::new();
-        }
-        Some(frame)
+        self.conns[key].queue.next_send(COALESCE_BYTES_MAX, |_| {})
     }
 }
