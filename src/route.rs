@@ -30,8 +30,6 @@ pub enum RouteKind {
     Echo = 0,
     /// `/ws/<channel>`.
     Channel = 1,
-    /// A connection of the admin listener (plain HTTP).
-    Admin = 2,
 }
 
 impl RouteKind {
@@ -39,7 +37,6 @@ impl RouteKind {
     pub fn from_u8(value: u8) -> RouteKind {
         match value {
             1 => RouteKind::Channel,
-            2 => RouteKind::Admin,
             _ => RouteKind::Echo,
         }
     }

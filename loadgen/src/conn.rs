@@ -14,10 +14,10 @@
 
 use std::os::fd::RawFd;
 
+pub use ringpush::conn::Partial;
 use ringpush::reactor::SendQueue;
 use ringpush::ring::connect::ConnectId;
 use ringpush::timer::Deadline;
-use ringpush::ws::Decoder;
 
 use crate::payload::SeqTracker;
 
@@ -57,14 +57,6 @@ pub const UPGRADED: u16 = 1 << 4;
 pub const RETRY: u16 = 1 << 5;
 const _: () =
     assert!((CLOSE_SENT | CLOSE_RECEIVED | UPGRADED | RETRY) & ringpush::reactor::IO_FLAGS == 0);
-
-/// Bytes in progress that do not fit in the receive buffer they arrived in.
-pub enum Partial {
-    /// An incomplete response head.
-    Head(Vec<u8>),
-    /// A frame or message split across receives.
-    Frames(Decoder),
-}
 
 /// One connection slot.
 pub struct Conn {

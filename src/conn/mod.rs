@@ -65,12 +65,33 @@ pub const UPGRADED: u16 = 1 << 7;
 /// Admin connection: `100 Continue` was sent for the request in progress.
 pub const CONTINUE_SENT: u16 = 1 << 8;
 
-/// Bytes in progress that do not fit in the provided receive buffer they arrived in.
+/// Bytes in progress that do not fit in the provided receive buffer they arrived in (the
+/// load generator's connections keep theirs in it too).
 pub enum Partial {
-    /// An incomplete HTTP request head (bounded by --max-header-bytes).
+    /// An incomplete HTTP request (or, client side, response) head, bounded by the header
+    /// limit.
     Head(Vec<u8>),
     /// A WebSocket decoder with a frame or message in progress.
     Frames(Decoder),
+}
+
+impl Partial {
+    /// What a connection keeps after a receive was fed to a decoder: `slot` is what it held
+    /// before (the decoder, if one was in progress), `local` the decoder used when it held
+    /// none. The decoder stays boxed only while it is not idle, so an idle connection holds
+    /// no heap memory.
+    pub fn keep_frames(
+        slot: Option<Box<Partial>>,
+        local: Decoder,
+        idle: bool,
+    ) -> Option<Box<Partial>> {
+        match slot {
+            Some(_) if idle => None,
+            Some(slot) => Some(slot),
+            None if idle => None,
+            None => Some(Box::new(Partial::Frames(local))),
+        }
+    }
 }
 
 /// One connection.

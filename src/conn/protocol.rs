@@ -230,14 +230,7 @@ impl Core {
         });
         let held_after = decoder.buffered_bytes();
         let idle = decoder.is_idle();
-        if slot.is_some() {
-            if idle {
-                slot = None;
-            }
-        } else if !idle {
-            slot = Some(Box::new(Partial::Frames(local)));
-        }
-        self.conns[key].partial = slot;
+        self.conns[key].partial = Partial::keep_frames(slot, local, idle);
         self.reassembly_bytes = (self.reassembly_bytes + held_after).saturating_sub(held_before);
         if held_after > held_before && self.reassembly_bytes > self.cfg.reassembly_budget {
             self.enforce_reassembly_budget();

@@ -92,15 +92,8 @@ impl Core {
             ControlFlow::Continue(())
         });
         let idle = decoder.is_idle();
-        if slot.is_some() {
-            if idle {
-                slot = None;
-            }
-        } else if !idle {
-            slot = Some(Box::new(Partial::Frames(local)));
-        }
         let c = &mut self.conns[key];
-        c.partial = slot;
+        c.partial = Partial::keep_frames(slot, local, idle);
         c.seq_in = tracker;
         if !self.out.is_empty() {
             let pongs = self.out.split().freeze();
