@@ -50,6 +50,8 @@ mod service;
 
 use conns::Stopped;
 pub(crate) use conns::{AdminConn, AdminSlot};
+#[cfg(test)]
+pub(crate) use service::AdminHttp;
 pub(crate) use service::AdminService;
 
 /// Requests of one admin connection answered or waiting at once, at most.

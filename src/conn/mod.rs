@@ -150,32 +150,7 @@ impl Conn {
     }
 }
 
-impl crate::reactor::Slot for Conn {
-    #[inline]
-    fn fd(&self) -> RawFd {
-        self.fd
-    }
-
-    #[inline]
-    fn gen(&self) -> u32 {
-        self.gen
-    }
-
-    #[inline]
-    fn flags(&self) -> u16 {
-        self.flags
-    }
-
-    #[inline]
-    fn flags_mut(&mut self) -> &mut u16 {
-        &mut self.flags
-    }
-
-    #[inline]
-    fn is_dead(&self) -> bool {
-        self.state == State::Dead
-    }
-}
+crate::impl_slot!(Conn, State::Dead);
 
 // The connection's own flags stay clear of the skeleton's.
 const _: () = assert!(

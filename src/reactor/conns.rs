@@ -46,6 +46,41 @@ pub trait Slot {
     fn is_dead(&self) -> bool;
 }
 
+/// Implements [`Slot`] for a connection type whose fields are named as the trait's methods
+/// (`fd: RawFd`, `gen: u32`, `flags: u16`) and which is dead when `state == $dead`:
+/// `impl_slot!(Conn, State::Dead);`.
+#[macro_export]
+macro_rules! impl_slot {
+    ($conn:ty, $dead:expr) => {
+        impl $crate::reactor::Slot for $conn {
+            #[inline]
+            fn fd(&self) -> std::os::fd::RawFd {
+                self.fd
+            }
+
+            #[inline]
+            fn gen(&self) -> u32 {
+                self.gen
+            }
+
+            #[inline]
+            fn flags(&self) -> u16 {
+                self.flags
+            }
+
+            #[inline]
+            fn flags_mut(&mut self) -> &mut u16 {
+                &mut self.flags
+            }
+
+            #[inline]
+            fn is_dead(&self) -> bool {
+                self.state == $dead
+            }
+        }
+    };
+}
+
 /// The connections of one reactor (see the module documentation).
 pub struct Conns<C> {
     slab: Slab<C>,

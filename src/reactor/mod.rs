@@ -1,8 +1,9 @@
 //! The reactor skeleton, written once for every reactor thread: a node's client shards, its
 //! admin shard and the load generator's workers. `Reactor<D, S>` runs the batch loop over a
 //! ring driver `D` (`Ring`, or `FakeRing` in unit tests) and hands decoded events to a
-//! service `S` (`Service`): the WebSocket client service and the admin HTTP service of the
-//! node (`shard/`, `admin_service/`), the load generator's client (`loadgen/src/worker/`).
+//! service `S` (`Service`): the node's `NodeService` in its WebSocket client role
+//! (`shard/client.rs`) or its admin HTTP role (`admin_service/service.rs`), and the load
+//! generator's client (`loadgen/src/worker/`).
 //!
 //! What the skeleton owns, so no service repeats it: the completion dispatch; lending each
 //! received buffer to `Service::on_data` and giving it back to the kernel even when the

@@ -1,6 +1,6 @@
 //! [`Driver`]: what a reactor needs from a ring, and nothing about any protocol.
 //!
-//! The shard loop is generic over it (`Shard<D: Driver>`), so the real path is
+//! The reactor skeleton is generic over it (`Reactor<D: Driver, S>`), so the real path is
 //! monomorphised over [`Ring`] and costs no indirection, while unit tests drive the same loop
 //! with `FakeRing` (see `fake.rs`) and feed it completions by hand.
 //!

@@ -1,5 +1,5 @@
-//! Unit tests of the admin shard's reactor loop on [`FakeRing`]: the same harness as the
-//! client tests (`tests.rs`), built as `ShardKind::Admin` behind two client shards whose
+//! Unit tests of the admin shard (the skeleton with `AdminService`) on [`FakeRing`]: the same
+//! harness as the client tests (`tests.rs`), built behind two client shards whose
 //! inboxes the test holds. Each test sends plain HTTP over a fake socket, plays the client
 //! shards' part by hand (their counts arrive as `ShardMsg::Reply` plus a doorbell) and checks
 //! the bytes the admin shard sends back.
@@ -12,7 +12,7 @@ use bytes::Bytes;
 
 use super::tests::{shard_harness, Harness};
 use super::*;
-use crate::admin_service::AdminService;
+use crate::admin_service::AdminHttp;
 use crate::conn::State;
 use crate::http::admin_request::AdminError;
 use crate::ring::fake::Sqe;
@@ -25,11 +25,11 @@ const METRICS: &[u8] = b"GET /metrics HTTP/1.1\r\nHost: test\r\n\r\n";
 const PUBLISH: &[u8] =
     b"POST /publish/news HTTP/1.1\r\nHost: test\r\nContent-Length: 5\r\n\r\nhello";
 
-fn admin(args: &[&str]) -> Harness<AdminService> {
+fn admin(args: &[&str]) -> Harness<AdminHttp> {
     shard_harness(CLIENTS, args, 8)
 }
 
-impl Harness<AdminService> {
+impl Harness<AdminHttp> {
     /// Delivers `request` on `owner` and returns the response it sent, completing the send
     /// in full; panics if nothing was sent.
     fn ask(&mut self, owner: Owner, request: &[u8]) -> Bytes {

@@ -1,40 +1,40 @@
-//! The WebSocket client service: what a client shard does with the events the reactor
-//! skeleton hands it. A socket from `--listen` gets a slot and a handshake deadline; its
-//! bytes go to `Core::on_data` (`conn/protocol.rs`: upgrade, then frames on the route it
-//! upgraded on); its open connection is kept alive by ping after silence and closed after
-//! idling; the drain closes every connection with 1001 and aborts what is left at the
-//! deadline.
+//! The WebSocket client role (`WebSocket`; `ClientService` is the node service in that
+//! role): what a client shard does with the events the reactor skeleton hands it. A socket
+//! from `--listen` gets a slot and a handshake deadline; its bytes go to `Core::on_data`
+//! (`conn/protocol.rs`: upgrade, then frames on the route it upgraded on); its open
+//! connection is kept alive by ping after silence and closed after idling; the drain closes
+//! every connection with 1001 and aborts what is left at the deadline.
 //!
 //! This is the place for what is per WebSocket connection: a new protocol mode (a route
 //! with its own framing or commands) is a `RouteKind` chosen at the upgrade and a branch
-//! of `Core::on_frames`, and its per-connection deadlines go in `expire` below.
+//! of `Core::on_frames`; state a mode needs beyond `Conn`'s 96 bytes goes in a side table
+//! keyed by slab key (as the admin role keeps `AdminConn`), freed in `maybe_release`; its
+//! per-connection deadlines go in `expire` below.
 //!
 //! Invariants:
 //! - A socket accepted while draining is answered 503 "shutting down" and never gets a slot.
 //! - At the drain deadline every connection still held is aborted, once.
 
-use bytes::Bytes;
+use std::os::fd::RawFd;
 
-use super::{NodeService, DRAIN_REAP_TICKS};
+use super::service::{NodeService, Role};
+use super::DRAIN_REAP_TICKS;
 use crate::conn::end::End;
-use crate::conn::{self, Conn, State};
-use crate::reactor::{Conns, IoEvent, Service};
-use crate::ring::driver::Driver;
-use crate::ring::{Completion, Owner, TickMode};
+use crate::conn::{self, State};
+use crate::ring::Owner;
 use crate::shard::{Core, Refusal};
 use crate::ws::{frame, OpCode};
 
-/// The service of a client shard (see the module documentation).
-pub(crate) struct ClientService {
-    /// The shard's state.
-    pub(crate) core: Core,
-}
+/// The role of a client shard (see the module documentation).
+pub(crate) struct WebSocket;
 
-impl ClientService {
+/// A client shard's service.
+pub(crate) type ClientService = NodeService<WebSocket>;
+
+impl Role for WebSocket {
     /// A new socket from the listener: refused while draining or at the cap, else given a
     /// slot and a handshake deadline.
-    fn accepted(&mut self, fd: i32) -> Option<Owner> {
-        let core = &mut self.core;
+    fn accepted(core: &mut Core, fd: RawFd) -> Option<Owner> {
         if core.draining.is_some() {
             core.refuse_socket(fd, Refusal::ShuttingDown);
             return None;
@@ -47,32 +47,44 @@ impl ClientService {
         Some(core.owner(key))
     }
 
+    #[inline]
+    fn on_data(core: &mut Core, key: usize, data: &mut [u8]) {
+        core.on_data(key, data);
+    }
+
+    fn on_recv_end(core: &mut Core, key: usize, res: i32) {
+        core.recv_ended(key, res);
+    }
+
     /// A tick expired: the wheel, the inbox (in case a doorbell was lost), the counters,
     /// and the drain when the main thread asks for it.
-    fn tick(&mut self) {
-        self.core.advance(expire, abort_at_drain_deadline);
-        self.core.drain_inbox();
-        if self.core.tick_end() {
-            self.start_drain();
+    fn tick(core: &mut Core) {
+        core.advance(expire, abort_at_drain_deadline);
+        core.drain_inbox();
+        if core.tick_end() {
+            start_drain(core);
         }
     }
 
-    /// Closes every connection: 1001 to open ones, the handshake refusal to the others.
-    fn start_drain(&mut self) {
-        let core = &mut self.core;
-        if core.cfg.reuse_port_with_others {
-            // Another process shares the port (an overlapping restart): close the listener
-            // so the kernel sends every new client there.
-            core.stop_accepting = true;
-        }
-        // Otherwise the listener stays open until the shard exits: a client that connects
-        // during the drain hears 503 "shutting down" (`accepted`), not a reset.
-        for key in core.conns.keys() {
-            match core.conns[key].state {
-                State::Open => core.end(key, End::Shutdown),
-                State::Handshake => core.end(key, End::DrainHandshake),
-                _ => {}
-            }
+    fn drained(core: &Core, end: u32) -> bool {
+        core.conns.is_empty() || core.wheel.now() > end + DRAIN_REAP_TICKS
+    }
+}
+
+/// Closes every connection: 1001 to open ones, the handshake refusal to the others.
+fn start_drain(core: &mut Core) {
+    if core.cfg.reuse_port_with_others {
+        // Another process shares the port (an overlapping restart): close the listener
+        // so the kernel sends every new client there.
+        core.stop_accepting = true;
+    }
+    // Otherwise the listener stays open until the shard exits: a client that connects
+    // during the drain hears 503 "shutting down" (`accepted`), not a reset.
+    for key in core.conns.keys() {
+        match core.conns[key].state {
+            State::Open => core.end(key, End::Shutdown),
+            State::Handshake => core.end(key, End::DrainHandshake),
+            _ => {}
         }
     }
 }
@@ -117,93 +129,5 @@ fn abort_at_drain_deadline(core: &mut Core, now: u32) {
     core.log(format_args!("event=drain_timeout aborting={left}"));
     for key in keys {
         core.end(key, End::DrainAbort);
-    }
-}
-
-impl<D: Driver> Service<D> for ClientService {
-    type Conn = Conn;
-
-    #[inline]
-    fn conns(&mut self) -> &mut Conns<Conn> {
-        &mut self.core.conns
-    }
-
-    #[inline]
-    fn on_data(&mut self, key: usize, data: &mut [u8]) {
-        self.core.on_data(key, data);
-    }
-
-    fn on_recv_end(&mut self, key: usize, res: i32) {
-        self.core.recv_ended(key, res);
-    }
-
-    #[inline]
-    fn on_sent(&mut self, key: usize, frame: Bytes) {
-        self.core.sent(key, &frame);
-    }
-
-    fn on_send_failed(&mut self, key: usize, _res: i32, frame: Bytes) {
-        self.core.send_failed(key, &frame);
-    }
-
-    #[inline]
-    fn on_send_dropped(&mut self, frame: Bytes) {
-        self.core.retire(&frame);
-    }
-
-    #[inline]
-    fn release(&mut self, key: usize) {
-        self.core.maybe_release(key);
-    }
-
-    #[inline]
-    fn next_send(&mut self, key: usize) -> Option<Bytes> {
-        self.core.next_send(key)
-    }
-
-    #[inline]
-    fn count(&mut self, event: IoEvent) {
-        self.core.count(event);
-    }
-
-    fn on_accept(&mut self, res: i32, more: bool) -> Option<Owner> {
-        let fd = self.core.accept_complete(res, more)?;
-        self.accepted(fd)
-    }
-
-    fn on_tick(&mut self, res: i32, more: bool, mode: TickMode) {
-        // Only an expiry moves the wheel, and it moves to the wall clock, so a late or
-        // merged tick does not make deadlines drift.
-        if self.core.tick_expired(res, more, mode) {
-            self.tick();
-        }
-    }
-
-    fn on_msg(&mut self) {
-        self.core.drain_inbox();
-    }
-
-    fn on_ring_event(&mut self, completion: Completion) {
-        self.core.ring_event(completion);
-    }
-
-    fn before_flush(&mut self, ring: &mut D) {
-        self.core.before_flush(ring);
-    }
-
-    fn finished(&self) -> bool {
-        self.core.finished(|core, end| {
-            core.conns.is_empty() || core.wheel.now() > end + DRAIN_REAP_TICKS
-        })
-    }
-
-    fn on_ring_error(&mut self, error: std::io::Error) {
-        self.core.ring_failed(error);
-    }
-}
-
-impl<D: Driver> NodeService<D> for ClientService {
-    fn core(&mut self) -> &mut Core {
-        &mut self.core
     }
 }

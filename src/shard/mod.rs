@@ -2,14 +2,15 @@
 //! connections and a timer wheel, and runs accept → handshake → recv → parse → dispatch →
 //! send → timers → shutdown for every connection it accepted.
 //!
-//! Each shard is the reactor skeleton (`reactor::Reactor`) with a service: client shards run
-//! the WebSocket client service (`client.rs`, `ClientService`), the admin shard the admin
-//! HTTP service (`admin_service/`, `AdminService`). Both work on the shard's state without
-//! its ring (`state.rs`, `Core`: connections, timers, channels, counters, and the life cycle
-//! they share). Shards talk to each other only through their inboxes (`fanout.rs`), each
-//! push followed by a MsgRingData doorbell. This file holds the thread: start-up, the run,
-//! and the quiesce at its end; `tests.rs` and `admin_tests.rs` drive the services on
-//! `FakeRing`.
+//! Each shard is the reactor skeleton (`reactor::Reactor`) with the node's service
+//! (`service.rs`, `NodeService<R>`) in a role: client shards in the WebSocket client role
+//! (`client.rs`, `WebSocket`), the admin shard in the admin HTTP role (`admin_service/`,
+//! `AdminHttp`). Both work on the shard's state without its ring (`state.rs`, `Core`:
+//! connections, timers, channels, counters, and the life cycle they share;
+//! `ring_events.rs`: accept, refusals, the shard's own submissions, ring faults). Shards
+//! talk to each other only through their inboxes (`fanout.rs`), each push followed by a
+//! MsgRingData doorbell. This file holds the thread: start-up, the run, and the quiesce at
+//! its end; `tests.rs` and `admin_tests.rs` drive the shards on `FakeRing`.
 //!
 //! Invariants:
 //! - [`Core`] (everything but the ring) pushes SQEs only from the services' `before_flush`
@@ -32,9 +33,8 @@ use hdrhistogram::Histogram;
 
 use crate::admin_service::AdminService;
 use crate::config::Config;
-use crate::conn::Conn;
 use crate::fanout::{Peers, ShardMsg};
-use crate::reactor::{Reactor, Service};
+use crate::reactor::Reactor;
 use crate::ring::driver::Driver;
 use crate::ring::{sys, Ring, QUIESCE_MS};
 use crate::stats::Counters;
@@ -176,13 +176,6 @@ enum Shard {
     Admin(Reactor<Ring, AdminService>),
 }
 
-/// A node service: a reactor service over the node's connections and shard state
-/// ([`Core`]), which the shutdown below needs.
-pub(crate) trait NodeService<D: Driver>: Service<D, Conn = Conn> {
-    /// The shard state the service works on.
-    fn core(&mut self) -> &mut Core;
-}
-
 fn start(setup: Setup) -> Result<Shard, String> {
     // A shard never waits on stderr: its log lines are queued or dropped and counted.
     crate::log::never_block_this_thread();
@@ -212,15 +205,15 @@ fn start(setup: Setup) -> Result<Shard, String> {
         core.test_exit = TestExit::OnTick;
     }
     Ok(match setup.kind {
-        ShardKind::Client => Shard::Client(Reactor::new(ring, ClientService { core })),
-        ShardKind::Admin => Shard::Admin(Reactor::new(ring, AdminService { core })),
+        ShardKind::Client => Shard::Client(Reactor::new(ring, ClientService::new(core))),
+        ShardKind::Admin => Shard::Admin(Reactor::new(ring, AdminService::new(core))),
     })
 }
 
 /// Runs a shard: arms the accept and the tick, runs the skeleton's loop, then ends every
 /// operation in the kernel before any fd is closed or buffer freed, and reports.
-fn run<D: Driver, S: NodeService<D>>(reactor: &mut Reactor<D, S>) -> Report {
-    let core = reactor.service.core();
+fn run<D: Driver, R: Role>(reactor: &mut Reactor<D, NodeService<R>>) -> Report {
+    let core = &mut reactor.service.core;
     let listen_fd = core.listen_fd.expect("listener at start");
     core.accept_armed = true;
     reactor.ring.accept_multi(listen_fd);
@@ -230,7 +223,7 @@ fn run<D: Driver, S: NodeService<D>>(reactor: &mut Reactor<D, S>) -> Report {
     // ring error leaves the accept armed: the quiesce cancels it with everything else,
     // so no connection is taken that nobody would serve.
     quiesce(reactor);
-    let core = reactor.service.core();
+    let core = &mut reactor.service.core;
     core.accept_armed = false;
     core.close_everything();
     core.publish();
@@ -241,8 +234,8 @@ fn run<D: Driver, S: NodeService<D>>(reactor: &mut Reactor<D, S>) -> Report {
 /// every socket down (which ends its recv and send), then cancels and reaps for at most
 /// `QUIESCE_MS`. Dropping the ring would cancel nothing, since every file table holds
 /// its fd. If the kernel keeps something, the ring leaks its buffers and frames.
-fn quiesce<D: Driver, S: NodeService<D>>(reactor: &mut Reactor<D, S>) {
-    let core = reactor.service.core();
+fn quiesce<D: Driver, R: Role>(reactor: &mut Reactor<D, NodeService<R>>) {
+    let core = &reactor.service.core;
     for (_, c) in core.conns.iter() {
         sys::shutdown(c.fd, libc::SHUT_RDWR);
     }
@@ -250,7 +243,7 @@ fn quiesce<D: Driver, S: NodeService<D>>(reactor: &mut Reactor<D, S>) {
     match reactor.ring.quiesce(Duration::from_millis(QUIESCE_MS)) {
         Ok(()) => {}
         Err(left) => {
-            reactor.service.core().counters.ring_quiesce_timeouts += 1;
+            reactor.service.core.counters.ring_quiesce_timeouts += 1;
             crate::elog!(
                 "ringpush shard={index} error=ring_quiesce_gave_up {left} after \
                  {QUIESCE_MS} ms (its buffers and frames are leaked, not freed)"
@@ -263,11 +256,15 @@ fn quiesce<D: Driver, S: NodeService<D>>(reactor: &mut Reactor<D, S>) {
 mod admin_tests;
 mod client;
 mod ring_events;
+mod service;
 mod state;
 #[cfg(test)]
 mod tests;
 
 pub(crate) use client::ClientService;
+#[cfg(test)]
+use client::WebSocket;
 pub(crate) use ring_events::Refusal;
+pub(crate) use service::{NodeService, Role};
 pub(crate) use state::Core;
 use state::TestExit;

@@ -376,7 +376,7 @@ impl Core {
         }
     }
 
-    /// Closes every socket and the listener. Runs after `Shard::quiesce`, so no operation
+    /// Closes every socket and the listener. Runs after the shard's quiesce, so no operation
     /// of ours refers to them any more, and each socket was shut down before its close.
     pub(super) fn close_everything(&mut self) {
         for c in self.conns.drain() {

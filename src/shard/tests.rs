@@ -1,7 +1,9 @@
-//! Unit tests of the reactor loop on [`FakeRing`]: no kernel ring, no thread. Each test
-//! builds a client shard over the fake, scripts completions, runs one batch at a time
-//! (`Shard::batch`, the body of the real loop) and checks what the shard pushed and what its
-//! connections hold.
+//! Unit tests of the client shard (the skeleton with `ClientService`) on [`FakeRing`]: no
+//! kernel ring, no thread. Each test builds a client shard over the fake, scripts
+//! completions, runs one batch at a time (`Reactor::batch`, the body of the real loop) and
+//! checks what the shard pushed and what its connections hold. The harness builds the
+//! admin shard too (`shard_harness::<AdminService>`, used by `admin_tests.rs`); the
+//! skeleton's own tests, with a minimal service, are in `reactor/tests.rs`.
 
 use std::sync::atomic::{AtomicBool, AtomicU64, AtomicUsize};
 use std::sync::mpsc::{self, Receiver, Sender};
@@ -12,7 +14,7 @@ use bytes::{Bytes, BytesMut};
 use clap::Parser;
 
 use super::*;
-use crate::admin_service::AdminService;
+use crate::admin_service::AdminHttp;
 use crate::conn::end::End;
 use crate::conn::{self, Conn, State};
 use crate::fanout::{Publish, Target};
@@ -30,39 +32,23 @@ Connection: Upgrade\r\nSec-WebSocket-Key: dGhlIHNhbXBsZSBub25jZQ==\r\n\
 Sec-WebSocket-Version: 13\r\n\r\n";
 const MASK: [u8; 4] = [1, 2, 3, 4];
 
-/// A node service the harness can build over a fake ring.
-pub(super) trait TestService: NodeService<FakeRing> + Sized {
+/// A node role the harness can build a shard of.
+pub(super) trait TestRole: Role {
     /// Its kind (which index it takes among the shards).
     const KIND: ShardKind;
-    /// The service over `core`.
-    fn wrap(core: Core) -> Self;
-    /// Its state.
-    fn core_ref(&self) -> &Core;
 }
 
-impl TestService for ClientService {
+impl TestRole for WebSocket {
     const KIND: ShardKind = ShardKind::Client;
-    fn wrap(core: Core) -> Self {
-        ClientService { core }
-    }
-    fn core_ref(&self) -> &Core {
-        &self.core
-    }
 }
 
-impl TestService for AdminService {
+impl TestRole for AdminHttp {
     const KIND: ShardKind = ShardKind::Admin;
-    fn wrap(core: Core) -> Self {
-        AdminService { core }
-    }
-    fn core_ref(&self) -> &Core {
-        &self.core
-    }
 }
 
 /// A shard over a fake ring, with the sender of its inbox and the other shards' inboxes.
-pub(super) struct Harness<S: TestService = ClientService> {
-    pub(super) shard: Reactor<FakeRing, S>,
+pub(super) struct Harness<R: TestRole = WebSocket> {
+    pub(super) shard: Reactor<FakeRing, NodeService<R>>,
     pub(super) inbox: Sender<ShardMsg>,
     /// The other shards' inboxes, by shard index (this shard's own is `None`): kept open so
     /// messages to them are queued, and readable by the test.
@@ -75,12 +61,12 @@ fn harness(buffers: u16) -> Harness {
 
 /// A shard of service `S` among `clients` client shards (the admin shard comes after them),
 /// configured with the command-line flags `args`, over a fake ring of `buffers` buffers.
-pub(super) fn shard_harness<S: TestService>(
+pub(super) fn shard_harness<R: TestRole>(
     clients: usize,
     args: &[&str],
     buffers: u16,
-) -> Harness<S> {
-    let kind = S::KIND;
+) -> Harness<R> {
+    let kind = R::KIND;
     let cfg = Arc::new(Config::parse_from(
         std::iter::once("ringpush").chain(args.iter().copied()),
     ));
@@ -110,9 +96,9 @@ pub(super) fn shard_harness<S: TestService>(
         inbox_max: 16,
     };
     let core = Core::new(index, LISTEN_FD, 16, cfg, shared).with_peers(Arc::new(peers), rx);
-    let mut shard = Reactor::new(FakeRing::new(buffers, BUF_BYTES), S::wrap(core));
+    let mut shard = Reactor::new(FakeRing::new(buffers, BUF_BYTES), NodeService::new(core));
     shard.ring.accept_multi(LISTEN_FD);
-    shard.service.core().accept_armed = true;
+    shard.service.core.accept_armed = true;
     Harness {
         shard,
         inbox: tx,
@@ -120,7 +106,7 @@ pub(super) fn shard_harness<S: TestService>(
     }
 }
 
-impl<S: TestService> Harness<S> {
+impl<R: TestRole> Harness<R> {
     /// Accepts one socket and returns the owner its recv was armed for.
     pub(super) fn connect(&mut self) -> Owner {
         let fd = self.shard.ring.accept();
@@ -152,7 +138,7 @@ impl<S: TestService> Harness<S> {
     }
 
     pub(super) fn conn(&self, owner: Owner) -> &Conn {
-        let core = self.shard.service.core_ref();
+        let core = &self.shard.service.core;
         assert!(core.live(owner), "{owner:?} is not live");
         &core.conns[owner.key as usize]
     }
@@ -398,7 +384,7 @@ fn a_drain_frees_no_slot_until_its_send_and_recv_complete() {
     );
     assert_eq!(h.shard.service.core.counters.open, 0);
     assert!(
-        Service::<FakeRing>::finished(&h.shard.service),
+        crate::reactor::Service::<FakeRing>::finished(&h.shard.service),
         "the drained shard is done"
     );
     assert_eq!(h.shard.ring.in_flight().sends, 0);
