@@ -19,6 +19,7 @@ pub mod config;
 pub mod conn;
 pub mod fanout;
 pub mod http;
+pub mod json_proto;
 pub mod log;
 pub mod metrics;
 pub mod node;
