@@ -18,6 +18,7 @@ pub mod channels;
 pub mod config;
 pub mod conn;
 pub mod fanout;
+pub mod history;
 pub mod http;
 pub mod json_proto;
 pub mod log;
