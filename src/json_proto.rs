@@ -324,20 +324,24 @@ fn parse_data(fields: &Map<String, Value>) -> Result<Payload, Broken> {
     }
 }
 
-/// Appends `{"op":"subscribed","id":N,"channel":"A","epoch":"E","offset":K,"recovered":B}`.
-/// `offset` is the channel's last offset when the subscription joined the live stream:
-/// replayed messages (when recovered) have offsets up to it, live ones above it.
+/// Appends `{"op":"subscribed","id":N,"channel":"A","epoch":"E","offset":K,"recovered":B}`,
+/// without `id` for a channel subscribed by the upgrade's query. `offset` is where the live
+/// stream starts: replayed messages (when recovered) end at it, live ones are above it.
 pub fn encode_subscribed(
     out: &mut BytesMut,
-    id: u64,
+    id: Option<u64>,
     channel: &str,
     epoch: &str,
     offset: u64,
     recovery: Recovery,
 ) {
-    out.put_slice(br#"{"op":"subscribed","id":"#);
-    put_u64(out, id);
-    out.put_slice(br#","channel":"#);
+    out.put_slice(br#"{"op":"subscribed","#);
+    if let Some(id) = id {
+        out.put_slice(br#""id":"#);
+        put_u64(out, id);
+        out.put_u8(b',');
+    }
+    out.put_slice(br#""channel":"#);
     put_string(out, channel.as_bytes());
     out.put_slice(br#","epoch":"#);
     put_string(out, epoch.as_bytes());

@@ -226,15 +226,18 @@ fn every_reason_is_short_and_every_error_encodes_as_json() {
 #[test]
 fn node_objects_are_the_documented_json() {
     let mut out = BytesMut::new();
-    encode_subscribed(&mut out, 3, "a", "0123abcd", 17, Recovery::Recovered);
+    encode_subscribed(&mut out, Some(3), "a", "0123abcd", 17, Recovery::Recovered);
     assert_eq!(
         json_of(&out),
         json!({"op":"subscribed","id":3,"channel":"a","epoch":"0123abcd","offset":17,
                "recovered":true})
     );
     out.clear();
-    encode_subscribed(&mut out, 0, "b", "e", 0, Recovery::NotRecovered);
-    assert_eq!(json_of(&out)["recovered"], false);
+    encode_subscribed(&mut out, None, "b", "e", 0, Recovery::NotRecovered);
+    assert_eq!(
+        json_of(&out),
+        json!({"op":"subscribed","channel":"b","epoch":"e","offset":0,"recovered":false})
+    );
     out.clear();
     encode_error(&mut out, None, ErrorCode::TooMany, "too many subscriptions");
     assert_eq!(
