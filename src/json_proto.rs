@@ -30,8 +30,9 @@ use crate::ws::OpCode;
 /// The largest client command, in bytes of its text frame; a longer one closes with 1009.
 pub const COMMAND_BYTES_MAX: usize = 4096;
 
-/// Malformed or unknown commands in a row (no valid one between them) after which the
-/// connection is closed with 1008: each one is answered with an error until then.
+/// Malformed or unknown commands in a row (no valid one between them) that close the
+/// connection with 1008: the first `MALFORMED_COMMANDS_MAX - 1` get error replies, the
+/// next one gets the close instead.
 pub const MALFORMED_COMMANDS_MAX: u32 = 8;
 
 /// The largest `id` a command may carry: the largest integer a JavaScript number holds
