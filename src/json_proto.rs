@@ -214,6 +214,64 @@ pub enum Recovery {
     NotRecovered,
 }
 
+/// Why an upgrade's query was refused (HTTP 400 before the upgrade, with this reason).
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum QueryError {
+    /// `format` is given but is not `json`.
+    UnknownFormat,
+    /// A `channel` breaks `[A-Za-z0-9_.:-]{1,128}`.
+    InvalidChannel,
+    /// The same `channel` twice.
+    RepeatedChannel,
+    /// More `channel`s than `--max-subscriptions`.
+    TooManyChannels,
+}
+
+impl QueryError {
+    /// The reason in the 400 answer.
+    pub fn reason(self) -> &'static str {
+        match self {
+            QueryError::UnknownFormat => "unknown format",
+            QueryError::InvalidChannel => "invalid channel name",
+            QueryError::RepeatedChannel => "repeated channel",
+            QueryError::TooManyChannels => "too many channels",
+        }
+    }
+}
+
+/// Reads the query of `GET /ws?…`: `Ok(None)` without `format` (not a JSON-mode request),
+/// `Ok(Some(channels))` with `format=json` (the `channel` parameters in order, each valid
+/// and distinct, at most `subscriptions_max`). Other parameters are ignored. Channel names
+/// need no percent-decoding: a valid one has no character that would be encoded.
+pub fn parse_query(
+    query: &str,
+    subscriptions_max: usize,
+) -> Result<Option<Vec<Box<str>>>, QueryError> {
+    let mut json = false;
+    let mut channels: Vec<Box<str>> = Vec::new();
+    for pair in query.split('&').filter(|pair| !pair.is_empty()) {
+        let (key, value) = pair.split_once('=').unwrap_or((pair, ""));
+        match key {
+            "format" if value == "json" => json = true,
+            "format" => return Err(QueryError::UnknownFormat),
+            "channel" => {
+                if !valid_name(value) {
+                    return Err(QueryError::InvalidChannel);
+                }
+                if channels.iter().any(|known| **known == *value) {
+                    return Err(QueryError::RepeatedChannel);
+                }
+                if channels.len() == subscriptions_max {
+                    return Err(QueryError::TooManyChannels);
+                }
+                channels.push(value.into());
+            }
+            _ => {}
+        }
+    }
+    Ok(json.then_some(channels))
+}
+
 /// Parses one client command from the bytes of a text message.
 pub fn parse_command(text: &[u8]) -> Result<Command, CommandError> {
     let fail = |id, broken| Err(CommandError { id, broken });

@@ -313,6 +313,38 @@ fn a_message_frame_is_one_exact_text_frame() {
     }
 }
 
+#[test]
+fn the_upgrade_query_names_the_mode_and_the_first_channels() {
+    assert_eq!(parse_query("", 64), Ok(None));
+    assert_eq!(parse_query("session=u&tab=t", 64), Ok(None));
+    assert_eq!(parse_query("format=json", 64), Ok(Some(vec![])));
+    assert_eq!(
+        parse_query("channel=a&format=json&x=1&channel=b.c", 64),
+        Ok(Some(vec!["a".into(), "b.c".into()]))
+    );
+    assert_eq!(
+        parse_query("format=xml", 64),
+        Err(QueryError::UnknownFormat)
+    );
+    assert_eq!(
+        parse_query("format=json&channel=a%20b", 64),
+        Err(QueryError::InvalidChannel)
+    );
+    assert_eq!(
+        parse_query("format=json&channel=", 64),
+        Err(QueryError::InvalidChannel)
+    );
+    assert_eq!(
+        parse_query("format=json&channel=a&channel=a", 64),
+        Err(QueryError::RepeatedChannel)
+    );
+    assert_eq!(
+        parse_query("format=json&channel=a&channel=b&channel=c", 2),
+        Err(QueryError::TooManyChannels)
+    );
+    assert!(parse_query("format=json&channel=a&channel=b", 2).is_ok());
+}
+
 proptest! {
     #![proptest_config(ProptestConfig::with_cases(2000))]
 
