@@ -698,3 +698,7 @@ fn lock_index(channel: &str) -> usize {
 #[cfg(test)]
 #[path = "history_tests.rs"]
 mod tests;
+
+#[cfg(test)]
+#[path = "history_scheme_tests.rs"]
+mod scheme_tests;
