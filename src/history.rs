@@ -42,6 +42,10 @@
 //!   the watermark but not above the channel's last offset: it saw those messages through
 //!   another shard), `resume` answers `Ahead` and the shard joins it to the live list only
 //!   once its watermark reaches `since`.
+//! - A shard's own publishes reach its own subscribers through its inbox like everyone
+//!   else's (today's `publish_to_clients` delivers locally at once): delivering offset k
+//!   at once while k-1 still waits in the inbox would set the watermark to k and then
+//!   skip k-1.
 
 use std::collections::{BTreeMap, HashMap, VecDeque};
 use std::fmt;
