@@ -134,6 +134,8 @@ impl ErrorCode {
 pub enum Broken {
     /// Longer than `COMMAND_BYTES_MAX`.
     TooLarge,
+    /// A binary frame: commands are text frames (the caller reports it with this rule).
+    BinaryFrame,
     /// Not a JSON text (or not UTF-8).
     NotJson,
     /// JSON, but not an object.
@@ -176,6 +178,7 @@ impl CommandError {
     pub fn reason(&self) -> &'static str {
         match self.broken {
             Broken::TooLarge => "command too large",
+            Broken::BinaryFrame => "binary frame",
             Broken::NotJson => "malformed json",
             Broken::NotObject => "command is not an object",
             Broken::MissingOp => "missing op",

@@ -195,6 +195,7 @@ fn a_command_over_4_kib_is_too_large_and_closes_1009() {
 fn every_reason_is_short_and_every_error_encodes_as_json() {
     let rules = [
         Broken::TooLarge,
+        Broken::BinaryFrame,
         Broken::NotJson,
         Broken::NotObject,
         Broken::MissingOp,
