@@ -1,0 +1,708 @@
+//! The node-wide sequencer and history store: every channel's epoch and offsets, and the
+//! messages kept for resume (`--history-size`, `--history-ttl`, `--history-memory`).
+//!
+//! One `History` is shared by every shard (`Arc`). Channels are spread over
+//! `LOCK_SHARDS` mutexes by a hash of their name, so publishes to different channels rarely
+//! contend. Per channel it keeps an `Epoch` (one unbroken history: a new one whenever the
+//! history is lost, which is at process start and when the channel's entry is dropped), the
+//! last offset (+1 per publish, so every shard sees the same offsets), and a ring of
+//! retained `(offset, time, payload, kind)` entries whose payload is a `Bytes` view of the
+//! publish itself (a reference, never a copy).
+//!
+//! Invariants:
+//! - A channel's offsets are assigned, appended and handed to the `publish` closure under
+//!   the channel's lock, so the closure (which pushes the publish into every shard's inbox)
+//!   runs in offset order: every inbox receives a channel's publishes in offset order.
+//!   A refused closure consumes no offset.
+//! - A channel's retained entries are contiguous offsets ending at its last offset; they
+//!   are only ever removed from the front (size, age, memory) or all at once (channel
+//!   dropped), so "(since, upto] is retained" is one comparison with the front.
+//! - The node-wide byte count is the sum of the retained entries' `entry_bytes`; the
+//!   memory cap evicts the globally oldest entry first (a node-wide append sequence; each
+//!   lock shard publishes the sequence of its oldest entry in `heads`). Only one lock is
+//!   ever held at a time, so eviction across shards cannot deadlock; the cap can be passed
+//!   by at most the payloads being published at that instant, one per publishing thread.
+//! - A channel entry is dropped (its history lost, a new epoch on its next use) only while
+//!   no shard holds it (`attach` .. `detach`): offsets never restart under a live
+//!   subscriber. Entries nobody holds are bounded: at most `idle_channels_max` (spread per
+//!   lock shard; the least recently used one goes first) and dropped by `sweep` once idle
+//!   and empty for `idle_ttl`.
+//!
+//! The integration's no-gap, no-duplicate scheme (each shard, on its own thread):
+//! - A shard keeps, per channel with local subscribers, a watermark `(epoch, offset)`: the
+//!   last offset it delivered or skipped. When a channel gets its first local subscriber
+//!   it calls `attach`, which reads the position under the channel's lock, and sets the
+//!   watermark to it; when the last one leaves it calls `detach` and forgets the watermark.
+//! - An inbox publish whose epoch differs from the watermark's, or whose offset is not
+//!   above it, is skipped (it was published before the attach); any other is delivered and
+//!   becomes the watermark. Attached channels never change epoch.
+//! - A subscriber resuming from `since` is replayed `(since, watermark]` with `resume` and
+//!   then joins the live list, all on the shard thread between two inbox messages: nothing
+//!   is missed and nothing repeated. If the client is ahead of this shard (`since` above
+//!   the watermark but not above the channel's last offset: it saw those messages through
+//!   another shard), `resume` answers `Ahead` and the shard joins it to the live list only
+//!   once its watermark reaches `since`.
+//! - A shard's own publishes reach its own subscribers through its inbox like everyone
+//!   else's (today's `publish_to_clients` delivers locally at once): delivering offset k
+//!   at once while k-1 still waits in the inbox would set the watermark to k and then
+//!   skip k-1.
+
+use std::collections::{BTreeMap, HashMap, VecDeque};
+use std::fmt;
+use std::hash::{Hash, Hasher};
+use std::sync::atomic::{AtomicU64, AtomicUsize, Ordering};
+use std::sync::{Arc, Mutex, MutexGuard};
+use std::time::{Duration, Instant};
+
+use bytes::Bytes;
+
+/// How many mutexes the channels are spread over.
+pub const LOCK_SHARDS: usize = 64;
+
+/// What one retained entry costs beyond its payload bytes (its slot in the ring).
+pub const ENTRY_OVERHEAD_BYTES: usize = std::mem::size_of::<Entry>();
+
+/// The bounds of the store.
+#[derive(Clone, Debug)]
+pub struct HistoryConfig {
+    /// `--history-size`: entries kept per channel; 0 keeps none (history off).
+    pub size: usize,
+    /// `--history-ttl`: entries older than this are gone; `None` keeps them by size only.
+    pub ttl: Option<Duration>,
+    /// `--history-memory`: node-wide cap on retained bytes (payloads plus
+    /// `ENTRY_OVERHEAD_BYTES` each).
+    pub memory_bytes_max: usize,
+    /// Channel entries no shard holds that may exist at once (offsets and epochs of
+    /// channels nobody is subscribed to); the least recently used goes first.
+    pub idle_channels_max: usize,
+    /// An entry nobody holds and that retains nothing is dropped by `sweep` after this.
+    pub idle_ttl: Duration,
+}
+
+impl Default for HistoryConfig {
+    fn default() -> HistoryConfig {
+        HistoryConfig {
+            size: 0,
+            ttl: None,
+            memory_bytes_max: 64 << 20,
+            idle_channels_max: 100_000,
+            idle_ttl: Duration::from_secs(300),
+        }
+    }
+}
+
+/// One unbroken history of one channel, named on the wire by 16 hex digits.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash)]
+pub struct Epoch(u64);
+
+/// An epoch's text, without allocation.
+#[derive(Clone, Copy)]
+pub struct EpochText([u8; 16]);
+
+impl EpochText {
+    /// The 16 lowercase hex digits.
+    pub fn as_str(&self) -> &str {
+        std::str::from_utf8(&self.0).expect("hex digits are ASCII")
+    }
+}
+
+impl Epoch {
+    /// The epoch's text on the wire.
+    pub fn text(self) -> EpochText {
+        let mut out = [0u8; 16];
+        for (at, digit) in out.iter_mut().enumerate() {
+            let nibble = (self.0 >> (60 - 4 * at)) & 0xf;
+            *digit = b"0123456789abcdef"[nibble as usize];
+        }
+        EpochText(out)
+    }
+
+    /// Reads an epoch the node wrote; `None` for anything else (a foreign epoch).
+    pub fn parse(text: &str) -> Option<Epoch> {
+        let valid =
+            text.len() == 16 && text.bytes().all(|b| matches!(b, b'0'..=b'9' | b'a'..=b'f'));
+        valid
+            .then(|| u64::from_str_radix(text, 16).ok())
+            .flatten()
+            .map(Epoch)
+    }
+}
+
+impl fmt::Display for Epoch {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str(self.text().as_str())
+    }
+}
+
+/// A channel's position: its epoch and the offset of its last publish (0: none yet).
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct Position {
+    pub epoch: Epoch,
+    pub offset: u64,
+}
+
+/// The frame kind a publish had, kept for raw subscribers' replays.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum PayloadKind {
+    Text,
+    Binary,
+}
+
+/// The outcome of a resume.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum Replay {
+    /// Every message in (since, upto] was handed to the closure, in offset order.
+    Recovered {
+        /// How many were replayed.
+        replayed: u64,
+    },
+    /// The client saw messages this shard has not delivered yet (`upto < since <=` last
+    /// offset, same epoch): recovered, but it joins the live list only once the shard's
+    /// watermark reaches `since`.
+    Ahead,
+    /// History is lost (evicted, expired, never kept, another epoch, or an offset the
+    /// channel never reached): nothing was replayed. `current` is the channel's position,
+    /// if it exists.
+    NotRecovered { current: Option<Position> },
+}
+
+/// Why retained entries left the store (a metric label each).
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum Eviction {
+    /// Past `--history-size` for its channel.
+    Size,
+    /// Older than `--history-ttl`.
+    Ttl,
+    /// The oldest entry node-wide while past `--history-memory`.
+    Memory,
+    /// Its channel entry was dropped (least recently used past `idle_channels_max`).
+    Channel,
+}
+
+/// A snapshot of the store's counters and gauges.
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub struct HistoryStats {
+    /// Channel entries (held or not).
+    pub channels: u64,
+    /// Retained entries.
+    pub entries: u64,
+    /// Retained bytes (what `--history-memory` bounds).
+    pub bytes: u64,
+    /// Entries evicted, by `Eviction` (Size, Ttl, Memory, Channel).
+    pub evictions: [u64; 4],
+    /// Channel entries dropped (each starts a new epoch on its next use).
+    pub channels_dropped: u64,
+    /// Resumes that found every missed message (including `Ahead`).
+    pub replays_recovered: u64,
+    /// Resumes that did not.
+    pub replays_not_recovered: u64,
+    /// Messages handed out by recovered resumes.
+    pub replayed_messages: u64,
+}
+
+/// One retained message.
+struct Entry {
+    offset: u64,
+    /// Node-wide append order, for the memory cap's oldest-first eviction.
+    seq: u64,
+    at: Instant,
+    payload: Bytes,
+    kind: PayloadKind,
+}
+
+impl Entry {
+    fn bytes(&self) -> usize {
+        entry_bytes(self.payload.len())
+    }
+}
+
+/// What one retained entry of `payload_len` bytes counts against `--history-memory`.
+pub fn entry_bytes(payload_len: usize) -> usize {
+    payload_len + ENTRY_OVERHEAD_BYTES
+}
+
+/// One channel's sequencer and retained entries.
+struct ChannelLog {
+    epoch: Epoch,
+    last_offset: u64,
+    /// Shards with local subscribers (between `attach` and `detach`).
+    holders: u32,
+    used_at: Instant,
+    entries: VecDeque<Entry>,
+}
+
+/// The channels of one mutex.
+#[derive(Default)]
+struct LockShard {
+    channels: HashMap<Arc<str>, ChannelLog>,
+    /// Every channel that retains entries, keyed by its oldest entry's `seq`.
+    oldest: BTreeMap<u64, Arc<str>>,
+    /// Channel entries with no holder.
+    unheld: usize,
+}
+
+/// The node-wide sequencer and history store.
+pub struct History {
+    config: HistoryConfig,
+    locks: Box<[Mutex<LockShard>]>,
+    /// Per lock shard: the `seq` of its oldest retained entry, `u64::MAX` when none.
+    heads: Box<[AtomicU64]>,
+    bytes: AtomicUsize,
+    entries: AtomicUsize,
+    channels: AtomicUsize,
+    seq: AtomicU64,
+    epoch_seed: u64,
+    epoch_count: AtomicU64,
+    evictions: [AtomicU64; 4],
+    channels_dropped: AtomicU64,
+    replays_recovered: AtomicU64,
+    replays_not_recovered: AtomicU64,
+    replayed_messages: AtomicU64,
+}
+
+impl History {
+    /// An empty store; epochs are seeded from the clock, the process id and a count of
+    /// stores, so neither a restart nor a second store reuses one.
+    pub fn new(config: HistoryConfig) -> History {
+        static STORES: AtomicU64 = AtomicU64::new(0);
+        let nanos = std::time::SystemTime::now()
+            .duration_since(std::time::UNIX_EPOCH)
+            .map_or(0, |d| d.as_nanos() as u64);
+        let store = STORES
+            .fetch_add(1, Ordering::Relaxed)
+            .wrapping_mul(0xd6e8_feb8_6659_fd93);
+        History::with_seed(
+            config,
+            nanos ^ (u64::from(std::process::id()) << 32) ^ store,
+        )
+    }
+
+    /// As `new` with a fixed epoch seed (tests).
+    pub fn with_seed(config: HistoryConfig, seed: u64) -> History {
+        History {
+            config,
+            locks: (0..LOCK_SHARDS).map(|_| Mutex::default()).collect(),
+            heads: (0..LOCK_SHARDS).map(|_| AtomicU64::new(u64::MAX)).collect(),
+            bytes: AtomicUsize::new(0),
+            entries: AtomicUsize::new(0),
+            channels: AtomicUsize::new(0),
+            seq: AtomicU64::new(0),
+            epoch_seed: seed,
+            epoch_count: AtomicU64::new(0),
+            evictions: Default::default(),
+            channels_dropped: AtomicU64::new(0),
+            replays_recovered: AtomicU64::new(0),
+            replays_not_recovered: AtomicU64::new(0),
+            replayed_messages: AtomicU64::new(0),
+        }
+    }
+
+    /// The bounds in force.
+    pub fn config(&self) -> &HistoryConfig {
+        &self.config
+    }
+
+    /// Assigns `channel`'s next offset to a publish and calls `send` with it while holding
+    /// the channel's lock (so every caller's `send` runs in offset order). When `send`
+    /// succeeds the offset is taken and, with history on, `payload` (a view of the
+    /// publish's own bytes) is retained; when it fails nothing changes but the channel's
+    /// existence. `send` must not call into this `History`.
+    pub fn publish<T, E>(
+        &self,
+        channel: &str,
+        payload: &Bytes,
+        kind: PayloadKind,
+        now: Instant,
+        send: impl FnOnce(Position) -> Result<T, E>,
+    ) -> Result<(Position, T), E> {
+        let index = lock_index(channel);
+        let sent = {
+            let mut shard = self.lock(index);
+            let name = self.ensure(&mut shard, index, channel, now);
+            let log = shard.channels.get_mut(channel).expect("ensured above");
+            let position = Position {
+                epoch: log.epoch,
+                offset: log.last_offset + 1,
+            };
+            let sent = send(position)?;
+            log.last_offset = position.offset;
+            log.used_at = now;
+            if self.config.size > 0 {
+                self.expire_front(&mut shard, index, &name, now);
+                self.append(&mut shard, index, name, position.offset, now, payload, kind);
+            }
+            (position, sent)
+        };
+        self.enforce_memory();
+        Ok(sent)
+    }
+
+    /// Marks `channel` held by one more shard (its first local subscriber arrived) and
+    /// returns its position, read under the same lock as `publish`: every publish at or
+    /// below it was handed to `send` before, every one above it after. A held channel is
+    /// never dropped, so its epoch stays.
+    pub fn attach(&self, channel: &str, now: Instant) -> Position {
+        let index = lock_index(channel);
+        let mut shard = self.lock(index);
+        self.ensure(&mut shard, index, channel, now);
+        let log = shard.channels.get_mut(channel).expect("ensured above");
+        log.holders += 1;
+        log.used_at = now;
+        let position = Position {
+            epoch: log.epoch,
+            offset: log.last_offset,
+        };
+        if log.holders == 1 {
+            shard.unheld -= 1;
+        }
+        position
+    }
+
+    /// Releases one shard's hold on `channel` (its last local subscriber left).
+    pub fn detach(&self, channel: &str, now: Instant) {
+        let mut shard = self.lock(lock_index(channel));
+        let Some(log) = shard.channels.get_mut(channel) else {
+            debug_assert!(false, "detach of a channel never attached");
+            return;
+        };
+        debug_assert!(log.holders > 0);
+        log.holders = log.holders.saturating_sub(1);
+        log.used_at = now;
+        if log.holders == 0 {
+            shard.unheld += 1;
+        }
+    }
+
+    /// `channel`'s position, if it has an entry; creates nothing.
+    pub fn position(&self, channel: &str) -> Option<Position> {
+        let shard = self.lock(lock_index(channel));
+        shard.channels.get(channel).map(|log| Position {
+            epoch: log.epoch,
+            offset: log.last_offset,
+        })
+    }
+
+    /// Replays `channel`'s messages in `(since_offset, upto]` to `deliver` (offset,
+    /// payload, kind), in order and under the channel's lock, if `since_epoch` is its
+    /// epoch and every one of them is retained and younger than `--history-ttl`. `upto` is
+    /// the caller's watermark (at most the channel's last offset). `deliver` must not call
+    /// into this `History`.
+    pub fn resume(
+        &self,
+        channel: &str,
+        since_epoch: &str,
+        since_offset: u64,
+        upto: u64,
+        now: Instant,
+        mut deliver: impl FnMut(u64, &Bytes, PayloadKind),
+    ) -> Replay {
+        let outcome = {
+            let shard = self.lock(lock_index(channel));
+            match shard.channels.get(channel) {
+                None => Replay::NotRecovered { current: None },
+                Some(log) => {
+                    self.replay_log(log, since_epoch, since_offset, upto, now, &mut deliver)
+                }
+            }
+        };
+        match outcome {
+            Replay::Recovered { replayed } => {
+                self.replays_recovered.fetch_add(1, Ordering::Relaxed);
+                self.replayed_messages
+                    .fetch_add(replayed, Ordering::Relaxed);
+            }
+            Replay::Ahead => {
+                self.replays_recovered.fetch_add(1, Ordering::Relaxed);
+            }
+            Replay::NotRecovered { .. } => {
+                self.replays_not_recovered.fetch_add(1, Ordering::Relaxed);
+            }
+        }
+        outcome
+    }
+
+    fn replay_log(
+        &self,
+        log: &ChannelLog,
+        since_epoch: &str,
+        since: u64,
+        upto: u64,
+        now: Instant,
+        deliver: &mut impl FnMut(u64, &Bytes, PayloadKind),
+    ) -> Replay {
+        let current = Position {
+            epoch: log.epoch,
+            offset: log.last_offset,
+        };
+        let lost = Replay::NotRecovered {
+            current: Some(current),
+        };
+        debug_assert!(upto <= log.last_offset);
+        if Epoch::parse(since_epoch) != Some(log.epoch) || since > log.last_offset {
+            return lost;
+        }
+        if since > upto {
+            return Replay::Ahead;
+        }
+        if since == upto {
+            return Replay::Recovered { replayed: 0 };
+        }
+        let Some(front) = log.entries.front() else {
+            return lost;
+        };
+        if front.offset > since + 1 {
+            return lost;
+        }
+        let first = (since + 1 - front.offset) as usize;
+        let expired = |entry: &Entry| self.config.ttl.is_some_and(|ttl| now >= entry.at + ttl);
+        if log.entries.get(first).is_none_or(expired) {
+            return lost;
+        }
+        let mut replayed = 0;
+        for entry in log.entries.range(first..).take_while(|e| e.offset <= upto) {
+            deliver(entry.offset, &entry.payload, entry.kind);
+            replayed += 1;
+        }
+        debug_assert_eq!(replayed, upto - since);
+        Replay::Recovered { replayed }
+    }
+
+    /// Drops entries older than `--history-ttl` and channel entries nobody holds that have
+    /// retained nothing for `idle_ttl`. Call it periodically (e.g. once a second) from one
+    /// thread; it takes each lock shard's mutex in turn.
+    pub fn sweep(&self, now: Instant) {
+        for index in 0..LOCK_SHARDS {
+            let mut shard = self.lock(index);
+            if let Some(ttl) = self.config.ttl {
+                while let Some((_, name)) = shard.oldest.first_key_value() {
+                    let name = Arc::clone(name);
+                    let log = &shard.channels[&name];
+                    if log.entries.front().is_some_and(|e| now >= e.at + ttl) {
+                        self.pop_front(&mut shard, index, &name, Eviction::Ttl);
+                    } else {
+                        break;
+                    }
+                }
+            }
+            let idle_ttl = self.config.idle_ttl;
+            let idle: Vec<Arc<str>> = shard
+                .channels
+                .iter()
+                .filter(|(_, log)| {
+                    log.holders == 0 && log.entries.is_empty() && now >= log.used_at + idle_ttl
+                })
+                .map(|(name, _)| Arc::clone(name))
+                .collect();
+            for name in idle {
+                self.drop_channel(&mut shard, index, &name);
+            }
+        }
+    }
+
+    /// The counters and gauges.
+    pub fn stats(&self) -> HistoryStats {
+        let load = |counter: &AtomicU64| counter.load(Ordering::Relaxed);
+        HistoryStats {
+            channels: self.channels.load(Ordering::Relaxed) as u64,
+            entries: self.entries.load(Ordering::Relaxed) as u64,
+            bytes: self.bytes.load(Ordering::Relaxed) as u64,
+            evictions: [0, 1, 2, 3].map(|i| load(&self.evictions[i])),
+            channels_dropped: load(&self.channels_dropped),
+            replays_recovered: load(&self.replays_recovered),
+            replays_not_recovered: load(&self.replays_not_recovered),
+            replayed_messages: load(&self.replayed_messages),
+        }
+    }
+
+    fn lock(&self, index: usize) -> MutexGuard<'_, LockShard> {
+        // A panic under the lock leaves consistent-enough state for counters; the node
+        // aborts on panic anyway (panic = "abort").
+        self.locks[index]
+            .lock()
+            .unwrap_or_else(|poisoned| poisoned.into_inner())
+    }
+
+    /// Returns `channel`'s name as stored, creating its entry (a new epoch, offset 0) if
+    /// missing; making room first by dropping the least recently used unheld entry when
+    /// this lock shard holds its share of `idle_channels_max`.
+    fn ensure(&self, shard: &mut LockShard, index: usize, channel: &str, now: Instant) -> Arc<str> {
+        if let Some((name, _)) = shard.channels.get_key_value(channel) {
+            return Arc::clone(name);
+        }
+        let share = self.config.idle_channels_max.div_ceil(LOCK_SHARDS).max(1);
+        if shard.unheld >= share {
+            let coldest = shard
+                .channels
+                .iter()
+                .filter(|(_, log)| log.holders == 0)
+                .min_by_key(|(_, log)| log.used_at)
+                .map(|(name, _)| Arc::clone(name));
+            if let Some(name) = coldest {
+                self.drop_channel(shard, index, &name);
+            }
+        }
+        let name: Arc<str> = Arc::from(channel);
+        let log = ChannelLog {
+            epoch: self.next_epoch(),
+            last_offset: 0,
+            holders: 0,
+            used_at: now,
+            entries: VecDeque::new(),
+        };
+        shard.channels.insert(Arc::clone(&name), log);
+        shard.unheld += 1;
+        self.channels.fetch_add(1, Ordering::Relaxed);
+        name
+    }
+
+    /// A fresh epoch: a counter through a bijective mixer, so epochs never repeat within a
+    /// process and look unrelated.
+    fn next_epoch(&self) -> Epoch {
+        let count = self.epoch_count.fetch_add(1, Ordering::Relaxed);
+        let mut z = self
+            .epoch_seed
+            .wrapping_add(count.wrapping_mul(0x9e37_79b9_7f4a_7c15));
+        z = (z ^ (z >> 30)).wrapping_mul(0xbf58_476d_1ce4_e5b9);
+        z = (z ^ (z >> 27)).wrapping_mul(0x94d0_49bb_1331_11eb);
+        Epoch(z ^ (z >> 31))
+    }
+
+    /// Drops a channel entry and everything it retains.
+    fn drop_channel(&self, shard: &mut LockShard, index: usize, name: &Arc<str>) {
+        debug_assert_eq!(shard.channels[name].holders, 0);
+        while !shard.channels[name].entries.is_empty() {
+            self.pop_front(shard, index, name, Eviction::Channel);
+        }
+        shard.channels.remove(name);
+        shard.unheld -= 1;
+        self.channels.fetch_sub(1, Ordering::Relaxed);
+        self.channels_dropped.fetch_add(1, Ordering::Relaxed);
+    }
+
+    /// Drops the channel's entries that are past `--history-size` once one more is added,
+    /// or older than `--history-ttl`.
+    fn expire_front(&self, shard: &mut LockShard, index: usize, name: &Arc<str>, now: Instant) {
+        loop {
+            let log = &shard.channels[name];
+            let Some(front) = log.entries.front() else {
+                return;
+            };
+            let reason = if log.entries.len() >= self.config.size {
+                Eviction::Size
+            } else if self.config.ttl.is_some_and(|ttl| now >= front.at + ttl) {
+                Eviction::Ttl
+            } else {
+                return;
+            };
+            self.pop_front(shard, index, name, reason);
+        }
+    }
+
+    /// Retains one entry at the back of the channel's ring.
+    #[allow(clippy::too_many_arguments)]
+    fn append(
+        &self,
+        shard: &mut LockShard,
+        index: usize,
+        name: Arc<str>,
+        offset: u64,
+        now: Instant,
+        payload: &Bytes,
+        kind: PayloadKind,
+    ) {
+        let seq = self.seq.fetch_add(1, Ordering::Relaxed);
+        let entry = Entry {
+            offset,
+            seq,
+            at: now,
+            payload: payload.clone(),
+            kind,
+        };
+        self.bytes.fetch_add(entry.bytes(), Ordering::Relaxed);
+        self.entries.fetch_add(1, Ordering::Relaxed);
+        let entries = &mut shard.channels.get_mut(&name).expect("exists").entries;
+        debug_assert!(entries.back().is_none_or(|last| last.offset + 1 == offset));
+        let was_empty = entries.is_empty();
+        entries.push_back(entry);
+        if was_empty {
+            shard.oldest.insert(seq, name);
+            self.publish_head(shard, index);
+        }
+    }
+
+    /// Removes the channel's oldest entry, keeping `oldest`, `heads` and the totals exact.
+    fn pop_front(&self, shard: &mut LockShard, index: usize, name: &Arc<str>, why: Eviction) {
+        let entries = &mut shard.channels.get_mut(name).expect("exists").entries;
+        let Some(entry) = entries.pop_front() else {
+            return;
+        };
+        let next_seq = entries.front().map(|next| next.seq);
+        self.bytes.fetch_sub(entry.bytes(), Ordering::Relaxed);
+        self.entries.fetch_sub(1, Ordering::Relaxed);
+        self.evictions[why as usize].fetch_add(1, Ordering::Relaxed);
+        let removed = shard.oldest.remove(&entry.seq);
+        debug_assert!(removed.is_some());
+        if let Some(seq) = next_seq {
+            shard.oldest.insert(seq, Arc::clone(name));
+        }
+        self.publish_head(shard, index);
+    }
+
+    fn publish_head(&self, shard: &LockShard, index: usize) {
+        let head = shard
+            .oldest
+            .first_key_value()
+            .map_or(u64::MAX, |(&seq, _)| seq);
+        self.heads[index].store(head, Ordering::Relaxed);
+    }
+
+    /// While retained bytes exceed `--history-memory`, evicts the node-wide oldest entry,
+    /// holding one lock shard's mutex at a time.
+    fn enforce_memory(&self) {
+        while self.bytes.load(Ordering::Relaxed) > self.config.memory_bytes_max {
+            let oldest = (0..LOCK_SHARDS)
+                .map(|index| (self.heads[index].load(Ordering::Relaxed), index))
+                .min();
+            let Some((head, index)) = oldest.filter(|&(head, _)| head != u64::MAX) else {
+                return;
+            };
+            let mut shard = self.lock(index);
+            // Another thread may have moved this shard's head since it was read.
+            let Some((&seq, name)) = shard.oldest.first_key_value() else {
+                continue;
+            };
+            if seq != head {
+                continue;
+            }
+            let name = Arc::clone(name);
+            self.pop_front(&mut shard, index, &name, Eviction::Memory);
+        }
+    }
+}
+
+/// The lock shard of a channel: FNV-1a of its name (stable, cheap, no per-process key
+/// needed since names only pick a mutex).
+fn lock_index(channel: &str) -> usize {
+    struct Fnv(u64);
+    impl Hasher for Fnv {
+        fn finish(&self) -> u64 {
+            self.0
+        }
+        fn write(&mut self, bytes: &[u8]) {
+            for &byte in bytes {
+                self.0 = (self.0 ^ u64::from(byte)).wrapping_mul(0x100_0000_01b3);
+            }
+        }
+    }
+    let mut hasher = Fnv(0xcbf2_9ce4_8422_2325);
+    channel.hash(&mut hasher);
+    (hasher.finish() % LOCK_SHARDS as u64) as usize
+}
+
+#[cfg(test)]
+#[path = "history_tests.rs"]
+mod tests;
+
+#[cfg(test)]
+#[path = "history_scheme_tests.rs"]
+mod scheme_tests;
