@@ -173,7 +173,9 @@ impl<C: Slot> Conns<C> {
         self.starved.push_back(owner);
     }
 
-    /// The oldest starved receive whose connection is still the same, its flag cleared.
+    /// Takes the oldest starved receive: None when the queue is empty; `Some(None)` when its
+    /// slot was freed or reused since (a stale entry, dropped); `Some(Some(key))` with the
+    /// connection's `STARVED` flag cleared otherwise.
     pub(crate) fn pop_starved(&mut self) -> Option<Option<usize>> {
         let owner = self.starved.pop_front()?;
         let key = self.live(owner);
