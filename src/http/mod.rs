@@ -8,4 +8,5 @@ pub mod admin_request;
 pub mod client;
 pub mod handshake;
 mod headers;
+pub mod proxy;
 pub mod response;
