@@ -49,7 +49,7 @@ pub struct AdmissionConfig {
     /// New connections per second one address may open, on average; 0 = no rate limit.
     pub connect_rate_per_s: u32,
     /// How many connections an address may open at once before the rate applies (the
-    /// bucket's depth); at least 1 when the rate is on.
+    /// bucket's depth); 0 means the rate itself (one second's worth).
     pub connect_burst: u32,
     /// The most addresses remembered at once.
     pub addresses_max: usize,
@@ -80,11 +80,56 @@ pub enum Decision {
     Admit,
     /// Over the address's cap or rate: 429 with `Retry-After: retry_after_s`.
     TooMany {
+        /// Which limit refused it.
+        limit: PerIpLimit,
         /// Seconds after which a retry can succeed (at least 1).
         retry_after_s: u32,
     },
     /// The table cannot remember another address: 503.
     NodeFull,
+}
+
+/// The per-address limit behind a [`Decision::TooMany`].
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum PerIpLimit {
+    /// `--max-conns-per-ip`.
+    Conns,
+    /// `--connect-rate-per-ip`.
+    ConnectRate,
+}
+
+/// Every label [`Decision::label`] returns, so counters can start each at zero.
+pub const ALL_LABELS: &[&str] = &[
+    "too_many_per_ip",
+    "connect_rate_per_ip",
+    "address_table_full",
+];
+
+impl Decision {
+    /// The stable metric and log label of a refusal (`reason="…"`); `None` for `Admit`.
+    pub fn label(self) -> Option<&'static str> {
+        match self {
+            Self::Admit => None,
+            Self::TooMany {
+                limit: PerIpLimit::Conns,
+                ..
+            } => Some(ALL_LABELS[0]),
+            Self::TooMany {
+                limit: PerIpLimit::ConnectRate,
+                ..
+            } => Some(ALL_LABELS[1]),
+            Self::NodeFull => Some(ALL_LABELS[2]),
+        }
+    }
+
+    /// The HTTP status of a refusal: 429 over a limit, 503 when the table is full.
+    pub fn status(self) -> Option<u16> {
+        match self {
+            Self::Admit => None,
+            Self::TooMany { .. } => Some(429),
+            Self::NodeFull => Some(503),
+        }
+    }
 }
 
 /// What the table knows of one address.
@@ -156,6 +201,7 @@ impl AddressTable {
         let cap = self.config.conns_per_ip_max;
         if cap > 0 && entry.live >= cap {
             return Decision::TooMany {
+                limit: PerIpLimit::Conns,
                 retry_after_s: CAP_RETRY_AFTER_S,
             };
         }
@@ -168,6 +214,7 @@ impl AddressTable {
                 let wait_ms = missing_milli.div_ceil(rate);
                 let retry_after_s = wait_ms.div_ceil(1000).max(1);
                 return Decision::TooMany {
+                    limit: PerIpLimit::ConnectRate,
                     retry_after_s: u32::try_from(retry_after_s).unwrap_or(u32::MAX),
                 };
             }
@@ -242,7 +289,11 @@ impl AddressTable {
     }
 
     fn burst_milli(&self) -> u32 {
-        let burst = u64::from(self.config.connect_burst.max(1));
+        let burst = match self.config.connect_burst {
+            0 => self.config.connect_rate_per_s,
+            burst => burst,
+        };
+        let burst = u64::from(burst.max(1));
         u32::try_from(burst * MILLI).unwrap_or(u32::MAX)
     }
 

@@ -9,6 +9,12 @@ fn v4(last: u8) -> IpAddr {
     IpAddr::V4(Ipv4Addr::new(127, 0, 0, last))
 }
 
+/// A refusal by the connect rate, which always asks for a retry within a second.
+const RATE_REFUSED: Decision = Decision::TooMany {
+    limit: PerIpLimit::ConnectRate,
+    retry_after_s: 1,
+};
+
 fn config(cap: u32, rate: u32, burst: u32) -> AdmissionConfig {
     AdmissionConfig {
         conns_per_ip_max: cap,
@@ -38,6 +44,7 @@ fn the_cap_holds_per_address_and_frees_on_release() {
     assert_eq!(
         refused,
         Decision::TooMany {
+            limit: PerIpLimit::Conns,
             retry_after_s: CAP_RETRY_AFTER_S
         }
     );
@@ -67,24 +74,15 @@ fn the_connect_rate_is_a_token_bucket_with_a_burst() {
         assert_eq!(table.try_admit(v4(1), 1000), Decision::Admit);
     }
     // Empty: one token comes back every 100 ms.
-    assert_eq!(
-        table.try_admit(v4(1), 1000),
-        Decision::TooMany { retry_after_s: 1 }
-    );
+    assert_eq!(table.try_admit(v4(1), 1000), RATE_REFUSED);
     assert_eq!(
         table.try_admit(v4(2), 1000),
         Decision::Admit,
         "another address"
     );
-    assert_eq!(
-        table.try_admit(v4(1), 1099),
-        Decision::TooMany { retry_after_s: 1 }
-    );
+    assert_eq!(table.try_admit(v4(1), 1099), RATE_REFUSED);
     assert_eq!(table.try_admit(v4(1), 1100), Decision::Admit);
-    assert_eq!(
-        table.try_admit(v4(1), 1100),
-        Decision::TooMany { retry_after_s: 1 }
-    );
+    assert_eq!(table.try_admit(v4(1), 1100), RATE_REFUSED);
     // After a long pause the bucket holds the burst, not more.
     let later = 100_000;
     for _ in 0..5 {
@@ -101,14 +99,8 @@ fn a_rate_refusal_never_asks_for_more_than_a_second() {
     // At least one token a second comes back, and one is all a connect needs.
     let table = AddressTable::new(config(0, 1, 1));
     assert_eq!(table.try_admit(v4(1), 0), Decision::Admit);
-    assert_eq!(
-        table.try_admit(v4(1), 0),
-        Decision::TooMany { retry_after_s: 1 }
-    );
-    assert_eq!(
-        table.try_admit(v4(1), 999),
-        Decision::TooMany { retry_after_s: 1 }
-    );
+    assert_eq!(table.try_admit(v4(1), 0), RATE_REFUSED);
+    assert_eq!(table.try_admit(v4(1), 999), RATE_REFUSED);
     assert_eq!(table.try_admit(v4(1), 1000), Decision::Admit);
 }
 
@@ -236,4 +228,30 @@ fn the_connection_rate_window_is_six_bytes_and_counts_per_second() {
     for _ in 0..100_000 {
         assert!(rate.allow(Traffic::Control, 1, &off));
     }
+}
+
+#[test]
+fn refusals_carry_their_limit_label_and_status() {
+    let table = AddressTable::new(config(1, 0, 0));
+    assert_eq!(table.try_admit(v4(1), 0).label(), None);
+    let over = table.try_admit(v4(1), 0);
+    assert_eq!(
+        (over.label(), over.status()),
+        (Some("too_many_per_ip"), Some(429))
+    );
+    assert_eq!(RATE_REFUSED.label(), Some("connect_rate_per_ip"));
+    assert_eq!(
+        (Decision::NodeFull.label(), Decision::NodeFull.status()),
+        (Some("address_table_full"), Some(503))
+    );
+    assert_eq!(ALL_LABELS.len(), 3);
+}
+
+#[test]
+fn a_burst_of_zero_is_one_second_of_the_rate() {
+    let table = AddressTable::new(config(0, 4, 0));
+    for _ in 0..4 {
+        assert_eq!(table.try_admit(v4(1), 0), Decision::Admit);
+    }
+    assert_eq!(table.try_admit(v4(1), 0), RATE_REFUSED);
 }

@@ -57,6 +57,30 @@ impl AuthMode {
     }
 }
 
+/// Checks the auth configuration at start-up: `--auth required` without a key would refuse
+/// every client, and `--anonymous-channels` only means something with `--auth optional`.
+/// The error is a sentence for the start-up failure.
+pub fn check_config(mode: AuthMode, keys: &KeySet, anonymous: &Scope) -> Result<(), String> {
+    match mode {
+        AuthMode::Required | AuthMode::Optional if keys.is_empty() => Err(format!(
+            "--auth {} needs at least one --token-key or --token-key-env",
+            if mode == AuthMode::Required {
+                "required"
+            } else {
+                "optional"
+            }
+        )),
+        AuthMode::Off | AuthMode::Required if !anonymous.subscribe.is_empty() => {
+            Err("--anonymous-channels needs --auth optional".to_owned())
+        }
+        _ => Ok(()),
+    }
+}
+
+/// The line `--auth off` logs at start-up.
+pub const AUTH_OFF_WARNING: &str =
+    "warn=auth_off --auth off: anyone may subscribe to any channel and claim any session";
+
 /// What an admitted connection may do.
 #[derive(Clone, Debug, PartialEq, Eq)]
 pub enum Access {

@@ -223,3 +223,23 @@ fn a_token_is_taken_from_exactly_one_place() {
         Err(Refusal::Malformed)
     );
 }
+
+#[test]
+fn the_configuration_is_checked_at_start_up() {
+    let none = KeySet::default();
+    let empty = Scope::default();
+    let lobby = Scope {
+        subscribe: Patterns::parse(&["lobby"]).unwrap(),
+        publish: Patterns::none(),
+    };
+    assert!(check_config(AuthMode::Off, &none, &empty).is_ok());
+    let error = check_config(AuthMode::Required, &none, &empty).unwrap_err();
+    assert!(error.contains("--token-key"), "{error}");
+    assert!(check_config(AuthMode::Optional, &none, &lobby).is_err());
+    let error = check_config(AuthMode::Off, &none, &lobby).unwrap_err();
+    assert!(error.contains("--auth optional"), "{error}");
+    let keys = KeySet::new(vec![TokenKey::hmac("k".into(), &[7; 32]).unwrap()]).unwrap();
+    assert!(check_config(AuthMode::Optional, &keys, &lobby).is_ok());
+    assert!(check_config(AuthMode::Required, &keys, &empty).is_ok());
+    assert!(AUTH_OFF_WARNING.contains("anyone may subscribe"));
+}
