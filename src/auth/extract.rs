@@ -90,11 +90,11 @@ pub fn token_from_query(query: &str) -> Result<Option<&str>, Refusal> {
 /// The `bearer.` token among the `Sec-WebSocket-Protocol` header values (each a comma list,
 /// as sent). Offering a token without [`SUBPROTOCOL`] is malformed: the node could not
 /// echo a protocol the browser accepts without echoing the token.
-pub fn token_from_subprotocols<'a>(values: &[&'a [u8]]) -> Result<Option<&'a str>, Refusal> {
+pub fn token_from_subprotocols<V: AsRef<[u8]>>(values: &[V]) -> Result<Option<&str>, Refusal> {
     let mut found = None;
     let mut offers_subprotocol = false;
     for value in values {
-        for offer in value.split(|&b| b == b',').map(trim) {
+        for offer in value.as_ref().split(|&b| b == b',').map(trim) {
             if offer == SUBPROTOCOL.as_bytes() {
                 offers_subprotocol = true;
             }
@@ -116,10 +116,10 @@ pub fn token_from_subprotocols<'a>(values: &[&'a [u8]]) -> Result<Option<&'a str
 
 /// The token of an `Authorization: Bearer …` header (RFC 6750 §2.1). Another scheme is not
 /// a token; more than one `Authorization` line is malformed.
-pub fn token_from_authorization<'a>(values: &[&'a [u8]]) -> Result<Option<&'a str>, Refusal> {
+pub fn token_from_authorization<V: AsRef<[u8]>>(values: &[V]) -> Result<Option<&str>, Refusal> {
     let value = match values {
         [] => return Ok(None),
-        [value] => trim(value),
+        [value] => trim(value.as_ref()),
         _ => return Err(Refusal::Malformed),
     };
     let scheme_end = value.iter().position(|&b| b == b' ').unwrap_or(value.len());
@@ -134,12 +134,13 @@ pub fn token_from_authorization<'a>(values: &[&'a [u8]]) -> Result<Option<&'a st
 }
 
 /// The one token of an upgrade request, from its query string and its raw
-/// `Sec-WebSocket-Protocol` and `Authorization` header values. `Ok(None)` when it carries
-/// none; `Malformed` when it carries more than one, or one of the wrong shape.
-pub fn find_credential<'a>(
+/// `Sec-WebSocket-Protocol` and `Authorization` header values (as
+/// `http::upgrade_headers::UpgradeHeaders` keeps them, or borrowed slices). `Ok(None)` when
+/// it carries none; `Malformed` when it carries more than one, or one of the wrong shape.
+pub fn find_credential<'a, V: AsRef<[u8]>>(
     query: &'a str,
-    subprotocol_values: &[&'a [u8]],
-    authorization_values: &[&'a [u8]],
+    subprotocol_values: &'a [V],
+    authorization_values: &'a [V],
 ) -> Result<Option<Credential<'a>>, Refusal> {
     let found = [
         (token_from_query(query)?, TokenSource::Query),

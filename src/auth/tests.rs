@@ -7,6 +7,10 @@ use super::extract::{
     Credential, TokenSource,
 };
 use super::*;
+use crate::http::upgrade_headers::UpgradeHeaders;
+
+/// No header line.
+const NONE: [&[u8]; 0] = [];
 
 const JWT: &str = "eyJhbGciOiJIUzI1NiJ9.eyJzdWIiOiJ1In0.c2lnbmF0dXJl";
 
@@ -183,9 +187,8 @@ fn a_token_as_a_subprotocol_needs_ringpush_v1_beside_it() {
         token_from_subprotocols(&[twice.as_bytes()]),
         Err(Refusal::Malformed)
     );
-    let found = find_credential("", &[offer.as_bytes()], &[])
-        .unwrap()
-        .unwrap();
+    let offers = [offer.as_bytes()];
+    let found = find_credential("", &offers, &NONE).unwrap().unwrap();
     assert_eq!(found.source, TokenSource::Subprotocol);
     assert_eq!(found.echo(), Some(SUBPROTOCOL));
 }
@@ -197,16 +200,15 @@ fn a_token_as_an_authorization_bearer() {
     let lower = format!("bearer   {JWT} ");
     assert_eq!(token_from_authorization(&[lower.as_bytes()]), Ok(Some(JWT)));
     assert_eq!(token_from_authorization(&[b"Basic dXNlcjpwYXNz"]), Ok(None));
-    assert_eq!(token_from_authorization(&[]), Ok(None));
+    assert_eq!(token_from_authorization(&NONE), Ok(None));
     assert_eq!(
         token_from_authorization(&[b"Bearer"]),
         Err(Refusal::Malformed)
     );
     let two: [&[u8]; 2] = [value.as_bytes(), value.as_bytes()];
     assert_eq!(token_from_authorization(&two), Err(Refusal::Malformed));
-    let found = find_credential("a=b", &[], &[value.as_bytes()])
-        .unwrap()
-        .unwrap();
+    let values = [value.as_bytes()];
+    let found = find_credential("a=b", &NONE, &values).unwrap().unwrap();
     assert_eq!(found.source, TokenSource::Authorization);
     assert_eq!(found.echo(), None);
 }
@@ -215,11 +217,18 @@ fn a_token_as_an_authorization_bearer() {
 fn a_token_is_taken_from_exactly_one_place() {
     let query = format!("token={JWT}");
     let auth = format!("Bearer {JWT}");
-    let found = find_credential(&query, &[], &[]).unwrap().unwrap();
+    let found = find_credential(&query, &NONE, &NONE).unwrap().unwrap();
     assert_eq!((found.token, found.source), (JWT, TokenSource::Query));
-    assert_eq!(find_credential("", &[], &[]), Ok(None));
+    assert_eq!(find_credential("", &NONE, &NONE), Ok(None));
+    // The handshake's owned copies work the same.
+    let owned = UpgradeHeaders {
+        authorization: vec![auth.as_bytes().into()],
+        ..UpgradeHeaders::default()
+    };
+    let found = find_credential("", &owned.subprotocols, &owned.authorization);
+    assert_eq!(found.unwrap().unwrap().source, TokenSource::Authorization);
     assert_eq!(
-        find_credential(&query, &[], &[auth.as_bytes()]),
+        find_credential(&query, &NONE, &[auth.as_bytes()]),
         Err(Refusal::Malformed)
     );
 }

@@ -10,3 +10,4 @@ pub mod handshake;
 mod headers;
 pub mod proxy;
 pub mod response;
+pub mod upgrade_headers;

@@ -401,9 +401,9 @@ pub enum ForwardedError {
 /// one outside `trusted` is the client: each proxy appends the address it saw, so everything
 /// left of the first untrusted entry was written by someone the node does not trust. When
 /// every entry is trusted the left-most is the client; an empty header leaves the peer.
-pub fn client_from_forwarded_for(
+pub fn client_from_forwarded_for<V: AsRef<[u8]>>(
     peer: IpAddr,
-    values: &[&[u8]],
+    values: &[V],
     trusted: &TrustedProxies,
 ) -> Result<IpAddr, ForwardedError> {
     let peer = canonical_ip(peer);
@@ -414,7 +414,7 @@ pub fn client_from_forwarded_for(
     let entries = values
         .iter()
         .rev()
-        .flat_map(|value| value.rsplit(|&b| b == b','));
+        .flat_map(|value| value.as_ref().rsplit(|&b| b == b','));
     for entry in entries {
         let entry = trim(entry);
         if entry.is_empty() {
