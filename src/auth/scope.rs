@@ -19,12 +19,12 @@
 use std::collections::HashSet;
 use std::sync::Arc;
 
+// One rule for channel names, session ids and tab ids, shared with `route.rs` and the admin
+// API: `[A-Za-z0-9_.:-]{1,128}`.
+pub use crate::http::admin_request::{valid_name, NAME_BYTES_MAX};
+
 /// The most patterns one claim list (`channels` or `publish`) may carry.
 pub const PATTERNS_MAX: usize = 256;
-
-/// The longest channel name, session id or tab id, in bytes (the rule `route.rs` and the admin
-/// API share).
-pub const NAME_BYTES_MAX: usize = 128;
 
 /// The table size below which `ScopeInterner` never sweeps.
 const INTERNER_SWEEP_FLOOR: usize = 64;
@@ -51,15 +51,6 @@ impl std::fmt::Display for PatternError {
 }
 
 impl std::error::Error for PatternError {}
-
-/// Whether `name` is a valid channel name, session id or tab id: `[A-Za-z0-9_.:-]{1,128}`.
-pub fn valid_name(name: &str) -> bool {
-    !name.is_empty()
-        && name.len() <= NAME_BYTES_MAX
-        && name
-            .bytes()
-            .all(|b| b.is_ascii_alphanumeric() || matches!(b, b'_' | b'.' | b':' | b'-'))
-}
 
 /// A set of channel patterns: exact names and prefixes, each sorted and deduplicated.
 #[derive(Clone, Debug, Default, PartialEq, Eq, Hash)]
