@@ -24,7 +24,7 @@ use std::sync::Arc;
 
 pub use extract::{find_credential, Credential, TokenSource, SUBPROTOCOL};
 pub use keys::{KeyAlgorithm, KeyError, KeySet, TokenKey, CLOCK_LEEWAY_S};
-pub use refusal::Refusal;
+pub use refusal::{LogBudget, Refusal};
 pub use scope::{Grant, PatternError, Patterns, Scope, ScopeInterner};
 
 /// The close code of a live connection whose token expired without a refresh.

@@ -116,3 +116,67 @@ impl fmt::Display for Refusal {
 }
 
 impl std::error::Error for Refusal {}
+
+/// The refusal log lines a shard writes per second by default.
+pub const LOG_LINES_PER_S_DEFAULT: u32 = 10;
+
+/// Rate-limits one shard's refusal log lines, so a flood of bad tokens cannot flood the log:
+/// at most `lines_per_s` lines in each second, the rest counted and reported by the next
+/// line that is written (`suppressed=N`).
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct LogBudget {
+    lines_per_s: u32,
+    window_s: u32,
+    logged: u32,
+    suppressed: u64,
+}
+
+impl LogBudget {
+    /// A budget of `lines_per_s` lines a second.
+    pub const fn new(lines_per_s: u32) -> LogBudget {
+        LogBudget {
+            lines_per_s,
+            window_s: 0,
+            logged: 0,
+            suppressed: 0,
+        }
+    }
+
+    /// Whether a line may be written at second `now_s`: `Some(n)` with the number of lines
+    /// suppressed since the last one written (to print as `suppressed=n`), or `None`, in
+    /// which case the line is counted and not written.
+    pub fn admit(&mut self, now_s: u32) -> Option<u64> {
+        if now_s != self.window_s {
+            self.window_s = now_s;
+            self.logged = 0;
+        }
+        if self.logged >= self.lines_per_s {
+            self.suppressed += 1;
+            return None;
+        }
+        self.logged += 1;
+        Some(std::mem::take(&mut self.suppressed))
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn the_log_budget_writes_a_few_lines_a_second_and_counts_the_rest() {
+        let mut budget = LogBudget::new(2);
+        assert_eq!(budget.admit(5), Some(0));
+        assert_eq!(budget.admit(5), Some(0));
+        for _ in 0..1000 {
+            assert_eq!(budget.admit(5), None);
+        }
+        assert_eq!(
+            budget.admit(6),
+            Some(1000),
+            "the next line reports the suppressed"
+        );
+        assert_eq!(budget.admit(6), Some(0));
+        assert_eq!(budget.admit(6), None);
+    }
+}
