@@ -15,6 +15,7 @@
 //! - A token that is sent and fails is refused, even where an anonymous client would be let
 //!   in: a client that tried to authenticate must learn that it failed.
 
+pub mod admin;
 pub mod extract;
 pub mod keys;
 pub mod refusal;
@@ -22,6 +23,7 @@ pub mod scope;
 
 use std::sync::Arc;
 
+pub use admin::{AdminDenial, AdminScope, AdminTokens};
 pub use extract::{find_credential, Credential, TokenSource, SUBPROTOCOL};
 pub use keys::{KeyAlgorithm, KeyError, KeySet, TokenKey, CLOCK_LEEWAY_S};
 pub use refusal::{LogBudget, Refusal};
