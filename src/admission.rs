@@ -181,10 +181,15 @@ impl AddressTable {
     /// Decides a new connection from `ip` at `now_ms`. On `Admit` the connection is counted
     /// live until `release`.
     pub fn try_admit(&self, ip: IpAddr, now_ms: u64) -> Decision {
+        self.try_admit_key(address_key(ip), now_ms)
+    }
+
+    /// As [`AddressTable::try_admit`], by [`address_key`]: a caller that keeps the 16-byte
+    /// key per connection (to release it) need not keep the address too.
+    pub fn try_admit_key(&self, key: u128, now_ms: u64) -> Decision {
         if !self.config.enabled() {
             return Decision::Admit;
         }
-        let key = address_key(ip);
         let mut stripe = self.lock(key);
         if !stripe.contains_key(&key) && stripe.len() >= self.stripe_entries_max {
             self.evict(&mut stripe, now_ms);
@@ -226,10 +231,14 @@ impl AddressTable {
 
     /// Ends a connection admitted from `ip`.
     pub fn release(&self, ip: IpAddr) {
+        self.release_key(address_key(ip));
+    }
+
+    /// As [`AddressTable::release`], by [`address_key`].
+    pub fn release_key(&self, key: u128) {
         if !self.config.enabled() {
             return;
         }
-        let key = address_key(ip);
         let mut stripe = self.lock(key);
         let Some(entry) = stripe.get_mut(&key) else {
             debug_assert!(false, "release of an address the table does not hold");

@@ -255,3 +255,16 @@ fn a_burst_of_zero_is_one_second_of_the_rate() {
     }
     assert_eq!(table.try_admit(v4(1), 0), RATE_REFUSED);
 }
+
+#[test]
+fn keys_and_addresses_reach_the_same_entry() {
+    let table = AddressTable::new(config(1, 0, 0));
+    let key = address_key(v4(9));
+    assert_eq!(table.try_admit_key(key, 0), Decision::Admit);
+    assert!(matches!(
+        table.try_admit(v4(9), 0),
+        Decision::TooMany { .. }
+    ));
+    table.release_key(key);
+    assert_eq!(table.live(v4(9)), 0);
+}
