@@ -5,6 +5,7 @@
 //! caller owns, and none of them touches a file descriptor.
 
 pub mod admin_request;
+pub mod admin_scope;
 pub mod client;
 pub mod handshake;
 mod headers;
