@@ -75,6 +75,7 @@ impl Role for AdminHttp {
             .iter()
             .all(|done| done.load(Ordering::Acquire))
             && core.pending.is_empty()
+            && core.queries.is_empty()
     }
 }
 

@@ -18,6 +18,7 @@ use crate::admin_service::AdminHttp;
 use crate::conn::end::End;
 use crate::conn::{self, Conn, State};
 use crate::fanout::{Publish, Target};
+use crate::history::{History, HistoryConfig};
 use crate::ring::fake::{FakeRing, Sqe, FAKE_FD_BASE};
 use crate::ring::Completion;
 use crate::ring::Owner;
@@ -79,6 +80,7 @@ pub(super) fn shard_harness<R: TestRole>(
         exited: (0..shards).map(|_| AtomicBool::new(false)).collect(),
         session_seq: AtomicU64::new(0),
         counters: (0..shards).map(|_| Mutex::new(Counters::new())).collect(),
+        history: Arc::new(History::new(HistoryConfig::default())),
     });
     let (senders, mut receivers): (Vec<_>, Vec<_>) = (0..shards)
         .map(|_| {
