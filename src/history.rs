@@ -413,20 +413,29 @@ impl History {
     pub fn read(&self, channel: &str, since: u64, limit: usize, now: Instant) -> Option<Page> {
         let shard = self.lock(lock_index(channel));
         let log = shard.channels.get(channel)?;
-        let live = |entry: &&Entry| self.config.ttl.is_none_or(|ttl| now < entry.at + ttl);
+        let len = log.entries.len();
+        let expired = |entry: &Entry| self.config.ttl.is_some_and(|ttl| now >= entry.at + ttl);
         // Expired entries are a prefix (entries are in time order), so the first live one
         // starts the retained range.
-        let first = log.entries.iter().position(|e| live(&e));
-        let (oldest_offset, retained) = match first {
-            Some(at) => (
-                Some(log.entries[at].offset),
-                (log.entries.len() - at) as u64,
-            ),
+        let first = log.entries.iter().position(|e| !expired(e)).unwrap_or(len);
+        let (oldest_offset, retained) = match log.entries.get(first) {
+            Some(oldest) => (Some(oldest.offset), (len - first) as u64),
             None => (None, 0),
         };
-        let mut after = log.entries.range(first.unwrap_or(log.entries.len())..);
-        let mut entries = Vec::with_capacity(limit.min(retained as usize));
-        for entry in after.by_ref().filter(|e| e.offset > since).take(limit) {
+        // Retained offsets are contiguous, so the first one after `since` is found by index.
+        let start = match log.entries.front() {
+            Some(front) => {
+                let past_since = since.saturating_add(1).saturating_sub(front.offset);
+                usize::try_from(past_since)
+                    .unwrap_or(usize::MAX)
+                    .clamp(first, len)
+            }
+            None => 0,
+        };
+        let mut after = log.entries.range(start..);
+        let mut entries = Vec::with_capacity(limit.min(len - start));
+        for entry in after.by_ref().take(limit) {
+            debug_assert!(entry.offset > since);
             entries.push(Retained {
                 offset: entry.offset,
                 payload: entry.payload.clone(),

@@ -471,3 +471,22 @@ fn read_skips_expired_entries_and_reports_a_channel_without_history() {
         (1, 0, false)
     );
 }
+
+#[test]
+fn read_with_no_room_says_more_only_when_an_entry_follows_since() {
+    let history = History::with_seed(config(5), 10);
+    let now = Instant::now();
+    for text in ["a", "b", "c"] {
+        put(&history, "x", text, now);
+    }
+    assert!(
+        history.read("x", 2, 0, now).unwrap().more,
+        "offset 3 follows 2"
+    );
+    assert!(!history.read("x", 3, 0, now).unwrap().more);
+    assert!(!history.read("x", u64::MAX, 0, now).unwrap().more);
+    assert_eq!(
+        texts(&history.read("x", 1, 5, now).unwrap()),
+        [(2, "b".into()), (3, "c".into())]
+    );
+}

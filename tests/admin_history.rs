@@ -30,7 +30,9 @@ fn history_pages_through_the_retained_messages_with_the_publish_offsets() {
         answers.push(publish(&node, "news", "text/plain", text.as_bytes()));
     }
     let binary = publish(&node, "news", "application/octet-stream", &[0, 0xff]);
-    let epoch = binary["epoch"].as_str().expect("the publish answer has an epoch");
+    let epoch = binary["epoch"]
+        .as_str()
+        .expect("the publish answer has an epoch");
     assert_eq!(binary["offset"], 5);
     assert!(answers.iter().all(|a| a["epoch"] == epoch));
 
@@ -44,7 +46,10 @@ fn history_pages_through_the_retained_messages_with_the_publish_offsets() {
             "truncated":false})
     );
     let page = get_json(&node, "/history/news?since=3&limit=1");
-    assert_eq!(page["messages"], json!([{"channel":"news","offset":4,"data":"four"}]));
+    assert_eq!(
+        page["messages"],
+        json!([{"channel":"news","offset":4,"data":"four"}])
+    );
     assert_eq!(page["truncated"], true);
     let rest = get_json(&node, "/history/news?since=4&limit=10");
     assert_eq!(rest["messages"].as_array().map(Vec::len), Some(1));

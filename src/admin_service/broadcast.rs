@@ -174,6 +174,7 @@ impl Core {
             refused: vec![false; n],
             waiting: n,
         }) as u32;
+        debug_assert!(id < BROADCAST_SLOT_TAG, "ids stay below the tags");
         self.admin_slot(key, AdminSlot::Waiting(BROADCAST_SLOT_TAG | id));
         let clients = self.peers.clients;
         let accepted = Instant::now();

@@ -24,6 +24,7 @@
 
 use std::collections::BTreeMap;
 use std::fmt::Write as _;
+use std::sync::atomic::Ordering;
 use std::sync::Arc;
 use std::time::Instant;
 
@@ -117,6 +118,7 @@ impl Core {
             counts: BTreeMap::new(),
             truncated: false,
         }) as u32;
+        debug_assert!(id < BROADCAST_SLOT_TAG, "ids stay below the tags");
         self.admin_slot(key, AdminSlot::Waiting(QUERY_SLOT_TAG | id));
         let census = Arc::new(Census {
             of,
@@ -238,8 +240,7 @@ impl Core {
     }
 
     /// Gives back a place `reserve` took in `target`'s inbox.
-    pub(super) fn release(&self, target: usize) {
-        use std::sync::atomic::Ordering;
+    fn release(&self, target: usize) {
         self.peers.queued[target].fetch_sub(1, Ordering::Relaxed);
     }
 }

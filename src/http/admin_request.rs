@@ -98,14 +98,22 @@ pub enum Target {
     /// (default 0), at most `limit` of them (default [`HISTORY_LIMIT_DEFAULT`], at most
     /// [`HISTORY_LIMIT_MAX`]).
     History {
+        /// The channel, validated.
         channel: String,
+        /// Messages at or below this offset are left out.
         since: u64,
+        /// Messages returned at most, already lowered to the cap.
         limit: usize,
     },
     /// `GET /channels?prefix=P&limit=N`: the active channels whose names start with `prefix`
     /// (default: all), in name order, at most `limit` (default [`CHANNELS_LIMIT_DEFAULT`], at
     /// most [`CHANNELS_LIMIT_MAX`]).
-    Channels { prefix: String, limit: usize },
+    Channels {
+        /// Names listed start with this (validated: name bytes only, at most 128).
+        prefix: String,
+        /// Channels listed at most, already lowered to the cap.
+        limit: usize,
+    },
     /// `GET /channels/<channel>`: one channel's subscribers and position.
     Channel(String),
     /// `POST /broadcast`: one payload to several channels, named in the JSON body (read by
