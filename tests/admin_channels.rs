@@ -194,3 +194,27 @@ fn history_of_a_channel_the_node_never_saw_is_404() {
     let (status, _) = ask(&node, "GET", "/history/never.seen?since=3&limit=2", b"");
     assert_eq!(status, 404);
 }
+
+#[test]
+fn the_channel_views_and_broadcast_answer_after_a_client_shard_stopped() {
+    // The test hook stops shard 1 on its first tick, as a ring error would.
+    let node = Node::start_with_env(&["--shards", "2"], &[("RINGPUSH_TEST_FAIL_SHARD", "1:run")]);
+    node.expect_log("event=shard_gone shard=1");
+    let mut sub = node.ws("/ws/news");
+    let listed = admin(&node, "GET", "/channels", &[], b"");
+    assert_eq!(listed.status, 200, "{}", listed.text());
+    let listed: Value = serde_json::from_slice(&listed.body).expect("JSON");
+    assert_eq!(
+        listed,
+        json!({"channels":[{"channel":"news","subscribers":1}],"truncated":false})
+    );
+    let body = json!({"channels":["news","gone"],"data":"still here"}).to_string();
+    let answer = admin(&node, "POST", "/broadcast", &[], body.as_bytes());
+    assert_eq!(answer.status, 200, "{}", answer.text());
+    assert!(
+        answer.text().ends_with(r#""subscribers":1}"#),
+        "{}",
+        answer.text()
+    );
+    assert_eq!(sub.recv(), Msg::Text("still here".into()));
+}

@@ -442,3 +442,84 @@ fn history_is_answered_from_the_shared_store_or_404() {
     let out = h.ask(owner, &request("HEAD", "/history/news", b""));
     assert!(out.starts_with(b"HTTP/1.1 200") && body_of(&out).is_empty());
 }
+
+#[test]
+fn a_publish_a_census_and_a_broadcast_pipelined_are_answered_in_request_order() {
+    let mut h = admin(&[]);
+    let owner = h.connect();
+    // All three wait with id 0 in their own slab: the tags keep their slots apart.
+    let mut pipelined = PUBLISH.to_vec();
+    pipelined.extend_from_slice(&request("GET", "/channels", b""));
+    pipelined.extend_from_slice(&request(
+        "POST",
+        "/broadcast",
+        br#"{"channels":["b"],"data":"x"}"#,
+    ));
+    h.shard.ring.recv(owner, &pipelined);
+    h.shard.batch();
+    let core = &h.shard.service.core;
+    assert_eq!(
+        (
+            core.pending.len(),
+            core.queries.len(),
+            core.broadcasts.len()
+        ),
+        (2, 1, 1)
+    );
+    let mut publish_ids = Vec::new();
+    let mut census_id = None;
+    for inbox in h.peer_inboxes[..CLIENTS].iter().flatten() {
+        while let Ok(msg) = inbox.try_recv() {
+            match msg {
+                ShardMsg::Publish(p) => publish_ids.push(p.origin.expect("counted").1),
+                ShardMsg::Census(c) => census_id = Some(c.origin.1),
+                other => panic!("unexpected {other:?}"),
+            }
+        }
+    }
+    let (news, b) = (publish_ids[0], publish_ids[1]);
+    assert_eq!(publish_ids, [news, b, news, b]);
+    assert_eq!(census_id, Some(0));
+    // The answers arrive last request first.
+    for from in 0..CLIENTS {
+        h.inbox
+            .send(ShardMsg::Reply {
+                id: b,
+                from,
+                count: 2,
+            })
+            .expect("open");
+    }
+    h.shard.ring.doorbell();
+    h.shard.batch();
+    census_reply(&mut h, 0, 0, &[("news", 1)]);
+    census_reply(&mut h, 0, 1, &[("b", 4)]);
+    assert_eq!(
+        h.shard.ring.sends_of(owner),
+        0,
+        "the publish is still waiting"
+    );
+    for from in 0..CLIENTS {
+        h.inbox
+            .send(ShardMsg::Reply {
+                id: news,
+                from,
+                count: 1,
+            })
+            .expect("open");
+    }
+    h.shard.ring.doorbell();
+    h.shard.batch();
+    let out = h.answer(owner).expect("all three answers");
+    let text = String::from_utf8(out.to_vec()).expect("ASCII");
+    let publish_at = text
+        .find(r#"{"channel":"news","subscribers":2}"#)
+        .expect("publish");
+    let census_at = text
+        .find(r#"{"channels":[{"channel":"b","subscribers":4},{"channel":"news","subscribers":1}]"#)
+        .expect("census");
+    let broadcast_at = text
+        .find(r#"{"channels":[{"channel":"b","subscribers":4}],"subscribers":4}"#)
+        .expect("broadcast");
+    assert!(publish_at < census_at && census_at < broadcast_at, "{text}");
+}
