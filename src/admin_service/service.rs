@@ -9,7 +9,7 @@
 //! - A full admin listener first evicts a connection that has completed no request; only
 //!   when every connection has completed one is the newcomer refused.
 //! - The admin shard keeps answering while draining, and ends only when every client shard
-//!   has exited and no publish waits for counts.
+//!   has exited and no publish, broadcast or channels request waits for counts.
 
 use std::sync::atomic::Ordering;
 
