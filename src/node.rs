@@ -12,6 +12,7 @@ use std::time::{Duration, Instant};
 
 use crate::config::Config;
 use crate::fanout::Peers;
+use crate::history::{History, HistoryConfig};
 use crate::ring::{sys, Ring, RingConfig};
 use crate::shard::{self, Setup, ShardKind, Shared};
 use crate::stats::{self, Counters};
@@ -154,6 +155,8 @@ pub fn run(cfg: Config) -> Result<(), String> {
         counters: (0..total_shards)
             .map(|_| Mutex::new(Counters::new()))
             .collect(),
+        // History flags are wired with the JSON mode; until then it keeps nothing.
+        history: Arc::new(History::new(HistoryConfig::default())),
     });
     let cores = if cfg.no_pin {
         Vec::new()

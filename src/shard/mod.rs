@@ -34,6 +34,7 @@ use hdrhistogram::Histogram;
 use crate::admin_service::AdminService;
 use crate::config::Config;
 use crate::fanout::{Peers, ShardMsg};
+use crate::history::History;
 use crate::reactor::Reactor;
 use crate::ring::driver::Driver;
 use crate::ring::{sys, Ring, QUIESCE_MS};
@@ -88,6 +89,9 @@ pub struct Shared {
     pub session_seq: AtomicU64,
     /// Per shard: its counters as of its last publication (every tick).
     pub counters: Vec<Mutex<Counters>>,
+    /// The node-wide sequencer and history store (read by the admin API's `/history` and
+    /// `/channels/<name>`).
+    pub history: Arc<History>,
 }
 
 /// What a shard hands back when it exits.
