@@ -1,6 +1,7 @@
 //! The node's configuration: every limit with its default, parsed from the command line.
 
 use std::net::SocketAddr;
+use std::path::PathBuf;
 use std::time::Duration;
 
 use clap::Parser;
@@ -144,6 +145,28 @@ pub struct Config {
     /// refuses to start when another process listens on either address.
     #[arg(long)]
     pub reuse_port_with_others: bool,
+
+    /// File holding the full admin token (one trailing newline stripped); instead of
+    /// --admin-token, so the token stays out of the process list.
+    #[arg(long)]
+    pub admin_token_file: Option<PathBuf>,
+
+    /// Environment variable holding the full admin token; instead of --admin-token.
+    #[arg(long)]
+    pub admin_token_env: Option<String>,
+
+    /// Bearer token that may only publish (`POST /publish`, `/send`, `/broadcast`, and
+    /// `/healthz`): 403 on `/metrics`, `/history` and `/channels`. Needs a full admin token.
+    #[arg(long)]
+    pub admin_publish_token: Option<String>,
+
+    /// File holding the publish-only admin token (one trailing newline stripped).
+    #[arg(long)]
+    pub admin_publish_token_file: Option<PathBuf>,
+
+    /// Environment variable holding the publish-only admin token.
+    #[arg(long)]
+    pub admin_publish_token_env: Option<String>,
 }
 
 impl Config {

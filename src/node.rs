@@ -10,6 +10,7 @@ use std::sync::atomic::{AtomicBool, AtomicU64, AtomicUsize, Ordering};
 use std::sync::{mpsc, Arc, Mutex};
 use std::time::{Duration, Instant};
 
+use crate::auth::setup::NodeAuth;
 use crate::config::Config;
 use crate::fanout::Peers;
 use crate::history::{History, HistoryConfig};
@@ -66,6 +67,7 @@ pub fn run(cfg: Config) -> Result<(), String> {
     if cfg.admin_token.as_deref() == Some("") {
         return Err("--admin-token must not be empty".to_string());
     }
+    let auth = NodeAuth::load(&cfg)?;
     if !cfg.recv_buffers.is_power_of_two() {
         return Err(format!(
             "--recv-buffers {} is not a power of two",
@@ -157,6 +159,7 @@ pub fn run(cfg: Config) -> Result<(), String> {
             .collect(),
         // History flags are wired with the JSON mode; until then it keeps nothing.
         history: Arc::new(History::new(HistoryConfig::default())),
+        auth,
     });
     let cores = if cfg.no_pin {
         Vec::new()

@@ -20,6 +20,7 @@ pub mod extract;
 pub mod keys;
 pub mod refusal;
 pub mod scope;
+pub mod setup;
 
 use std::sync::Arc;
 

@@ -37,14 +37,17 @@
 //! - After any [`AdminError`] the caller writes its response and closes the connection: once a
 //!   request is refused, where the next one starts is unknown. The refusal is written with
 //!   `Connection: close` accordingly.
-//! - The configured token is compared in constant time over the longer of the two lengths, so
-//!   neither the first differing byte nor a length mismatch ends the comparison early.
+//! - The configured tokens are compared in constant time over the longer of the two lengths,
+//!   so neither the first differing byte nor a length mismatch ends the comparison early
+//!   (`admin_scope::AdminTokens`). A wrong token is refused (401) before routing; the
+//!   publish-only token on an endpoint outside its scope is refused 403 once it is routed.
 
 use std::fmt;
 use std::ops::Range;
 
 use httparse::Status;
 
+use crate::http::admin_scope::AdminTokens;
 use crate::http::handshake::HEADER_LINES_MAX;
 use crate::http::headers::{has_token, single_value, trim_whitespace, values};
 use crate::http::response::write_response;
@@ -77,10 +80,10 @@ pub struct AdminConfig {
     pub head_bytes_max: usize,
     /// The longest request body accepted, in bytes, judged from `Content-Length`.
     pub body_bytes_max: usize,
-    /// The bearer token every request must carry, or `None` to accept requests without one.
-    /// `Some("")` is taken literally (a request with `Authorization: Bearer` and no token
-    /// passes), so configuration should refuse an empty token.
-    pub token: Option<String>,
+    /// The admin tokens (`--admin-token`, `--admin-publish-token`): without a full token
+    /// every request is accepted; with one, each request must carry a configured token, and
+    /// the publish-only one reaches only its endpoints (`AdminScope::allows`).
+    pub tokens: AdminTokens,
 }
 
 /// Which endpoint a request is for, with its validated name where the path carries one.
@@ -187,6 +190,9 @@ pub enum AdminError {
     /// A JSON body (`POST /broadcast`) is not what the endpoint takes; the value says which
     /// rule (400). The parser never returns it: the admin service reads the body.
     InvalidBody(&'static str),
+    /// The publish-only admin token on an endpoint outside its scope: `/metrics`,
+    /// `/history`, `/channels` (403).
+    Forbidden,
 }
 
 impl AdminError {
@@ -205,6 +211,7 @@ impl AdminError {
         "request_timeout",
         "invalid_query",
         "invalid_body",
+        "forbidden",
     ];
 
     /// How many refusal labels there are: the length of the per-reason counters.
@@ -227,6 +234,7 @@ impl AdminError {
             Self::RequestTimeout => 10,
             Self::InvalidQuery(_) => 11,
             Self::InvalidBody(_) => 12,
+            Self::Forbidden => 13,
         }
     }
 
@@ -239,6 +247,7 @@ impl AdminError {
             | Self::InvalidQuery(_)
             | Self::InvalidBody(_) => 400,
             Self::Unauthorized => 401,
+            Self::Forbidden => 403,
             Self::NotFound => 404,
             Self::MethodNotAllowed(_) => 405,
             Self::RequestTimeout => 408,
@@ -265,6 +274,7 @@ impl AdminError {
             Self::RequestTimeout => "request_timeout",
             Self::InvalidQuery(_) => "invalid_query",
             Self::InvalidBody(_) => "invalid_body",
+            Self::Forbidden => "forbidden",
         }
     }
 
@@ -283,6 +293,7 @@ impl AdminError {
             Self::ChunkedUnsupported => "Transfer-Encoding is not supported; send Content-Length",
             Self::RequestTimeout => "request not completed in time",
             Self::InvalidQuery(rule) | Self::InvalidBody(rule) => rule,
+            Self::Forbidden => "this token may only publish, send and broadcast",
         }
     }
 
@@ -365,11 +376,10 @@ pub fn parse(buf: &[u8], cfg: &AdminConfig) -> Result<Option<(AdminRequest, usiz
     debug_assert!(head_bytes <= cfg.head_bytes_max);
 
     let head = Head::read(&request)?;
-    if let Some(token) = &cfg.token {
-        if !authorized(request.headers, token.as_bytes()) {
-            return Err(AdminError::Unauthorized);
-        }
-    }
+    let scope = cfg
+        .tokens
+        .scope(single_value(request.headers, "Authorization"))
+        .map_err(|_| AdminError::Unauthorized)?;
     let (endpoint, name) = route(head.path).ok_or(AdminError::NotFound)?;
     let head_only = match (endpoint.is_post(), head.method) {
         (true, "POST") | (false, "GET") => false,
@@ -410,6 +420,9 @@ pub fn parse(buf: &[u8], cfg: &AdminConfig) -> Result<Option<(AdminRequest, usiz
         Endpoint::Channel => Target::Channel(name.to_owned()),
         Endpoint::Broadcast => Target::Broadcast,
     };
+    if !scope.allows(&target) {
+        return Err(AdminError::Forbidden);
+    }
     if head.transfer_encoding {
         return Err(AdminError::ChunkedUnsupported);
     }
@@ -713,22 +726,6 @@ fn keep_alive(version: u8, headers: &[httparse::Header<'_>]) -> bool {
         return false;
     }
     version >= 1 || has_token(headers, "Connection", b"keep-alive")
-}
-
-/// Whether the request carries exactly one `Authorization: Bearer <token>` whose token equals
-/// `token`. The scheme is case-insensitive (RFC 9110 §11.1); the token is compared in constant
-/// time.
-fn authorized(headers: &[httparse::Header<'_>], token: &[u8]) -> bool {
-    let Some(value) = single_value(headers, "Authorization") else {
-        return false;
-    };
-    let value = trim_whitespace(value);
-    let scheme_end = value
-        .iter()
-        .position(|&b| b == b' ' || b == b'\t')
-        .unwrap_or(value.len());
-    let (scheme, credentials) = value.split_at(scheme_end);
-    scheme.eq_ignore_ascii_case(b"Bearer") && constant_time_eq(trim_whitespace(credentials), token)
 }
 
 /// Whether `key` can sit between JSON quotes unescaped: non-empty ASCII letters, digits and `_`.

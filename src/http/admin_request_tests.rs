@@ -28,13 +28,13 @@ fn config() -> AdminConfig {
     AdminConfig {
         head_bytes_max: 1024,
         body_bytes_max: 64,
-        token: Some(TOKEN.to_owned()),
+        tokens: AdminTokens::new(Some(TOKEN.as_bytes().into()), None).unwrap(),
     }
 }
 
 fn open_config() -> AdminConfig {
     AdminConfig {
-        token: None,
+        tokens: AdminTokens::default(),
         ..config()
     }
 }
@@ -97,6 +97,7 @@ fn every_error() -> Vec<AdminError> {
         AdminError::RequestTimeout,
         AdminError::InvalidQuery("limit: a decimal count"),
         AdminError::InvalidBody("the body is not a JSON object"),
+        AdminError::Forbidden,
     ];
     for error in &all {
         match error {
@@ -112,7 +113,8 @@ fn every_error() -> Vec<AdminError> {
             | AdminError::ChunkedUnsupported
             | AdminError::RequestTimeout
             | AdminError::InvalidQuery(_)
-            | AdminError::InvalidBody(_) => {}
+            | AdminError::InvalidBody(_)
+            | AdminError::Forbidden => {}
         }
     }
     all
@@ -710,6 +712,7 @@ fn statuses_and_labels() {
             AdminError::InvalidBody("the body is not a JSON object"),
             400,
         ),
+        (AdminError::Forbidden, 403),
     ];
     assert_eq!(expected.len(), every_error().len());
     for (error, status) in expected {
@@ -895,4 +898,39 @@ fn the_new_paths_follow_the_token_and_their_methods() {
     // Query parameters on the endpoints that take none are still ignored.
     let (parsed, _) = accepted(&get("/metrics?since=x"), &open_config());
     assert_eq!(parsed.target, Target::Metrics);
+}
+
+#[test]
+fn the_publish_only_token_is_refused_403_outside_its_scope() {
+    let cfg = AdminConfig {
+        tokens: AdminTokens::new(Some(TOKEN.as_bytes().into()), Some((*b"pub-only").into()))
+            .unwrap(),
+        ..config()
+    };
+    let with = |line: &str| format!("{line}\r\nHost: a\r\nAuthorization: Bearer pub-only\r\n\r\n");
+    for line in [
+        "GET /metrics HTTP/1.1",
+        "GET /history/news HTTP/1.1",
+        "GET /channels HTTP/1.1",
+    ] {
+        assert_eq!(
+            refused(with(line).as_bytes(), &cfg),
+            AdminError::Forbidden,
+            "{line}"
+        );
+    }
+    let publish = "POST /publish/news HTTP/1.1\r\nHost: a\r\nAuthorization: Bearer pub-only\r\n\
+         Content-Length: 1\r\n\r\nx";
+    assert!(matches!(
+        accepted(publish.as_bytes(), &cfg).0.target,
+        Target::Publish(_)
+    ));
+    // A wrong token is still 401, before routing.
+    let wrong = "GET /nowhere HTTP/1.1\r\nHost: a\r\nAuthorization: Bearer nope\r\n\r\n";
+    assert_eq!(refused(wrong.as_bytes(), &cfg), AdminError::Unauthorized);
+    let response = response_text(&AdminError::Forbidden);
+    assert!(
+        response.starts_with("HTTP/1.1 403 Forbidden\r\n"),
+        "{response}"
+    );
 }

@@ -5,8 +5,9 @@
 //! Invariants:
 //! - Both tokens are compared in constant time (`admin_request::constant_time_eq`), and
 //!   both are always compared, so the time does not tell which one a guess came close to.
-//! - The publish token reaches `POST /publish`, `POST /send` and `/healthz`, never
-//!   `/metrics`: a leaked backend credential cannot read the node's state.
+//! - The publish token reaches `POST /publish`, `POST /send`, `POST /broadcast` and
+//!   `/healthz`, never `/metrics`, `/history` or `/channels`: a leaked backend credential
+//!   cannot read the node's state.
 //! - An empty token, from any source, is a start-up error: `Bearer` with nothing after it
 //!   must never authenticate.
 //! - Without a full token the admin API stays open as before, whatever the publish token.
@@ -18,7 +19,7 @@ use crate::http::admin_request::{constant_time_eq, Target};
 pub enum AdminScope {
     /// Every endpoint: the full admin token, or no token configured at all.
     Full,
-    /// `POST /publish`, `POST /send` and `/healthz`.
+    /// `POST /publish`, `POST /send`, `POST /broadcast` and `/healthz`.
     PublishOnly,
 }
 
@@ -27,7 +28,11 @@ impl AdminScope {
     pub fn allows(self, target: &Target) -> bool {
         match self {
             Self::Full => true,
-            Self::PublishOnly => !matches!(target, Target::Metrics),
+            // Listed one by one, so a new read endpoint is closed to it until named here.
+            Self::PublishOnly => matches!(
+                target,
+                Target::Publish(_) | Target::Send(_) | Target::Broadcast | Target::Healthz
+            ),
         }
     }
 }
@@ -109,29 +114,38 @@ impl AdminTokens {
         authorization: &[V],
         target: &Target,
     ) -> Result<AdminScope, AdminDenial> {
+        let single = match authorization {
+            [value] => Some(value.as_ref()),
+            _ => None,
+        };
+        let scope = self.scope(single)?;
+        if scope.allows(target) {
+            Ok(scope)
+        } else {
+            Err(AdminDenial::Forbidden)
+        }
+    }
+
+    /// The scope of the request's one `Authorization` value (`None`: absent or repeated),
+    /// before its target is known: the admin parser refuses a wrong token (401) before it
+    /// routes, and checks [`AdminScope::allows`] once it knows the endpoint.
+    pub fn scope(&self, authorization: Option<&[u8]>) -> Result<AdminScope, AdminDenial> {
         let Some(full) = &self.full else {
             return Ok(AdminScope::Full);
         };
-        let presented = match authorization {
-            [value] => bearer(value.as_ref()),
-            _ => None,
-        }
-        .ok_or(AdminDenial::Unauthorized)?;
+        let presented = authorization
+            .and_then(bearer)
+            .ok_or(AdminDenial::Unauthorized)?;
         // Both comparisons always run, so timing does not say which token was near.
         let is_full = constant_time_eq(presented, full);
         let is_publish = self
             .publish
             .as_deref()
             .is_some_and(|publish| constant_time_eq(presented, publish));
-        let scope = match (is_full, is_publish) {
-            (true, _) => AdminScope::Full,
-            (false, true) => AdminScope::PublishOnly,
-            (false, false) => return Err(AdminDenial::Unauthorized),
-        };
-        if scope.allows(target) {
-            Ok(scope)
-        } else {
-            Err(AdminDenial::Forbidden)
+        match (is_full, is_publish) {
+            (true, _) => Ok(AdminScope::Full),
+            (false, true) => Ok(AdminScope::PublishOnly),
+            (false, false) => Err(AdminDenial::Unauthorized),
         }
     }
 }

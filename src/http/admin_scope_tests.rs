@@ -80,3 +80,36 @@ fn debug_output_never_shows_a_token() {
         "{shown}"
     );
 }
+
+#[test]
+fn the_publish_token_reaches_broadcast_but_not_history_or_channels() {
+    let t = tokens();
+    let publish_only = [b"Bearer pub-token".to_vec()];
+    assert_eq!(
+        t.check(&publish_only, &Target::Broadcast),
+        Ok(AdminScope::PublishOnly)
+    );
+    let reads = [
+        Target::History {
+            channel: "news".into(),
+            since: 0,
+            limit: 10,
+        },
+        Target::Channels {
+            prefix: String::new(),
+            limit: 10,
+        },
+        Target::Channel("news".into()),
+    ];
+    for target in &reads {
+        assert_eq!(
+            t.check(&publish_only, target),
+            Err(AdminDenial::Forbidden),
+            "{target:?}"
+        );
+        assert_eq!(
+            t.check(&[b"Bearer full-token".to_vec()], target),
+            Ok(AdminScope::Full)
+        );
+    }
+}

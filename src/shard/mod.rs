@@ -32,6 +32,7 @@ use std::time::Duration;
 use hdrhistogram::Histogram;
 
 use crate::admin_service::AdminService;
+use crate::auth::setup::NodeAuth;
 use crate::config::Config;
 use crate::fanout::{Peers, ShardMsg};
 use crate::history::History;
@@ -92,6 +93,8 @@ pub struct Shared {
     /// The node-wide sequencer and history store (read by the admin API's `/history` and
     /// `/channels/<name>`).
     pub history: Arc<History>,
+    /// The admin tokens and the connection-token configuration, loaded at start-up.
+    pub auth: NodeAuth,
 }
 
 /// What a shard hands back when it exits.

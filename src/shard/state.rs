@@ -139,7 +139,7 @@ impl Core {
         let admin_cfg = AdminConfig {
             head_bytes_max: cfg.max_header_bytes,
             body_bytes_max: cfg.max_message,
-            token: cfg.admin_token.clone(),
+            tokens: shared.auth.admin_tokens.clone(),
         };
         let mut refusal_busy = Vec::new();
         HandshakeError::Overloaded.write_refusal(&mut refusal_busy);

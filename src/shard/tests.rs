@@ -81,6 +81,7 @@ pub(super) fn shard_harness<R: TestRole>(
         session_seq: AtomicU64::new(0),
         counters: (0..shards).map(|_| Mutex::new(Counters::new())).collect(),
         history: Arc::new(History::new(HistoryConfig::default())),
+        auth: NodeAuth::load(&cfg).expect("the test's auth flags load"),
     });
     let (senders, mut receivers): (Vec<_>, Vec<_>) = (0..shards)
         .map(|_| {
