@@ -6,6 +6,8 @@ use std::time::Duration;
 
 use clap::Parser;
 
+use crate::auth::AuthMode;
+
 /// Policy for a subscriber that does not read fast enough.
 #[derive(clap::ValueEnum, Clone, Copy, Debug, PartialEq, Eq)]
 pub enum SlowConsumer {
@@ -167,6 +169,31 @@ pub struct Config {
     /// Environment variable holding the publish-only admin token.
     #[arg(long)]
     pub admin_publish_token_env: Option<String>,
+
+    /// Whether clients need a signed token to connect: `off` (anyone, a warning at start-up),
+    /// `optional` (a token is honoured; without one only --anonymous-channels), `required`.
+    #[arg(long, default_value = "off", value_parser = parse_auth_mode)]
+    pub auth: AuthMode,
+
+    /// A token verification key file (repeatable): an HS256 secret, or an RS256 or ES256
+    /// public key in PEM; its file name without extension is its `kid`.
+    #[arg(long = "token-key")]
+    pub token_keys: Vec<PathBuf>,
+
+    /// An environment variable holding an HS256 token secret (repeatable); its name is its
+    /// `kid`.
+    #[arg(long = "token-key-env")]
+    pub token_key_envs: Vec<String>,
+
+    /// Channels a client without a token may subscribe to with --auth optional
+    /// (comma-separated names, `prefix.*` or `*`).
+    #[arg(long, value_delimiter = ',')]
+    pub anonymous_channels: Vec<String>,
+}
+
+/// Parses `--auth`.
+fn parse_auth_mode(value: &str) -> Result<AuthMode, String> {
+    AuthMode::parse(value).ok_or_else(|| format!("--auth {value:?}: use off, optional or required"))
 }
 
 impl Config {

@@ -11,6 +11,7 @@ use std::sync::{mpsc, Arc, Mutex};
 use std::time::{Duration, Instant};
 
 use crate::auth::setup::NodeAuth;
+use crate::auth::{AuthMode, AUTH_OFF_WARNING};
 use crate::config::Config;
 use crate::fanout::Peers;
 use crate::history::{History, HistoryConfig};
@@ -68,6 +69,9 @@ pub fn run(cfg: Config) -> Result<(), String> {
         return Err("--admin-token must not be empty".to_string());
     }
     let auth = NodeAuth::load(&cfg)?;
+    if auth.mode == AuthMode::Off {
+        crate::elog!("ringpush {AUTH_OFF_WARNING}");
+    }
     if !cfg.recv_buffers.is_power_of_two() {
         return Err(format!(
             "--recv-buffers {} is not a power of two",

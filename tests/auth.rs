@@ -1,12 +1,311 @@
-//! Issue 11, black-box, the parts wired into the node: the admin token scopes. The parts not
-//! wired yet (connection tokens, per-address admission, rate limits, proxies) are in
-//! `tests/auth_pending.rs`, kept out of the default run by `test = false` in Cargo.toml.
-//! The flags, labels and close codes these tests use are the ones `SECURITY.md` documents.
+//! Issue 11, black-box, the parts wired into the node: connection tokens before the upgrade
+//! (raw mode) and the admin token scopes, against the real binary. The parts not wired yet
+//! (JSON mode's token checks, expiry and refresh, per-address admission, rate limits,
+//! proxies) are in `tests/auth_pending.rs`, kept out of the default run by `test = false`
+//! in Cargo.toml. The flags, labels and close codes these tests use are the ones
+//! `SECURITY.md` documents.
 
 mod util;
 
-use util::admin;
-use util::auth::start_listening_with_env;
+use std::time::{Duration, Instant};
+
+use serde_json::json;
+
+use util::auth::{
+    claims, fixture, forge, header, none_token, now_s, refused, sign, start_listening_with_env,
+    upgrade, Signer,
+};
+use util::{admin, metric_at_least, spawn_node, Client, Msg, Node};
+
+/// A node that requires tokens and holds the HS256, RS256 and ES256 fixture keys.
+fn required_node(extra: &[&str]) -> Node {
+    let (hs1, rs1, es1) = (
+        fixture("hs1.secret"),
+        fixture("rs1.pem"),
+        fixture("es1.pem"),
+    );
+    let args = [
+        &["--auth", "required", "--token-key", &hs1][..],
+        &["--token-key", &rs1, "--token-key", &es1],
+        extra,
+    ]
+    .concat();
+    Node::start(&args)
+}
+
+fn news_claims() -> serde_json::Value {
+    claims("user-1", &["news", "scores.*"], 600)
+}
+
+fn publish(node: &Node, channel: &str, text: &str) {
+    let path = format!("/publish/{channel}");
+    let resp = admin(
+        node,
+        "POST",
+        &path,
+        &[("Content-Type", "text/plain")],
+        text.as_bytes(),
+    );
+    assert_eq!(resp.status, 200, "{}", resp.text());
+}
+
+/// Expects silence for `quiet` on a raw client.
+fn expect_silence(client: &mut Client, quiet: Duration) {
+    client.stream.set_read_timeout(Some(quiet)).unwrap();
+    let got = client.try_recv();
+    client.stream.set_read_timeout(Some(util::WAIT)).unwrap();
+    match got {
+        Err(error) => assert!(
+            error.contains("timed out") || error.contains("temporarily unavailable"),
+            "expected silence, got {error}"
+        ),
+        Ok(other) => panic!("expected silence, got {other:?}"),
+    }
+}
+
+#[test]
+fn issue_11_valid_hs256_rs256_and_es256_tokens_upgrade_from_each_place() {
+    let node = required_node(&[]);
+    let hs = sign(&Signer::Hs("hs1.secret"), None, &news_claims());
+    let rs = sign(&Signer::Rs, None, &news_claims());
+    let es = sign(&Signer::Es, Some("es1"), &news_claims());
+
+    let mut by_query = upgrade(node.addr, &format!("/ws/news?token={hs}"), &[]).unwrap();
+    let bearer = format!("Bearer {rs}");
+    let mut by_header =
+        upgrade(node.addr, "/ws/news", &[("Authorization", bearer.as_str())]).unwrap();
+    let offer = format!("ringpush.v1, bearer.{es}");
+    let mut by_protocol = upgrade(
+        node.addr,
+        "/ws/news",
+        &[("Sec-WebSocket-Protocol", offer.as_str())],
+    )
+    .unwrap();
+    // The node echoes the protocol, never the token.
+    assert_eq!(
+        header(&by_protocol.head, "Sec-WebSocket-Protocol"),
+        Some("ringpush.v1"),
+        "{}",
+        by_protocol.head
+    );
+    assert!(!by_protocol.head.contains(&es), "{}", by_protocol.head);
+
+    publish(&node, "news", "hello");
+    for client in [&mut by_query, &mut by_header, &mut by_protocol] {
+        assert_eq!(client.recv(), Msg::Text("hello".into()));
+    }
+
+    let (status, head) = refused(node.addr, "/ws/news", &[]);
+    assert_eq!(status, 401, "{head}");
+    assert!(header(&head, "WWW-Authenticate").is_some_and(|v| v.starts_with("Bearer")));
+    metric_at_least(
+        &node,
+        "ringpush_connections_refused_total{reason=\"token_missing\"}",
+        1,
+    );
+}
+
+#[test]
+fn issue_11_forged_unsigned_and_key_confused_tokens_are_refused_401() {
+    let node = required_node(&[]);
+    let good = sign(&Signer::Hs("hs1.secret"), None, &news_claims());
+    let forged = forge(&good, &claims("admin", &["*"], 600));
+    let unsigned = none_token(&news_claims());
+    // HS256 with the RS256 public key's PEM bytes as the secret.
+    let public_pem = std::fs::read(fixture("rs1.pem")).unwrap();
+    let confused = sign(&Signer::HsBytes(public_pem.clone()), None, &news_claims());
+    let confused_kid = sign(&Signer::HsBytes(public_pem), Some("rs1"), &news_claims());
+    let stranger = sign(&Signer::Hs("hs-removed.secret"), None, &news_claims());
+
+    for (name, token) in [
+        ("forged", &forged),
+        ("alg none", &unsigned),
+        ("key confusion", &confused),
+        ("key confusion with kid", &confused_kid),
+        ("unknown secret", &stranger),
+        ("garbage", &"not-a-token".to_string()),
+    ] {
+        let (status, head) = refused(node.addr, &format!("/ws/news?token={token}"), &[]);
+        assert_eq!(status, 401, "{name}: {head}");
+    }
+    for (reason, at_least) in [
+        ("token_bad_signature", 3),
+        ("token_wrong_algorithm", 2),
+        ("token_malformed", 1),
+    ] {
+        let series = format!("ringpush_connections_refused_total{{reason=\"{reason}\"}}");
+        metric_at_least(&node, &series, at_least);
+    }
+    node.expect_log("token_bad_signature");
+}
+
+#[test]
+fn issue_11_expired_and_not_yet_valid_tokens_are_refused_401() {
+    let node = required_node(&[]);
+    let expired = sign(
+        &Signer::Hs("hs1.secret"),
+        None,
+        &claims("user-1", &["news"], -60),
+    );
+    let mut early = claims("user-1", &["news"], 600);
+    // Beyond the 30 s clock leeway (CLOCK_LEEWAY_S).
+    early["nbf"] = json!(now_s() + 300);
+    let early = sign(&Signer::Rs, None, &early);
+    for token in [&expired, &early] {
+        let (status, head) = refused(node.addr, &format!("/ws/news?token={token}"), &[]);
+        assert_eq!(status, 401, "{head}");
+    }
+    metric_at_least(
+        &node,
+        "ringpush_connections_refused_total{reason=\"token_expired\"}",
+        1,
+    );
+    metric_at_least(
+        &node,
+        "ringpush_connections_refused_total{reason=\"token_not_yet_valid\"}",
+        1,
+    );
+}
+
+#[test]
+fn issue_11_a_rotated_key_still_verifies_and_a_removed_one_is_refused() {
+    let (hs1, hs2) = (fixture("hs1.secret"), fixture("hs2.secret"));
+    let old = sign(&Signer::Hs("hs1.secret"), None, &news_claims());
+    let old_with_kid = sign(&Signer::Hs("hs1.secret"), Some("hs1"), &news_claims());
+    let new = sign(&Signer::Hs("hs2.secret"), Some("hs2"), &news_claims());
+
+    // During the rotation both keys verify.
+    let both = Node::start(&[
+        "--auth",
+        "required",
+        "--token-key",
+        &hs1,
+        "--token-key",
+        &hs2,
+    ]);
+    for token in [&old, &old_with_kid, &new] {
+        upgrade(both.addr, &format!("/ws/news?token={token}"), &[]).unwrap();
+    }
+    // After it, the old key is gone.
+    let rotated = Node::start(&["--auth", "required", "--token-key", &hs2]);
+    for token in [&old, &old_with_kid] {
+        let (status, head) = refused(rotated.addr, &format!("/ws/news?token={token}"), &[]);
+        assert_eq!(status, 401, "{head}");
+    }
+    upgrade(rotated.addr, &format!("/ws/news?token={new}"), &[]).unwrap();
+}
+
+#[test]
+fn issue_11_the_session_comes_from_sub_and_a_query_session_displaces_nobody() {
+    let node = required_node(&[]);
+    let alice = sign(
+        &Signer::Hs("hs1.secret"),
+        None,
+        &claims("alice", &["news"], 600),
+    );
+    let mallory = sign(
+        &Signer::Hs("hs1.secret"),
+        None,
+        &claims("mallory", &["news"], 600),
+    );
+    let mut alice_client =
+        upgrade(node.addr, &format!("/ws/news?token={alice}&tab=t1"), &[]).unwrap();
+    // Mallory names Alice's session and tab in the query; the token's `sub` wins.
+    let mut mallory_client = upgrade(
+        node.addr,
+        &format!("/ws/news?session=alice&tab=default&token={mallory}"),
+        &[],
+    )
+    .unwrap();
+    let resp = admin(
+        &node,
+        "POST",
+        "/send/alice",
+        &[("Content-Type", "text/plain")],
+        b"for alice",
+    );
+    assert_eq!(resp.status, 200, "{}", resp.text());
+    assert_eq!(alice_client.recv(), Msg::Text("for alice".into()));
+    expect_silence(&mut mallory_client, Duration::from_millis(500));
+    let resp = admin(
+        &node,
+        "POST",
+        "/send/mallory",
+        &[("Content-Type", "text/plain")],
+        b"for mallory",
+    );
+    assert_eq!(resp.status, 200, "{}", resp.text());
+    assert_eq!(mallory_client.recv(), Msg::Text("for mallory".into()));
+    expect_silence(&mut alice_client, Duration::from_millis(300));
+}
+
+#[test]
+fn issue_11_auth_optional_admits_tokenless_clients_to_anonymous_channels_only() {
+    let hs1 = fixture("hs1.secret");
+    let node = Node::start(&[
+        "--auth",
+        "optional",
+        "--token-key",
+        &hs1,
+        "--anonymous-channels",
+        "lobby,public.*",
+    ]);
+    upgrade(node.addr, "/ws/lobby", &[]).unwrap();
+    upgrade(node.addr, "/ws/public.eu", &[]).unwrap();
+    let (status, head) = refused(node.addr, "/ws/news", &[]);
+    assert_eq!(status, 401, "{head}");
+    let token = sign(&Signer::Hs("hs1.secret"), None, &news_claims());
+    upgrade(node.addr, &format!("/ws/news?token={token}"), &[]).unwrap();
+    // A failing token is refused, not downgraded to anonymous.
+    let expired = sign(
+        &Signer::Hs("hs1.secret"),
+        None,
+        &claims("u", &["lobby"], -60),
+    );
+    let (status, head) = refused(node.addr, &format!("/ws/lobby?token={expired}"), &[]);
+    assert_eq!(status, 401, "{head}");
+}
+
+#[test]
+fn issue_11_bad_key_files_stop_the_start_and_auth_off_warns() {
+    for args in [
+        vec!["--auth".to_string(), "required".to_string()],
+        vec![
+            "--auth".into(),
+            "required".into(),
+            "--token-key".into(),
+            fixture("private/rs1.pem"),
+        ],
+        vec!["--token-key".into(), fixture("es384.pem")],
+    ] {
+        let args: Vec<&str> = args.iter().map(String::as_str).collect();
+        let mut child = spawn_node(
+            &[
+                &["--listen", "127.0.0.1:0", "--admin", "127.0.0.1:0"],
+                &args[..],
+            ]
+            .concat(),
+            &[],
+        );
+        let deadline = Instant::now() + util::WAIT;
+        let status = loop {
+            if let Some(status) = child.try_wait().unwrap() {
+                break status;
+            }
+            assert!(Instant::now() < deadline, "{args:?}: the node started");
+            std::thread::sleep(Duration::from_millis(20));
+        };
+        assert!(!status.success(), "{args:?}");
+        let mut stderr = String::new();
+        std::io::Read::read_to_string(&mut child.stderr.take().unwrap(), &mut stderr).unwrap();
+        assert!(
+            stderr.contains("token") || stderr.contains("auth"),
+            "{args:?}: {stderr}"
+        );
+    }
+    let open = Node::start(&[]);
+    open.expect_log("anyone may subscribe");
+}
 
 #[test]
 fn issue_11_a_publish_only_admin_token_cannot_read_metrics() {

@@ -13,7 +13,7 @@ use bytes::{Bytes, BytesMut};
 use crate::conn::end::End;
 use crate::conn::{self, Partial, State};
 use crate::http::handshake::{self, HandshakeError};
-use crate::route::{self, Route, RouteKind};
+use crate::route::{Route, RouteKind};
 use crate::shard::Core;
 use crate::ws::{frame, CloseCode, DataMode, Decoder, Event, OpCode};
 
@@ -85,15 +85,20 @@ impl Core {
             }
             _ => data,
         };
-        let parsed =
-            handshake::parse_request(buf, &self.hs_cfg, |path| route::route(path, echo_path));
+        let mode = self.shared.auth.mode;
+        let parsed = handshake::parse_request(buf, &self.hs_cfg, |path| {
+            crate::conn::auth::route_upgrade(mode, path, echo_path)
+        });
         match parsed {
             Ok(None) => {
                 if !was_partial {
                     new_head = Some(buf.to_vec());
                 }
             }
-            Ok(Some(upgrade)) => {
+            Ok(Some(mut upgrade)) => {
+                if !self.admit_upgrade(key, &mut upgrade) {
+                    return;
+                }
                 let mut response = Vec::with_capacity(160);
                 handshake::write_switching_protocols(
                     &mut response,
@@ -152,6 +157,7 @@ impl Core {
     }
 
     pub(crate) fn on_frames(&mut self, key: usize, data: &mut [u8]) {
+        let client_publish = self.client_may_publish(key);
         let now = self.wheel.now();
         let now_us = self.now_us();
         let c = &mut self.conns[key];
@@ -163,7 +169,6 @@ impl Core {
         let rtt_us_max = u64::from(self.ticks_idle) * crate::shard::TICK_MS * 1000;
         let closing = c.has(conn::CLOSE_SENT);
         let route = RouteKind::from_u8(c.route);
-        let client_publish = self.cfg.client_publish;
         // Data nobody will read is checked and dropped as it arrives, not reassembled.
         let mode = match route {
             _ if closing => DataMode::Discard,

@@ -33,6 +33,7 @@ pub use crate::http::client::{
 };
 use crate::http::headers::{has_token, single_value, tokens, trim_whitespace};
 use crate::http::response::{push_header, write_response};
+use crate::http::upgrade_headers::UpgradeHeaders;
 
 /// The GUID appended to the client's key before hashing (RFC 6455 §1.3).
 pub const WEBSOCKET_GUID: &str = "258EAFA5-E914-47DA-95CA-C5AB0DC85B11";
@@ -67,7 +68,36 @@ pub const ALL_REASONS: &[&str] = &[
     "origin_not_allowed",
     "overloaded",
     "shutting_down",
+    // The connection-token refusals, in the token layer's order ([`TokenRefusal::index`]).
+    "token_missing",
+    "token_malformed",
+    "token_wrong_algorithm",
+    "token_unknown_key",
+    "token_bad_signature",
+    "token_expired",
+    "token_not_yet_valid",
+    "channel_not_allowed",
+    "token_session_mismatch",
 ];
+
+/// Where the token refusals start in [`ALL_REASONS`].
+pub const TOKEN_REASONS_START: usize = 15;
+
+/// The token layer's verdict on an upgrade, as plain data: this module names nothing of the
+/// crate outside `http/`, so the caller translates its own refusal into this.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct TokenRefusal {
+    /// The refusal's index among the token labels: its label is
+    /// `ALL_REASONS[TOKEN_REASONS_START + index]`.
+    pub index: u8,
+    /// 401 (a different token could succeed) or 403 (the token is valid, the request is
+    /// outside it).
+    pub status: u16,
+    /// The refusal's body.
+    pub message: &'static str,
+    /// The `WWW-Authenticate` value (RFC 6750 §3).
+    pub challenge: &'static str,
+}
 
 /// What the server accepts in a handshake.
 #[derive(Clone, Debug)]
@@ -106,6 +136,9 @@ pub struct Upgrade<R> {
     pub subprotocol: Option<String>,
     /// Bytes of the request head consumed; anything after belongs to the WebSocket stream.
     pub header_bytes: usize,
+    /// The `Authorization`, `Sec-WebSocket-Protocol` and `X-Forwarded-For` lines, copied
+    /// for the token and proxy layers.
+    pub headers: UpgradeHeaders,
 }
 
 /// Why a server refused a handshake. Each variant maps to one status and one metrics label.
@@ -143,6 +176,9 @@ pub enum HandshakeError {
     Overloaded,
     /// The node is draining for shutdown and takes no new connections (503).
     ShuttingDown,
+    /// The connection token is missing or refused (401), or the request is outside it
+    /// (403); decided by the caller after the parse, before the 101.
+    Token(TokenRefusal),
 }
 
 impl HandshakeError {
@@ -171,6 +207,7 @@ impl HandshakeError {
             Self::OriginNotAllowed => 12,
             Self::Overloaded => 13,
             Self::ShuttingDown => 14,
+            Self::Token(refusal) => TOKEN_REASONS_START + refusal.index as usize,
         }
     }
 
@@ -190,6 +227,7 @@ impl HandshakeError {
             Self::UnsupportedVersion => 426,
             Self::HeaderTooLarge | Self::TooManyHeaders => 431,
             Self::Overloaded | Self::ShuttingDown => 503,
+            Self::Token(refusal) => refusal.status,
         }
     }
 
@@ -211,6 +249,7 @@ impl HandshakeError {
             Self::OriginNotAllowed => "origin_not_allowed",
             Self::Overloaded => "overloaded",
             Self::ShuttingDown => "shutting_down",
+            Self::Token(_) => ALL_REASONS[self.slot()],
         }
     }
 
@@ -232,13 +271,19 @@ impl HandshakeError {
             Self::OriginNotAllowed => "origin not allowed",
             Self::Overloaded => "server at its connection limit; retry later",
             Self::ShuttingDown => "server shutting down; retry later",
+            Self::Token(refusal) => refusal.message,
         }
     }
 
     /// Appends the complete refusal to `dst`: status, any header the status calls for, a short
     /// text body, and `Connection: close`, since the connection is not worth keeping.
     pub fn write_refusal(&self, dst: &mut Vec<u8>) {
+        let challenge;
         let extra_headers: &[(&str, &str)] = match self {
+            Self::Token(refusal) => {
+                challenge = [("WWW-Authenticate", refusal.challenge)];
+                &challenge
+            }
             Self::MethodNotAllowed => &[("Allow", "GET")],
             Self::UnsupportedVersion => &[("Sec-WebSocket-Version", "13")],
             _ => &[],
@@ -344,6 +389,7 @@ pub fn parse_request<R>(
         accept: accept_key(key),
         subprotocol,
         header_bytes,
+        headers: UpgradeHeaders::collect(headers),
     }))
 }
 

@@ -120,6 +120,16 @@ fn every_error() -> Vec<HandshakeError> {
         HandshakeError::Overloaded,
         HandshakeError::ShuttingDown,
     ];
+    // One token refusal per token label: 401 but for the two about scope (indexes 7, 8).
+    let all = all.into_iter().chain((0..9u8).map(|index| {
+        HandshakeError::Token(TokenRefusal {
+            index,
+            status: if index >= 7 { 403 } else { 401 },
+            message: "token refused",
+            challenge: "Bearer realm=\"ringpush\"",
+        })
+    }));
+    let all: Vec<HandshakeError> = all.collect();
     for error in &all {
         match error {
             HandshakeError::Malformed
@@ -136,7 +146,8 @@ fn every_error() -> Vec<HandshakeError> {
             | HandshakeError::BadKey
             | HandshakeError::OriginNotAllowed
             | HandshakeError::Overloaded
-            | HandshakeError::ShuttingDown => {}
+            | HandshakeError::ShuttingDown
+            | HandshakeError::Token(_) => {}
         }
     }
     all
@@ -158,6 +169,7 @@ fn browser_request_accepted() {
             accept: RFC_ACCEPT.to_owned(),
             subprotocol: None,
             header_bytes: BROWSER_REQUEST.len(),
+            headers: UpgradeHeaders::default(),
         }
     );
 }
@@ -644,7 +656,10 @@ fn statuses_per_variant() {
     let statuses: Vec<u16> = every_error().iter().map(HandshakeError::status).collect();
     assert_eq!(
         statuses,
-        [400, 431, 431, 405, 400, 404, 400, 400, 400, 400, 426, 400, 403, 503, 503]
+        [
+            400, 431, 431, 405, 400, 404, 400, 400, 400, 400, 426, 400, 403, 503, 503, 401, 401,
+            401, 401, 401, 401, 401, 403, 403
+        ]
     );
 }
 

@@ -20,6 +20,8 @@ use hdrhistogram::Histogram;
 use slab::Slab;
 
 use crate::admin_service::{AdminConn, BroadcastWait, Query};
+use crate::auth::refusal::LOG_LINES_PER_S_DEFAULT;
+use crate::auth::{Grant, LogBudget, ScopeInterner};
 use crate::channels::Channels;
 use crate::config::Config;
 use crate::conn::end::End;
@@ -115,6 +117,13 @@ pub(crate) struct Core {
     pub(crate) publish_windows: HashMap<usize, PublishWindow>,
     /// Test hook: leave the loop on the next tick, as on a ring error.
     pub(super) test_exit: TestExit,
+    /// Client shards: the grant of each live connection admitted with a token (by slab key;
+    /// removed when the slot is freed).
+    pub(crate) grants: HashMap<usize, Grant>,
+    /// The token scopes this shard's connections hold, shared per equal claims.
+    pub(crate) scopes: ScopeInterner,
+    /// The token refusals' log lines (at most a few a second).
+    pub(crate) token_log: LogBudget,
 }
 
 fn ticks(d: Duration) -> u32 {
@@ -194,6 +203,9 @@ impl Core {
             shards_gone: Vec::new(),
             publish_windows: HashMap::new(),
             test_exit: TestExit::No,
+            grants: HashMap::new(),
+            scopes: ScopeInterner::default(),
+            token_log: LogBudget::new(LOG_LINES_PER_S_DEFAULT),
             cfg,
             shared,
         }
@@ -303,6 +315,9 @@ impl Core {
         }
         if !self.publish_windows.is_empty() {
             self.publish_windows.remove(&key);
+        }
+        if !self.grants.is_empty() {
+            self.grants.remove(&key);
         }
         let mut c = self.conns.remove(key);
         for frame in c.queue.take_all() {

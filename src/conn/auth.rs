@@ -1,0 +1,211 @@
+//! A connection's token check (issue 11): the upgrade's admission under `--auth`, before the
+//! 101, and what a raw-mode connection may publish afterwards.
+//!
+//! Invariants:
+//! - With `--auth off` nothing changes: no token is read, the session comes from the query
+//!   and `--client-publish` decides publishing, as before.
+//! - With auth on the session (and tab) come only from a verified token's `sub` (and `tab`);
+//!   the query's `session`/`tab` are dropped, so they can never displace a holder. An
+//!   anonymous connection has no session and never publishes.
+//! - A refusal is answered before the 101 with its status and `WWW-Authenticate`, counted
+//!   by its label and logged through the shard's `LogBudget`; the log never holds a token.
+//! - `Core::grants` holds the grant of each live token connection by slab key, removed when
+//!   the slot is freed (`maybe_release`).
+
+use std::time::{SystemTime, UNIX_EPOCH};
+
+use bytes::Bytes;
+
+use crate::auth::{admit, find_credential, Access, AuthMode, Refusal, SUBPROTOCOL};
+use crate::conn::end::End;
+use crate::http::handshake::{HandshakeError, TokenRefusal, Upgrade};
+use crate::route::{self, Route};
+use crate::shard::Core;
+
+/// Seconds since the Unix epoch, for token times.
+fn unix_now_s() -> u64 {
+    SystemTime::now()
+        .duration_since(UNIX_EPOCH)
+        .map_or(0, |elapsed| elapsed.as_secs())
+}
+
+/// The handshake's plain-data form of a token refusal.
+pub(crate) fn handshake_error(refusal: Refusal) -> HandshakeError {
+    HandshakeError::Token(TokenRefusal {
+        index: refusal.slot() as u8,
+        status: refusal.status(),
+        message: refusal.message(),
+        challenge: refusal.www_authenticate(),
+    })
+}
+
+/// Routes an upgrade target. With auth on the query's `session` and `tab` are left out
+/// before routing: the session comes from the token, and a client must not be refused (or
+/// bound) for parameters the node ignores.
+pub(crate) fn route_upgrade(
+    mode: AuthMode,
+    target: &str,
+    echo_path: &str,
+) -> Result<Route, HandshakeError> {
+    let Some((path, query)) = target.split_once('?').filter(|_| mode != AuthMode::Off) else {
+        return route::route(target, echo_path);
+    };
+    let kept: Vec<&str> = query
+        .split('&')
+        .filter(|pair| {
+            let key = pair.split_once('=').map_or(*pair, |(key, _)| key);
+            key != "session" && key != "tab"
+        })
+        .collect();
+    route::route(&format!("{path}?{}", kept.join("&")), echo_path)
+}
+
+impl Core {
+    /// Admits an accepted upgrade under `--auth`, or refuses it (answered, counted, logged,
+    /// and the connection ended) and returns false. On admission the upgrade is adjusted:
+    /// the 101 echoes `ringpush.v1` for a token sent as a subprotocol, and the route's
+    /// session is the token's (or none), never the query's.
+    pub(crate) fn admit_upgrade(&mut self, key: usize, upgrade: &mut Upgrade<Route>) -> bool {
+        let auth = &self.shared.auth;
+        let query = upgrade.path.split_once('?').map_or("", |(_, query)| query);
+        let channels: Vec<&str> = match &upgrade.route {
+            Route::Channel { channel, .. } => vec![channel.as_str()],
+            Route::Echo => Vec::new(),
+        };
+        let headers = &upgrade.headers;
+        let scopes = &mut self.scopes;
+        let decided = find_credential(query, &headers.subprotocols, &headers.authorization)
+            .and_then(|credential| {
+                let echo = credential.and_then(|credential| credential.echo());
+                let verify = |token: &str| auth.keys.verify(token, unix_now_s(), scopes);
+                let access = admit(auth.mode, &auth.anonymous, credential, verify, &channels)?;
+                Ok((access, echo))
+            });
+        let (access, echo) = match decided {
+            Ok(decided) => decided,
+            Err(refusal) => {
+                self.refuse_token(key, refusal);
+                return false;
+            }
+        };
+        if let Some(echo) = echo {
+            upgrade.subprotocol = Some(SUBPROTOCOL.to_owned());
+            debug_assert_eq!(echo, SUBPROTOCOL);
+        }
+        match access {
+            Access::Open => {}
+            Access::Anonymous(_) => {
+                if let Route::Channel { session, .. } = &mut upgrade.route {
+                    *session = None;
+                }
+            }
+            Access::Token(grant) => {
+                if let Route::Channel { session, .. } = &mut upgrade.route {
+                    // Without a `tab` claim the connection is a tab of its own: same-session
+                    // connections of one user must not replace each other, and the query
+                    // may not name a tab to displace.
+                    let tab = match &grant.tab {
+                        Some(tab) => tab.to_string(),
+                        None => format!("~{}.{key}.{}", self.index, self.conns[key].gen),
+                    };
+                    *session = Some((grant.session.to_string(), tab));
+                }
+                self.grants.insert(key, grant);
+            }
+        }
+        true
+    }
+
+    /// Answers a token refusal before the upgrade: its status and challenge, counted by its
+    /// label, logged within the shard's token log budget.
+    fn refuse_token(&mut self, key: usize, refusal: Refusal) {
+        let err = handshake_error(refusal);
+        self.counters.refused[err.slot()] += 1;
+        if let Some(suppressed) = self.token_log.admit(unix_now_s() as u32) {
+            crate::elog!(
+                "ringpush shard={} event=handshake_refused status={} reason={} \
+                 suppressed={suppressed}",
+                self.index,
+                refusal.status(),
+                refusal.label()
+            );
+        }
+        let mut response = Vec::with_capacity(256);
+        err.write_refusal(&mut response);
+        self.push_frame(key, Bytes::from(response));
+        self.end(key, End::HandshakeRefused);
+    }
+
+    /// Whether the raw-mode connection `key` may publish what it sends to its channel:
+    /// `--client-publish` with auth off; with auth on only a token's `publish` claim.
+    pub(crate) fn client_may_publish(&self, key: usize) -> bool {
+        if self.shared.auth.mode == AuthMode::Off {
+            return self.cfg.client_publish;
+        }
+        let sub = self.conns[key].sub;
+        self.grants.get(&key).is_some_and(|grant| {
+            sub.is_some() && grant.may_publish(self.channels.name(sub.channel))
+        })
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::{handshake_error, route_upgrade};
+    use crate::auth::refusal::ALL_LABELS;
+    use crate::auth::AuthMode;
+    use crate::auth::Refusal;
+    use crate::http::handshake::{ALL_REASONS, TOKEN_REASONS_START};
+    use crate::route::Route;
+
+    #[test]
+    fn with_auth_on_the_query_session_and_tab_are_ignored_by_the_router() {
+        let open = route_upgrade(AuthMode::Off, "/ws/news?tab=t1", "/echo");
+        assert!(
+            open.is_err(),
+            "a tab without a session is still refused with auth off"
+        );
+        let target = "/ws/news?session=alice&tab=t1&token=x";
+        assert_eq!(
+            route_upgrade(AuthMode::Required, target, "/echo"),
+            Ok(Route::Channel {
+                channel: "news".into(),
+                session: None
+            })
+        );
+        assert_eq!(
+            route_upgrade(AuthMode::Off, target, "/echo"),
+            Ok(Route::Channel {
+                channel: "news".into(),
+                session: Some(("alice".into(), "t1".into()))
+            })
+        );
+    }
+
+    #[test]
+    fn a_token_refusal_keeps_its_label_status_and_challenge_in_the_handshake() {
+        assert_eq!(&ALL_REASONS[TOKEN_REASONS_START..], ALL_LABELS);
+        let all = [
+            Refusal::Missing,
+            Refusal::Malformed,
+            Refusal::WrongAlgorithm,
+            Refusal::UnknownKey,
+            Refusal::BadSignature,
+            Refusal::Expired,
+            Refusal::NotYetValid,
+            Refusal::ChannelNotAllowed,
+            Refusal::SessionMismatch,
+        ];
+        assert_eq!(all.len(), Refusal::COUNT);
+        for refusal in all {
+            let err = handshake_error(refusal);
+            assert_eq!(err.reason(), refusal.label());
+            assert_eq!(err.status(), refusal.status());
+            let mut response = Vec::new();
+            err.write_refusal(&mut response);
+            let response = String::from_utf8(response).unwrap();
+            let challenge = format!("WWW-Authenticate: {}\r\n", refusal.www_authenticate());
+            assert!(response.contains(&challenge), "{response}");
+        }
+    }
+}
