@@ -1,10 +1,6 @@
 //! Issue 10, black box: the JSON mode (PROTOCOL.md), offsets and epochs, history and
-//! resume, over the real binary and real sockets.
-//!
-//! Until the shard integration lands this binary is declared with `test = false` in
-//! Cargo.toml (tidy forbids ignored tests), so neither `cargo test` nor clippy builds it:
-//! `cargo test --release --test channels_json` builds and runs it. The integrator deletes
-//! that `[[test]]` entry so that it runs by default.
+//! resume, over the real binary and real sockets. The storm test runs 20 s by default
+//! (`RINGPUSH_STORM_SECS`).
 
 mod util;
 
@@ -192,18 +188,28 @@ fn issue_10_app_level_ping_keeps_a_pong_answering_client_and_closes_a_silent_one
         Msg::Text(text) => assert_eq!(text, r#"{"op":"ping"}"#),
         other => panic!("expected {{\"op\":\"ping\"}}, got {other:?}"),
     }
-    let keep = thread::spawn(move || {
-        let until = Instant::now() + Duration::from_millis(2000);
-        let mut pongs = 0;
-        while Instant::now() < until {
-            let value = live.recv();
-            assert_eq!(value, json!({"op":"ping"}));
-            live.send(&json!({"op":"pong"}));
-            pongs += 1;
+    // The live client answers for 2 s, and on until the silent one's close is seen: the
+    // silent client's EOF comes only after --close-timeout (it never answers the close),
+    // and a live client left unread that long would be silent too.
+    let silent_closed = Arc::new(AtomicBool::new(false));
+    let keep = thread::spawn({
+        let silent_closed = Arc::clone(&silent_closed);
+        move || {
+            let until = Instant::now() + Duration::from_millis(2000);
+            let mut pongs = 0;
+            while Instant::now() < until || !silent_closed.load(Ordering::Relaxed) {
+                let value = live.recv();
+                assert_eq!(value, json!({"op":"ping"}));
+                live.send(&json!({"op":"pong"}));
+                if Instant::now() < until {
+                    pongs += 1;
+                }
+            }
+            (live, pongs)
         }
-        (live, pongs)
     });
     silent.expect_close(1001);
+    silent_closed.store(true, Ordering::Relaxed);
     let waited = started.elapsed();
     assert!(
         waited >= Duration::from_millis(600) && waited < Duration::from_secs(8),
