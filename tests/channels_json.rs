@@ -12,7 +12,7 @@ use std::time::{Duration, Instant};
 
 use serde_json::json;
 use util::json_client::{delivery, published, JsonClient, Publisher};
-use util::{admin, Msg, Node};
+use util::{admin, metric, metric_sum, wait_metric, Msg, Node};
 
 /// How long the storm test runs, in seconds (`RINGPUSH_STORM_SECS`, 20 by default).
 fn storm_secs() -> u64 {
@@ -355,6 +355,43 @@ fn issue_10_resume_with_a_foreign_epoch_is_not_recovered() {
     let resumed = client.subscribe(3, "f", Some((&epoch, 99)));
     assert!(!resumed.recovered, "{resumed:?}");
     client.expect_silence(Duration::from_millis(200));
+}
+
+#[test]
+fn issue_10_metrics_count_json_subscriptions_history_and_resumes() {
+    let node = Node::start(&["--shards", "2", "--history-size", "2"]);
+    let mut client = subscribers(&node, 1, &["m", "n"]).remove(0);
+    let first = client.subscribe(1, "o", None);
+    for i in 1..=3 {
+        publish(&node, "o", &format!("m{i}"));
+    }
+    for i in 1..=3 {
+        assert_eq!(client.expect_message().offset, i);
+    }
+    // Three JSON subscriptions on one connection count as three.
+    let deadline = Instant::now() + Duration::from_secs(5);
+    while metric_sum(&node, "ringpush_subscriptions") != 3 {
+        assert!(
+            Instant::now() < deadline,
+            "subscriptions gauge never reached 3"
+        );
+        thread::sleep(Duration::from_millis(30));
+    }
+    // Two kept (--history-size 2), the first evicted by size.
+    assert_eq!(metric(&node, "ringpush_history_entries"), 2);
+    assert_eq!(
+        metric(&node, "ringpush_history_evictions_total{reason=\"size\"}"),
+        1
+    );
+    assert!(metric(&node, "ringpush_history_bytes") >= 4);
+    // A resume from offset 1 replays 2 and 3; one from offset 0 is not recovered.
+    let mut again = subscribers(&node, 1, &[]).remove(0);
+    assert!(again.subscribe(2, "o", Some((&first.epoch, 1))).recovered);
+    let mut lost = subscribers(&node, 1, &[]).remove(0);
+    assert!(!lost.subscribe(3, "o", Some((&first.epoch, 0))).recovered);
+    wait_metric(&node, "ringpush_resumes_total{result=\"recovered\"}", 1);
+    wait_metric(&node, "ringpush_resumes_total{result=\"not_recovered\"}", 1);
+    wait_metric(&node, "ringpush_replayed_messages_total", 2);
 }
 
 /// Issue 10's storm: steady publishes while 200 clients reconnect with `since` again and

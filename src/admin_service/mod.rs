@@ -376,7 +376,9 @@ impl Core {
                 shards.push(slot.lock().map(|c| c.clone()).unwrap_or_default());
             }
         }
-        metrics::render(&shards, self.peers.clients, self.draining.is_some())
+        let mut text = metrics::render(&shards, self.peers.clients, self.draining.is_some());
+        metrics::render_history(&mut text, &self.shared.history.stats());
+        text
     }
 }
 
