@@ -609,3 +609,7 @@ mod tests {
         assert_eq!(ch.session_count(), 0);
     }
 }
+
+#[cfg(test)]
+#[path = "channels_mark_tests.rs"]
+mod mark_tests;
