@@ -14,6 +14,8 @@ macro_rules! elog {
 }
 
 pub mod admin_service;
+pub mod admission;
+pub mod auth;
 pub mod channels;
 pub mod config;
 pub mod conn;

@@ -5,7 +5,10 @@
 //! caller owns, and none of them touches a file descriptor.
 
 pub mod admin_request;
+pub mod admin_scope;
 pub mod client;
 pub mod handshake;
 mod headers;
+pub mod proxy;
 pub mod response;
+pub mod upgrade_headers;

@@ -3,6 +3,7 @@
 
 #![allow(dead_code)]
 
+pub mod auth;
 pub mod json_client;
 
 use std::io::{BufRead, BufReader, Read, Write};
@@ -85,6 +86,31 @@ impl Node {
             .nth(1)
             .and_then(|a| a.parse().ok())
             .unwrap_or_else(|| panic!("no admin address in: {line}"));
+        Node {
+            child,
+            addr,
+            admin,
+            stdout,
+            stderr,
+        }
+    }
+
+    /// Takes over a node spawned with [`spawn_node`] (with its own `--listen` and `--admin`)
+    /// and waits for its listening line, as [`Node::start`] does.
+    pub fn adopt(mut child: Child) -> Node {
+        let stdout = pump(child.stdout.take().unwrap());
+        let stderr = pump(child.stderr.take().unwrap());
+        let line = stdout
+            .recv_timeout(WAIT)
+            .expect("ringpush printed no listening line");
+        let word_after = |key: &str| -> SocketAddr {
+            line.split_whitespace()
+                .skip_while(|w| *w != key)
+                .nth(1)
+                .and_then(|a| a.parse().ok())
+                .unwrap_or_else(|| panic!("no address after {key:?} in: {line}"))
+        };
+        let (addr, admin) = (word_after("on"), word_after("admin"));
         Node {
             child,
             addr,
