@@ -12,6 +12,7 @@ use std::time::{Duration, Instant};
 
 use crate::config::Config;
 use crate::fanout::Peers;
+use crate::history::{History, HistoryConfig};
 use crate::ring::{sys, Ring, RingConfig};
 use crate::shard::{self, Setup, ShardKind, Shared};
 use crate::stats::{self, Counters};
@@ -154,6 +155,12 @@ pub fn run(cfg: Config) -> Result<(), String> {
         counters: (0..total_shards)
             .map(|_| Mutex::new(Counters::new()))
             .collect(),
+        history: History::new(HistoryConfig {
+            size: cfg.history_size,
+            ttl: cfg.history_ttl,
+            memory_bytes_max: cfg.history_memory,
+            ..HistoryConfig::default()
+        }),
     });
     let cores = if cfg.no_pin {
         Vec::new()

@@ -20,6 +20,7 @@ use crate::timer::Deadline;
 use crate::ws::Decoder;
 
 pub mod end;
+pub mod json;
 pub mod protocol;
 pub mod send;
 

@@ -88,6 +88,9 @@ pub struct Shared {
     pub session_seq: AtomicU64,
     /// Per shard: its counters as of its last publication (every tick).
     pub counters: Vec<Mutex<Counters>>,
+    /// The node-wide sequencer and history store: every channel publish takes its offset
+    /// here, and JSON-mode resumes read from it.
+    pub history: crate::history::History,
 }
 
 /// What a shard hands back when it exits.

@@ -23,10 +23,13 @@ use crate::admin_service::AdminConn;
 use crate::channels::Channels;
 use crate::config::Config;
 use crate::conn::end::End;
+use crate::conn::json::JsonConn;
 use crate::conn::{self, Conn, State};
 use crate::fanout::{Fanout, Peers, Pending, PublishWindow, ShardMsg};
+use crate::history::Position;
 use crate::http::admin_request::AdminConfig;
 use crate::http::handshake::{self, HandshakeError};
+use crate::json_proto::{Command, CommandError};
 use crate::reactor::Conns;
 use crate::ring::{sys, Owner};
 use crate::stats::{self, Counters};
@@ -90,7 +93,7 @@ pub(crate) struct Core {
     pub(crate) peers: Arc<Peers>,
     pub(crate) inbox: Option<Receiver<ShardMsg>>,
     pub(crate) doorbells: Vec<bool>,
-    pub(crate) channels: Channels,
+    pub(crate) channels: Channels<Position>,
     pub(crate) fanouts: HashMap<usize, Fanout>,
     pub(crate) merged: HashMap<usize, Vec<usize>>,
     pub(crate) client_frames: Vec<Bytes>,
@@ -106,6 +109,11 @@ pub(crate) struct Core {
     /// Client shards: the current `--client-publish-rate` window of each connection that
     /// published (by slab key; removed when the slot is freed).
     pub(crate) publish_windows: HashMap<usize, PublishWindow>,
+    /// Client shards: each JSON-mode connection's subscriptions and malformed-command count
+    /// (by slab key; removed when the slot is freed).
+    pub(crate) json_conns: HashMap<usize, JsonConn>,
+    /// The JSON commands of the receive being handled, parsed in the decoder's callback.
+    pub(crate) json_commands: Vec<Result<Command, CommandError>>,
     /// Test hook: leave the loop on the next tick, as on a ring error.
     pub(super) test_exit: TestExit,
 }
@@ -173,7 +181,7 @@ impl Core {
             peers: Arc::new(Peers::default()),
             inbox: None,
             doorbells: Vec::new(),
-            channels: Channels::new(),
+            channels: Channels::default(),
             fanouts: HashMap::new(),
             merged: HashMap::new(),
             client_frames: Vec::new(),
@@ -183,6 +191,8 @@ impl Core {
             ticks_admin_request: ticks(cfg.admin_request_timeout),
             shards_gone: Vec::new(),
             publish_windows: HashMap::new(),
+            json_conns: HashMap::new(),
+            json_commands: Vec::new(),
             test_exit: TestExit::No,
             cfg,
             shared,
@@ -293,6 +303,9 @@ impl Core {
         }
         if !self.publish_windows.is_empty() {
             self.publish_windows.remove(&key);
+        }
+        if !self.json_conns.is_empty() {
+            self.json_conns.remove(&key);
         }
         let mut c = self.conns.remove(key);
         for frame in c.queue.take_all() {

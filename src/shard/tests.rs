@@ -79,6 +79,7 @@ pub(super) fn shard_harness<R: TestRole>(
         exited: (0..shards).map(|_| AtomicBool::new(false)).collect(),
         session_seq: AtomicU64::new(0),
         counters: (0..shards).map(|_| Mutex::new(Counters::new())).collect(),
+        history: crate::history::History::new(Default::default()),
     });
     let (senders, mut receivers): (Vec<_>, Vec<_>) = (0..shards)
         .map(|_| {
@@ -426,6 +427,8 @@ fn a_doorbell_delivers_a_publish_to_the_channel_subscribers_only() {
         frame: frame.clone(),
         accepted: Instant::now(),
         origin: None,
+        position: None,
+        json: Default::default(),
     };
     h.shard.service.core.peers.queued[0].fetch_add(1, Ordering::Relaxed);
     h.inbox
