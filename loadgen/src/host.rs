@@ -27,6 +27,12 @@ fn kb_field(text: &str, name: &str) -> Option<u64> {
         .map(|kb| kb * 1024)
 }
 
+/// The node's VmRSS in bytes, if its pid is known and /proc says.
+pub fn node_rss(node_pid: Option<u32>) -> Option<u64> {
+    let status = std::fs::read_to_string(format!("/proc/{}/status", node_pid?)).ok()?;
+    kb_field(&status, "VmRSS")
+}
+
 /// Samples the host, and the node if its pid is known.
 pub fn sample(node_pid: Option<u32>) -> MemSample {
     let meminfo = std::fs::read_to_string("/proc/meminfo").unwrap_or_default();
