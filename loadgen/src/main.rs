@@ -8,8 +8,13 @@
 //! stderr and, at the end, the latency spectra, a summary line and (--json) a JSON summary
 //! on stdout.
 //!
+//! The resume scenario runs its own steps inside the run phase (`step_resume`): park every
+//! client, publish the messages they will miss, reconnect them all, wait for the last one
+//! to catch up.
+//!
 //! Invariants:
-//! - Only the main thread changes the phase, and it never goes backwards.
+//! - Only the main thread changes the phase (and the resume step), and neither goes
+//!   backwards.
 //! - The broadcast publisher has returned before `Close`, so `Shared::published` is final
 //!   when the workers count what never arrived.
 

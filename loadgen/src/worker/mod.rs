@@ -9,8 +9,9 @@
 //! pacing budget, and paces echo messages.
 //!
 //! `lifecycle.rs` holds a connection's life (connect, upgrade, end, backoff, deadlines,
-//! phases); `traffic.rs` what flows on open connections (frames, echo, sends); `phase.rs`
-//! the run's phases and the state shared with the main thread.
+//! phases); `traffic.rs` what flows on open connections (frames, echo, sends, JSON-mode
+//! objects); `resume.rs` JSON mode's `subscribed` answers and the resume scenario's steps;
+//! `phase.rs` the run's phases and the state shared with the main thread.
 //!
 //! Invariants:
 //! - [`Core`] pushes SQEs only in `before_flush` (connects and their cancels); everything
