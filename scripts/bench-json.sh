@@ -145,7 +145,8 @@ rows = {
                ("p99 ms", "latency_us.delivery.p99", 1e-3)],
     "resume": [("all caught up ms", "resume.catch_up_ms", 1),
                ("catch-up p99 ms", "latency_us.catch_up.p99", 1e-3),
-               ("node peak RSS MB", "resume.node_rss_peak_bytes", 1e-6),
+               ("node peak RSS MB (sampled while resuming)", "resume.node_rss_peak_bytes", 1e-6),
+               ("node VmHWM MB", "resume.node_rss_high_water_bytes", 1e-6),
                ("node RSS before resume MB", "memory.node_rss_held_bytes", 1e-6)],
 }
 sizes = {"idle": f"{n} connections (JSON: {channels} channels each, {fillers} fillers)",

@@ -104,8 +104,10 @@ struct ResumeDriver {
     stage: ResumeStage,
     /// Clients parked, hence expected to resume.
     parked: u64,
-    /// The node's largest VmRSS sampled while the clients resumed.
+    /// The node's largest VmRSS sampled (every poll) while the clients resumed.
     rss_peak: Option<u64>,
+    /// The node's VmHWM once all caught up: its largest RSS since it started.
+    rss_high_water: Option<u64>,
     /// Reconnect signal → the last client caught up (None: not all did).
     catch_up: Option<Duration>,
 }
@@ -193,6 +195,7 @@ fn run(plan: Arc<Plan>) -> Result<ExitCode, String> {
             stage: ResumeStage::Idle,
             parked: 0,
             rss_peak: None,
+            rss_high_water: None,
             catch_up: None,
         },
     };
@@ -523,6 +526,7 @@ impl Driver {
                         sum.caught_up_last_ns.saturating_sub(start),
                     ));
                 }
+                self.resume.rss_high_water = host::node_rss_high_water(self.plan.node_pid);
                 self.resume.stage = ResumeStage::Done;
                 self.set(Phase::Drain);
             }
@@ -540,13 +544,14 @@ impl ResumeDriver {
             "caught_up": c.caught_up,
             "catch_up_ms": self.catch_up.map(|d| d.as_secs_f64() * 1000.0),
             "node_rss_peak_bytes": self.rss_peak,
+            "node_rss_high_water_bytes": self.rss_high_water,
         })
     }
 
     fn line(&self, messages: u64, c: &Counters) -> String {
         format!(
             "resume clients={} messages={messages} recovered={} not_recovered={} caught_up={} \
-             catch_up_ms={} node_rss_peak_bytes={}",
+             catch_up_ms={} node_rss_peak_bytes={} node_rss_high_water_bytes={}",
             self.parked,
             c.resumes_recovered,
             c.resumes_not_recovered,
@@ -554,6 +559,7 @@ impl ResumeDriver {
             self.catch_up
                 .map_or("n/a".into(), |d| format!("{:.1}", d.as_secs_f64() * 1000.0)),
             self.rss_peak.map_or("n/a".into(), |b| b.to_string()),
+            self.rss_high_water.map_or("n/a".into(), |b| b.to_string()),
         )
     }
 }

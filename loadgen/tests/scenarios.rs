@@ -501,12 +501,15 @@ fn json_broadcast_delivers_each_message_once_in_order() {
 #[test]
 fn resume_replays_every_missed_message_to_every_client() {
     let node = Node::start(&["--history-size", "200"]);
+    let pid = node.child.id().to_string();
     let (code, s, out) = loadgen(&[
         "resume",
         "--addr",
         &node.addr,
         "--admin",
         &node.admin,
+        "--node-pid",
+        &pid,
         "--channel",
         "loadgen-resume",
         "-n",
@@ -527,6 +530,12 @@ fn resume_replays_every_missed_message_to_every_client() {
     assert_eq!(s["out_of_order"], 0);
     assert_eq!(s["duplicates"], 0);
     assert_eq!(s["latency_us"]["catch_up"]["count"], 2000);
+    // The node's RSS while the clients resumed, and its high-water mark, which no sample
+    // can exceed.
+    let peak = r["node_rss_peak_bytes"].as_u64().unwrap_or(0);
+    let high_water = r["node_rss_high_water_bytes"].as_u64().unwrap_or(0);
+    assert!(peak > 1 << 20, "{s}");
+    assert!(high_water >= peak, "{s}");
     // Without history nothing can be replayed: every resume is refused and the run fails.
     let node = Node::start(&[]);
     let (code, s, _) = loadgen(&[
