@@ -27,6 +27,7 @@ mod payload;
 mod plan;
 mod report;
 mod summary;
+mod target;
 mod worker;
 
 use std::io::Write as _;
@@ -404,8 +405,8 @@ impl Driver {
                 if resume {
                     // Every client must know its channel's offset before it leaves.
                     let channels = match &self.plan.mode {
-                        plan::Mode::Json(json) => json.channels_per_conn as u64,
-                        plan::Mode::Raw => 1,
+                        target::Mode::Json(json) => json.channels_per_conn as u64,
+                        target::Mode::Raw => 1,
                     };
                     let subscribed = sum.json_subscribed >= sum.open * channels;
                     if !subscribed && in_phase < self.plan.ramp_timeout {

@@ -6,12 +6,12 @@
 //!   (source, destination) pair has the ports its share needs, sizes hold a timestamp.
 //! - Nothing after `Plan::from_cli` rejects user input; workers only count failures.
 
-use std::borrow::Cow;
 use std::net::{IpAddr, Ipv4Addr, SocketAddr, ToSocketAddrs};
 use std::time::Duration;
 
-use crate::cli::{Cli, CloseMode, Common, Fillers, Format, Publisher, ScenarioCmd};
+use crate::cli::{Cli, CloseMode, Common, Format, Publisher, ScenarioCmd};
 use crate::payload::STAMP_BYTES;
+use crate::target::{check_channel, JsonMode, Mode};
 
 /// What the scenario does with open connections.
 #[derive(Clone, Debug)]
@@ -39,70 +39,6 @@ pub struct ResumePlan {
     /// Messages published while the clients are away.
     pub messages: u64,
 }
-
-/// The client protocol of every connection.
-#[derive(Clone, Debug)]
-pub enum Mode {
-    /// Bare payloads on `Plan::path`.
-    Raw,
-    /// JSON objects (PROTOCOL.md).
-    Json(JsonMode),
-}
-
-/// JSON mode's channels.
-#[derive(Clone, Debug)]
-pub struct JsonMode {
-    /// The scenario's channel, subscribed first by every connection.
-    pub channel: String,
-    /// Channels per connection, the scenario's included.
-    pub channels_per_conn: usize,
-    /// How fillers are named.
-    pub fillers: Fillers,
-    /// The upgrade target when fillers are shared (the same for every connection).
-    shared_target: String,
-}
-
-impl JsonMode {
-    fn new(channel: String, channels_per_conn: usize, fillers: Fillers) -> JsonMode {
-        let mut mode = JsonMode {
-            channel,
-            channels_per_conn,
-            fillers,
-            shared_target: String::new(),
-        };
-        mode.shared_target = mode.build_target(0);
-        mode
-    }
-
-    /// The name of channel `k` (0-based) of connection `index`.
-    pub fn channel_name(&self, index: u64, k: usize) -> String {
-        match (k, self.fillers) {
-            (0, _) => self.channel.clone(),
-            (_, Fillers::Shared) => format!("{}.{}", self.channel, k + 1),
-            (_, Fillers::Distinct) => format!("{}.{index}.{}", self.channel, k + 1),
-        }
-    }
-
-    fn build_target(&self, index: u64) -> String {
-        let mut target = String::from("/ws?format=json");
-        for k in 0..self.channels_per_conn {
-            target.push_str("&channel=");
-            target.push_str(&self.channel_name(index, k));
-        }
-        target
-    }
-
-    /// The upgrade target of connection `index`: its channels in the query.
-    pub fn target(&self, index: u64) -> Cow<'_, str> {
-        match self.fillers {
-            Fillers::Shared => Cow::Borrowed(&self.shared_target),
-            Fillers::Distinct => Cow::Owned(self.build_target(index)),
-        }
-    }
-}
-
-/// The upgrade target of a resuming client: no channels, it subscribes with `since`.
-pub const RESUME_TARGET: &str = "/ws?format=json";
 
 impl Scenario {
     /// The scenario's name in output.
@@ -539,16 +475,6 @@ impl Plan {
         })
     }
 
-    /// The upgrade target of connection `index` (`resuming`: a resume scenario's
-    /// reconnect, which subscribes by command instead).
-    pub fn target(&self, index: u64, resuming: bool) -> Cow<'_, str> {
-        match &self.mode {
-            Mode::Raw => Cow::Borrowed(&self.path),
-            Mode::Json(_) if resuming => Cow::Borrowed(RESUME_TARGET),
-            Mode::Json(json) => json.target(index),
-        }
-    }
-
     /// Connections worker `w` owns: the indices `i < connections` with `i % workers == w`.
     pub fn share(&self, w: usize) -> usize {
         let (n, k) = (self.connections, self.workers);
@@ -560,25 +486,6 @@ impl Plan {
         (!self.sources.is_empty())
             .then(|| self.sources[(index % self.sources.len() as u64) as usize])
     }
-}
-
-/// A channel name the node accepts, or the error saying why not.
-fn check_channel(name: &str) -> Result<(), String> {
-    if valid_channel(name) {
-        Ok(())
-    } else {
-        Err(format!(
-            "invalid channel name {name:?} (use [A-Za-z0-9_.:-], at most 128 bytes)"
-        ))
-    }
-}
-
-/// Whether `name` is a channel name the node accepts: `[A-Za-z0-9_.:-]{1,128}`.
-fn valid_channel(name: &str) -> bool {
-    (1..=128).contains(&name.len())
-        && name
-            .bytes()
-            .all(|b| b.is_ascii_alphanumeric() || matches!(b, b'_' | b'.' | b':' | b'-'))
 }
 
 /// Resolves `HOST:PORT`, preferring an IPv4 address (`localhost` may list ::1 first while

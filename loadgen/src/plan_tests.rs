@@ -3,6 +3,7 @@
 use clap::Parser as _;
 
 use super::*;
+use crate::target::RESUME_TARGET;
 
 #[test]
 fn urls() {

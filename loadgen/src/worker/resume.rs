@@ -16,8 +16,8 @@ use ringpush::ws::{frame, OpCode};
 use super::{Core, ResumeStep, Traffic};
 use crate::conn::{self, State};
 use crate::json::{self, Subscribed};
-use crate::plan::Mode;
 use crate::report;
+use crate::target::Mode;
 
 /// The id of the resubscribe to the scenario's channel (fillers follow from 2).
 const RESUME_ID: u64 = 1;
