@@ -28,7 +28,7 @@
 //! - A (session, tab) is held by at most one live connection node-wide: `claim` names the
 //!   local holders with an older claim sequence, which the caller closes.
 
-use std::collections::HashMap;
+use std::collections::{BinaryHeap, HashMap};
 
 use slab::Slab;
 
@@ -177,6 +177,36 @@ impl Channels {
 }
 
 impl<M: Mark> Channels<M> {
+    /// Up to `limit` channels whose names start with `prefix`, in byte order of their
+    /// names, with their subscriber counts; and whether more matched. One pass over the
+    /// channels keeping the `limit` smallest names in a heap: O(channels × log limit).
+    pub fn census(&self, prefix: &str, limit: usize) -> (Vec<(Box<str>, u64)>, bool) {
+        let mut smallest: BinaryHeap<(&str, u32)> = BinaryHeap::with_capacity(limit + 1);
+        let mut truncated = false;
+        for (name, &id) in self.index.iter().filter(|(n, _)| n.starts_with(prefix)) {
+            smallest.push((name, id));
+            if smallest.len() > limit {
+                smallest.pop();
+                truncated = true;
+            }
+        }
+        let listed = (smallest.into_sorted_vec().into_iter())
+            .map(|(name, id)| (Box::from(name), self.count_of(id)))
+            .collect();
+        (listed, truncated)
+    }
+
+    /// Subscribers of `name` on this shard (0 when it has none).
+    pub fn subscriber_count(&self, name: &str) -> u64 {
+        self.index.get(name).map_or(0, |&id| self.count_of(id))
+    }
+
+    /// Subscribers of channel `id`, not counting slots left during a walk.
+    fn count_of(&self, id: u32) -> u64 {
+        let subs = &self.channels[id as usize].subs;
+        subs.iter().filter(|&&key| key != VACANT).count() as u64
+    }
+
     /// Subscribes `key` to `name`, creating the channel on first use.
     pub fn subscribe(&mut self, key: u32, name: &str) -> Subscription {
         let id = self.open(name);
@@ -607,6 +637,52 @@ mod tests {
         assert_eq!(ch.session_count(), 1);
         ch.walk_end(|_| {});
         assert_eq!(ch.session_count(), 0);
+    }
+
+    #[test]
+    fn census_lists_the_smallest_matching_names_with_their_counts() {
+        let mut ch = Channels::new();
+        for (key, name) in [
+            (1, "room.b"),
+            (2, "room.a"),
+            (3, "room.b"),
+            (4, "news"),
+            (5, "room.c"),
+        ] {
+            ch.subscribe(key, name);
+        }
+        let listed = |v: Vec<(Box<str>, u64)>| -> Vec<(String, u64)> {
+            v.into_iter().map(|(n, c)| (n.into(), c)).collect()
+        };
+        let (all, truncated) = ch.census("", 10);
+        assert!(!truncated);
+        assert_eq!(
+            listed(all),
+            [
+                ("news".into(), 1),
+                ("room.a".into(), 1),
+                ("room.b".into(), 2),
+                ("room.c".into(), 1)
+            ]
+        );
+        let (two, truncated) = ch.census("room.", 2);
+        assert!(truncated, "room.c matched too");
+        assert_eq!(listed(two), [("room.a".into(), 1), ("room.b".into(), 2)]);
+        let (none, truncated) = ch.census("room.", 0);
+        assert!(none.is_empty() && truncated);
+        assert_eq!(ch.census("x", 5), (vec![], false));
+        assert_eq!(ch.subscriber_count("room.b"), 2);
+        assert_eq!(ch.subscriber_count("gone"), 0);
+        // A subscriber leaving during a walk is no longer counted.
+        let sub = ch.subscribe(6, "news");
+        let mut walk = ch
+            .walk_start(Audience::Channel("news"))
+            .expect("news exists");
+        assert!(ch.walk_next(&mut walk).is_some());
+        ch.unsubscribe(6, sub);
+        assert_eq!(ch.subscriber_count("news"), 1);
+        ch.walk_end(|_| {});
+        assert_eq!(ch.subscriber_count("news"), 1);
     }
 }
 

@@ -191,6 +191,45 @@ pub enum ShardMsg {
         /// Connections the message was handed to on that shard.
         count: u64,
     },
+    /// The admin shard asks for this shard's subscriber counts (`GET /channels`).
+    Census(Arc<Census>),
+    /// A shard's answer to a `Census`.
+    CensusReply {
+        /// Query id in the admin shard's `queries` slab.
+        id: u32,
+        /// The shard that counted.
+        from: usize,
+        /// Matching channels in name order with their local subscriber counts.
+        channels: Vec<(Box<str>, u64)>,
+        /// Whether more channels matched than the census' limit.
+        truncated: bool,
+    },
+}
+
+impl ShardMsg {
+    /// Whether the message takes a place in the target's inbox bound (`--max-shard-inbox`):
+    /// requests do; answers to the admin shard never do, so they can always be sent.
+    pub fn bounded(&self) -> bool {
+        !matches!(self, ShardMsg::Reply { .. } | ShardMsg::CensusReply { .. })
+    }
+}
+
+/// Which channels a census counts.
+#[derive(Debug)]
+pub enum CensusOf {
+    /// The first `limit` names (in byte order) starting with `prefix`.
+    Prefix { prefix: Box<str>, limit: usize },
+    /// One channel.
+    One(Box<str>),
+}
+
+/// A request for every client shard's subscriber counts.
+#[derive(Debug)]
+pub struct Census {
+    /// What to count.
+    pub of: CensusOf,
+    /// The admin shard and query id awaiting the counts.
+    pub origin: (usize, u32),
 }
 
 /// A broadcast frame whose local sends are still in flight.
@@ -319,7 +358,7 @@ impl Core {
         let sent = shared
             .history
             .publish(&name, &payload, kind, now, |position| {
-                self.publish_to_clients(Publish {
+                self.push_to_clients(Publish {
                     target: Target::Channel(name.clone()),
                     frame,
                     accepted: now,
@@ -328,6 +367,13 @@ impl Core {
                     json: OnceLock::new(),
                 })
             });
+        if let (Some((_, id)), Ok((position, ()))) = (origin, &sent) {
+            // The admin answer carries the position: kept before any count can complete it.
+            if let Some(pending) = self.pending.get_mut(id as usize) {
+                pending.position = Some(*position);
+            }
+        }
+        self.answer_gone();
         if self.index < self.peers.clients {
             self.drain_inbox();
         }
@@ -377,7 +423,7 @@ impl Core {
     }
 
     /// Takes a place in `target`'s inbox for a publish or claim; false when it is full.
-    fn reserve(&self, target: usize) -> bool {
+    pub(crate) fn reserve(&self, target: usize) -> bool {
         let queued = &self.peers.queued[target];
         if queued.fetch_add(1, Ordering::Relaxed) >= self.peers.inbox_max {
             queued.fetch_sub(1, Ordering::Relaxed);
@@ -389,7 +435,7 @@ impl Core {
     /// Pushes a message into `target`'s inbox and schedules its doorbell. A publish or
     /// claim must have reserved its place (`reserve`); a reply needs none.
     pub(crate) fn send_to(&mut self, target: usize, msg: ShardMsg) -> Result<(), Unsent> {
-        let counted = !matches!(msg, ShardMsg::Reply { .. });
+        let counted = msg.bounded();
         if self.peers.inboxes[target].send(msg).is_err() {
             if counted {
                 self.peers.queued[target].fetch_sub(1, Ordering::Relaxed);
@@ -407,6 +453,15 @@ impl Core {
     /// drains it), or to none when any inbox is full. A shard that is gone counts as
     /// answering 0.
     pub(crate) fn publish_to_clients(&mut self, publish: Publish) -> Result<(), Unsent> {
+        let sent = self.push_to_clients(publish);
+        self.answer_gone();
+        sent
+    }
+
+    /// As `publish_to_clients`, but the counts of gone shards wait in `gone_counts` for
+    /// `answer_gone`: under the history's lock, answering an admin request could start the
+    /// next pipelined publish, which would take the same lock again.
+    fn push_to_clients(&mut self, publish: Publish) -> Result<(), Unsent> {
         let clients = self.peers.clients;
         for target in 0..clients {
             if !self.reserve(target) {
@@ -426,11 +481,18 @@ impl Core {
             if self.send_to(target, ShardMsg::Publish(Arc::clone(&publish))) == Err(Unsent::Gone) {
                 if let Some((origin, id)) = publish.origin {
                     debug_assert_eq!(origin, self.index, "only the admin shard asks for counts");
-                    self.admin_reply(id, target, 0);
+                    self.gone_counts.push((id, target));
                 }
             }
         }
         Ok(())
+    }
+
+    /// Answers 0 for each gone shard `push_to_clients` met (outside the history's lock).
+    fn answer_gone(&mut self) {
+        while let Some((id, target)) = self.gone_counts.pop() {
+            self.admin_reply(id, target, 0);
+        }
     }
 
     /// Data messages a subscriber sent with `--client-publish` on: publish each to its
@@ -493,13 +555,20 @@ impl Core {
             return;
         };
         while let Ok(msg) = inbox.try_recv() {
-            if !matches!(msg, ShardMsg::Reply { .. }) {
+            if msg.bounded() {
                 self.peers.queued[self.index].fetch_sub(1, Ordering::Relaxed);
             }
             match msg {
                 ShardMsg::Publish(publish) => self.deliver(&publish),
                 ShardMsg::Claim(claim) => self.apply_claim(&claim),
                 ShardMsg::Reply { id, from, count } => self.admin_reply(id, from, count),
+                ShardMsg::Census(census) => self.answer_census(&census),
+                ShardMsg::CensusReply {
+                    id,
+                    from,
+                    channels,
+                    truncated,
+                } => self.census_reply(id, from, channels, truncated),
             }
         }
         self.inbox = Some(inbox);

@@ -200,6 +200,30 @@ pub struct HistoryStats {
     pub replayed_messages: u64,
 }
 
+/// One message handed out by `History::read`.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct Retained {
+    pub offset: u64,
+    /// A view of the publish's payload (no copy).
+    pub payload: Bytes,
+    pub kind: PayloadKind,
+}
+
+/// What `History::read` found for one channel.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct Page {
+    /// The channel's epoch and last offset.
+    pub position: Position,
+    /// The oldest offset still retained (and not past `--history-ttl`), if any.
+    pub oldest_offset: Option<u64>,
+    /// Entries retained (and not past `--history-ttl`).
+    pub retained: u64,
+    /// The entries after `since`, oldest first, at most `limit`.
+    pub entries: Vec<Retained>,
+    /// Whether more retained entries follow the last one in `entries`.
+    pub more: bool,
+}
+
 /// One retained message.
 struct Entry {
     offset: u64,
@@ -379,6 +403,55 @@ impl History {
         shard.channels.get(channel).map(|log| Position {
             epoch: log.epoch,
             offset: log.last_offset,
+        })
+    }
+
+    /// A page of `channel`'s retained messages after offset `since`, oldest first, at most
+    /// `limit` of them, skipping entries older than `--history-ttl` that `sweep` has not
+    /// removed yet; `None` when the channel has no entry. Payloads are `Bytes` views, never
+    /// copies; the channel's lock is held only while they are gathered.
+    pub fn read(&self, channel: &str, since: u64, limit: usize, now: Instant) -> Option<Page> {
+        let shard = self.lock(lock_index(channel));
+        let log = shard.channels.get(channel)?;
+        let len = log.entries.len();
+        let expired = |entry: &Entry| self.config.ttl.is_some_and(|ttl| now >= entry.at + ttl);
+        // Expired entries are a prefix (entries are in time order), so the first live one
+        // starts the retained range.
+        let first = log.entries.iter().position(|e| !expired(e)).unwrap_or(len);
+        let (oldest_offset, retained) = match log.entries.get(first) {
+            Some(oldest) => (Some(oldest.offset), (len - first) as u64),
+            None => (None, 0),
+        };
+        // Retained offsets are contiguous, so the first one after `since` is found by index.
+        let start = match log.entries.front() {
+            Some(front) => {
+                let past_since = since.saturating_add(1).saturating_sub(front.offset);
+                usize::try_from(past_since)
+                    .unwrap_or(usize::MAX)
+                    .clamp(first, len)
+            }
+            None => 0,
+        };
+        let mut after = log.entries.range(start..);
+        let mut entries = Vec::with_capacity(limit.min(len - start));
+        for entry in after.by_ref().take(limit) {
+            debug_assert!(entry.offset > since);
+            entries.push(Retained {
+                offset: entry.offset,
+                payload: entry.payload.clone(),
+                kind: entry.kind,
+            });
+        }
+        let more = after.next().is_some();
+        Some(Page {
+            position: Position {
+                epoch: log.epoch,
+                offset: log.last_offset,
+            },
+            oldest_offset,
+            retained,
+            entries,
+            more,
         })
     }
 

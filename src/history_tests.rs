@@ -390,3 +390,103 @@ fn epochs_round_trip_and_differ() {
     let other = History::new(config(0));
     assert_ne!(other.next_epoch(), History::new(config(0)).next_epoch());
 }
+
+/// The (offset, text) pairs of a page.
+fn texts(page: &Page) -> Vec<(u64, String)> {
+    (page.entries.iter())
+        .map(|e| (e.offset, String::from_utf8(e.payload.to_vec()).unwrap()))
+        .collect()
+}
+
+#[test]
+fn read_pages_through_the_retained_entries_after_since() {
+    let history = History::with_seed(config(3), 7);
+    let now = Instant::now();
+    assert_eq!(
+        history.read("a", 0, 10, now),
+        None,
+        "no entry, nothing created"
+    );
+    assert_eq!(history.position("a"), None);
+    for text in ["m1", "m2", "m3", "m4", "m5"] {
+        put(&history, "a", text, now);
+    }
+    let page = history.read("a", 0, 10, now).expect("the channel exists");
+    assert_eq!(page.position.offset, 5);
+    assert_eq!(page.position, history.position("a").unwrap());
+    assert_eq!((page.oldest_offset, page.retained), (Some(3), 3));
+    assert_eq!(
+        texts(&page),
+        [(3, "m3".into()), (4, "m4".into()), (5, "m5".into())]
+    );
+    assert!(!page.more);
+    let page = history.read("a", 3, 1, now).unwrap();
+    assert_eq!(texts(&page), [(4, "m4".into())]);
+    assert!(page.more, "offset 5 follows");
+    let page = history.read("a", 5, 10, now).unwrap();
+    assert!(page.entries.is_empty() && !page.more);
+    let page = history.read("a", 0, 0, now).unwrap();
+    assert!(page.entries.is_empty() && page.more);
+    assert_eq!(page.retained, 3);
+    // Payloads are views of the published bytes, not copies.
+    let payload = Bytes::from_static(b"shared");
+    let sent: Result<_, ()> = history.publish("b", &payload, PayloadKind::Binary, now, Ok);
+    sent.unwrap();
+    let page = history.read("b", 0, 1, now).unwrap();
+    assert_eq!(page.entries[0].payload.as_ptr(), payload.as_ptr());
+    assert_eq!(page.entries[0].kind, PayloadKind::Binary);
+}
+
+#[test]
+fn read_skips_expired_entries_and_reports_a_channel_without_history() {
+    let ttl = Duration::from_secs(10);
+    let history = History::with_seed(
+        HistoryConfig {
+            size: 10,
+            ttl: Some(ttl),
+            ..HistoryConfig::default()
+        },
+        8,
+    );
+    let start = Instant::now();
+    put(&history, "a", "old", start);
+    put(&history, "a", "new", start + Duration::from_secs(5));
+    let page = history
+        .read("a", 0, 10, start + Duration::from_secs(12))
+        .unwrap();
+    assert_eq!(texts(&page), [(2, "new".into())]);
+    assert_eq!((page.oldest_offset, page.retained), (Some(2), 1));
+    let page = history
+        .read("a", 0, 10, start + Duration::from_secs(20))
+        .unwrap();
+    assert_eq!((page.oldest_offset, page.retained), (None, 0));
+    assert!(page.entries.is_empty() && !page.more);
+    assert_eq!(page.position.offset, 2);
+    // History off: the position is known, nothing is retained.
+    let off = History::with_seed(config(0), 9);
+    put(&off, "c", "x", start);
+    let page = off.read("c", 0, 10, start).unwrap();
+    assert_eq!(
+        (page.position.offset, page.retained, page.more),
+        (1, 0, false)
+    );
+}
+
+#[test]
+fn read_with_no_room_says_more_only_when_an_entry_follows_since() {
+    let history = History::with_seed(config(5), 10);
+    let now = Instant::now();
+    for text in ["a", "b", "c"] {
+        put(&history, "x", text, now);
+    }
+    assert!(
+        history.read("x", 2, 0, now).unwrap().more,
+        "offset 3 follows 2"
+    );
+    assert!(!history.read("x", 3, 0, now).unwrap().more);
+    assert!(!history.read("x", u64::MAX, 0, now).unwrap().more);
+    assert_eq!(
+        texts(&history.read("x", 1, 5, now).unwrap()),
+        [(2, "b".into()), (3, "c".into())]
+    );
+}

@@ -155,12 +155,12 @@ pub fn run(cfg: Config) -> Result<(), String> {
         counters: (0..total_shards)
             .map(|_| Mutex::new(Counters::new()))
             .collect(),
-        history: History::new(HistoryConfig {
+        history: Arc::new(History::new(HistoryConfig {
             size: cfg.history_size,
             ttl: cfg.history_ttl,
             memory_bytes_max: cfg.history_memory,
             ..HistoryConfig::default()
-        }),
+        })),
     });
     let cores = if cfg.no_pin {
         Vec::new()

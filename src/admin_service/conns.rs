@@ -9,7 +9,8 @@ use super::*;
 pub(crate) enum AdminSlot {
     /// The response, and whether the connection closes after it.
     Ready(Bytes, bool),
-    /// A publish waiting for the shards' counts (`pending` id).
+    /// A request waiting for the client shards: a publish's `pending` id, or a tagged
+    /// query or broadcast id (`channels::QUERY_SLOT_TAG`, `channels::BROADCAST_SLOT_TAG`).
     Waiting(u32),
 }
 

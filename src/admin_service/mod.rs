@@ -1,6 +1,7 @@
 //! The admin listener's connections: plain HTTP/1.1 with keep-alive, served by the admin
 //! shard's reactor. Requests are parsed by `http::admin_request`; publishes fan out through
-//! `fanout.rs` and are answered once every client shard has reported its count.
+//! `fanout.rs` and are answered once every client shard has reported its count. The channel
+//! views (`/channels`, `/history`) are in `channels.rs`, `/broadcast` in `broadcast.rs`.
 //!
 //! Publishers must always get through, so one admin client can take neither memory nor
 //! every slot:
@@ -37,7 +38,7 @@ use bytes::Bytes;
 
 use crate::conn::end::End;
 use crate::conn::{self, Partial, State};
-use crate::fanout::{Pending, Publish, Target, Unsent};
+use crate::fanout::{CensusOf, Pending, Publish, Target, Unsent};
 use crate::http::admin_request::{self, AdminError, AdminRequest, BodyKind};
 use crate::http::response::write_response;
 use crate::metrics;
@@ -45,8 +46,13 @@ use crate::ring::sys;
 use crate::shard::Core;
 use crate::ws::{frame, OpCode};
 
+mod broadcast;
+mod channels;
 mod conns;
 mod service;
+
+pub(crate) use broadcast::BroadcastWait;
+pub(crate) use channels::Query;
 
 use conns::Stopped;
 pub(crate) use conns::{AdminConn, AdminSlot};
@@ -130,7 +136,8 @@ impl Core {
             used += request_bytes;
             completed = true;
             self.conns[key].flags &= !conn::CONTINUE_SENT;
-            self.admin_answer(key, request, publish_frame);
+            let body = &rest[request.body.clone()];
+            self.admin_answer(key, request, publish_frame, body);
         };
         // One drain per call, not one per request: a long pipelined buffer is moved once.
         if stopped != Stopped::Closing {
@@ -142,8 +149,14 @@ impl Core {
         self.admin_deadlines(key, stopped, completed);
     }
 
-    /// Answers one accepted request, or starts its publish.
-    fn admin_answer(&mut self, key: usize, request: AdminRequest, publish_frame: Option<Bytes>) {
+    /// Answers one accepted request (whose body is `body`), or starts its publish.
+    fn admin_answer(
+        &mut self,
+        key: usize,
+        request: AdminRequest,
+        publish_frame: Option<Bytes>,
+        body: &[u8],
+    ) {
         self.counters.admin_requests += 1;
         if let Some(a) = self.admin_conns.get_mut(&key) {
             a.proven = true;
@@ -187,6 +200,26 @@ impl Core {
                 let frame = publish_frame.expect("send has a frame");
                 self.admin_publish(key, name, true, frame, keep_alive);
             }
+            admin_request::Target::History {
+                channel,
+                since,
+                limit,
+            } => {
+                let head_only = request.head_only;
+                self.admin_history(key, &channel, since, limit, head_only, keep_alive);
+            }
+            admin_request::Target::Channels { prefix, limit } => {
+                let of = CensusOf::Prefix {
+                    prefix: prefix.into(),
+                    limit,
+                };
+                self.admin_channels(key, of, request.head_only, keep_alive);
+            }
+            admin_request::Target::Channel(name) => {
+                let of = CensusOf::One(name.into());
+                self.admin_channels(key, of, request.head_only, keep_alive);
+            }
+            admin_request::Target::Broadcast => self.admin_broadcast(key, body, keep_alive),
         }
         if !response.is_empty() {
             self.admin_slot(key, AdminSlot::Ready(Bytes::from(response), !keep_alive));
@@ -236,12 +269,8 @@ impl Core {
                 json: Default::default(),
             })
         } else {
-            // The channel's next offset, kept for the answer.
-            self.publish_channel(name, frame, origin).map(|position| {
-                if let Some(p) = self.pending.get_mut(id as usize) {
-                    p.position = Some(position);
-                }
-            })
+            // The channel's next offset, kept in the pending request for the answer.
+            self.publish_channel(name, frame, origin).map(|_| ())
         };
         if sent == Err(Unsent::Full) {
             // Nothing was sent to any shard: answer now, keeping the connection.
@@ -300,6 +329,9 @@ impl Core {
             return;
         }
         let p = self.pending.remove(id as usize);
+        if self.broadcast_counted(id, p.count) {
+            return;
+        }
         if !self.live(p.owner) {
             return;
         }
@@ -355,10 +387,11 @@ impl Core {
                 ));
             }
         }
-        if self.pending.is_empty() {
+        if self.pending.is_empty() && self.queries.is_empty() {
             return;
         }
         self.drain_inbox();
+        self.census_exited(&gone);
         let ids: Vec<u32> = self.pending.iter().map(|(id, _)| id as u32).collect();
         for id in ids {
             for &i in &gone {
@@ -383,7 +416,7 @@ impl Core {
 }
 
 /// A 503 answer with a plain-text body (listener full, draining, an inbox full).
-fn unavailable(headers: &[(&str, &str)], body: &[u8], keep_alive: bool) -> Vec<u8> {
+pub(super) fn unavailable(headers: &[(&str, &str)], body: &[u8], keep_alive: bool) -> Vec<u8> {
     let mut response = Vec::new();
     write_response(
         &mut response,

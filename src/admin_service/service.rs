@@ -9,7 +9,7 @@
 //! - A full admin listener first evicts a connection that has completed no request; only
 //!   when every connection has completed one is the newcomer refused.
 //! - The admin shard keeps answering while draining, and ends only when every client shard
-//!   has exited and no publish waits for counts.
+//!   has exited and no publish, broadcast or channels request waits for counts.
 
 use std::sync::atomic::Ordering;
 
@@ -75,6 +75,7 @@ impl Role for AdminHttp {
             .iter()
             .all(|done| done.load(Ordering::Acquire))
             && core.pending.is_empty()
+            && core.queries.is_empty()
     }
 }
 

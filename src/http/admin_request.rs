@@ -2,8 +2,10 @@
 //! the front of a buffer, with keep-alive and pipelining.
 //!
 //! This file owns what the admin listener accepts: the endpoints (`POST /publish/<channel>`,
-//! `POST /send/<session>`, `GET`/`HEAD` `/metrics` and `/healthz`), the bearer-token check, the
-//! framing of request bodies, and the text/binary choice for a published message. [`parse`]
+//! `POST /send/<session>`, `POST /broadcast`, `GET`/`HEAD` `/metrics`, `/healthz`,
+//! `/history/<channel>`, `/channels` and `/channels/<channel>`), their query parameters, the
+//! bearer-token check, the framing of request bodies, and the text/binary choice for a
+//! published message. [`parse`]
 //! either asks for more bytes (`Ok(None)`), returns one [`AdminRequest`] with the number of bytes
 //! it used, or refuses with an [`AdminError`] that knows its status, its metrics label and how
 //! to write its own response. [`write_json_ok`] writes the 200 for a publish or a send.
@@ -22,8 +24,12 @@
 //! - Every refusal that the head alone decides (size, syntax, auth, path, method, name, framing,
 //!   body cap) is reported as soon as the head is complete, before any of the body arrives; only
 //!   the UTF-8 check of a text body waits for the body. A request that breaks several rules is
-//!   refused for the first, in this order: 431, 400 malformed, 401, 404, 405, 400 name, 501
-//!   transfer coding, 411, 413, 400 UTF-8.
+//!   refused for the first, in this order: 431, 400 malformed, 401, 404, 405, 400 name, 400
+//!   query, 501 transfer coding, 411, 413, 400 UTF-8.
+//! - Query parameters are read only on the endpoints that take them; elsewhere the query is
+//!   ignored, as it always was. Unknown parameters are ignored (room for additions); a known
+//!   one repeated, empty where a value is needed, or out of its syntax is refused 400. A
+//!   `limit` above its endpoint's cap is lowered to the cap (the answer says `truncated`).
 //! - Bodies are framed by `Content-Length` alone. Any `Transfer-Encoding` is refused with 501
 //!   (RFC 9112 §6.1: a coding the server does not implement), not 411: the refusal names the
 //!   header that broke the rule, and it also covers a request carrying both headers, the classic
@@ -52,6 +58,18 @@ const ALLOW_POST: &str = "POST";
 /// The `Allow` value for `/metrics` and `/healthz`.
 const ALLOW_GET_HEAD: &str = "GET, HEAD";
 
+/// `GET /history/<channel>` without `limit`: entries returned at most.
+pub const HISTORY_LIMIT_DEFAULT: usize = 100;
+
+/// `GET /history/<channel>`: the largest `limit` honoured (a larger one is lowered to it).
+pub const HISTORY_LIMIT_MAX: usize = 1000;
+
+/// `GET /channels` without `limit`: channels listed at most.
+pub const CHANNELS_LIMIT_DEFAULT: usize = 100;
+
+/// `GET /channels`: the largest `limit` honoured (a larger one is lowered to it).
+pub const CHANNELS_LIMIT_MAX: usize = 1000;
+
 /// What the admin listener accepts.
 #[derive(Clone, Debug)]
 pub struct AdminConfig {
@@ -76,6 +94,31 @@ pub enum Target {
     Metrics,
     /// `GET /healthz` or `HEAD /healthz`.
     Healthz,
+    /// `GET /history/<channel>?since=K&limit=M`: the retained messages after offset `since`
+    /// (default 0), at most `limit` of them (default [`HISTORY_LIMIT_DEFAULT`], at most
+    /// [`HISTORY_LIMIT_MAX`]).
+    History {
+        /// The channel, validated.
+        channel: String,
+        /// Messages at or below this offset are left out.
+        since: u64,
+        /// Messages returned at most, already lowered to the cap.
+        limit: usize,
+    },
+    /// `GET /channels?prefix=P&limit=N`: the active channels whose names start with `prefix`
+    /// (default: all), in name order, at most `limit` (default [`CHANNELS_LIMIT_DEFAULT`], at
+    /// most [`CHANNELS_LIMIT_MAX`]).
+    Channels {
+        /// Names listed start with this (validated: name bytes only, at most 128).
+        prefix: String,
+        /// Channels listed at most, already lowered to the cap.
+        limit: usize,
+    },
+    /// `GET /channels/<channel>`: one channel's subscribers and position.
+    Channel(String),
+    /// `POST /broadcast`: one payload to several channels, named in the JSON body (read by
+    /// the admin service, not here).
+    Broadcast,
 }
 
 /// Which WebSocket message a body becomes.
@@ -138,6 +181,12 @@ pub enum AdminError {
     /// byte, or its body not within the same deadline again after its head (408). The parser
     /// never returns it: the connection's timer decides it.
     RequestTimeout,
+    /// A query parameter of an endpoint that reads them is repeated, empty or out of its
+    /// syntax; the value says which rule (400).
+    InvalidQuery(&'static str),
+    /// A JSON body (`POST /broadcast`) is not what the endpoint takes; the value says which
+    /// rule (400). The parser never returns it: the admin service reads the body.
+    InvalidBody(&'static str),
 }
 
 impl AdminError {
@@ -154,6 +203,8 @@ impl AdminError {
         "invalid_name",
         "chunked_unsupported",
         "request_timeout",
+        "invalid_query",
+        "invalid_body",
     ];
 
     /// How many refusal labels there are: the length of the per-reason counters.
@@ -174,13 +225,19 @@ impl AdminError {
             Self::InvalidName => 8,
             Self::ChunkedUnsupported => 9,
             Self::RequestTimeout => 10,
+            Self::InvalidQuery(_) => 11,
+            Self::InvalidBody(_) => 12,
         }
     }
 
     /// The HTTP status code of the refusal.
     pub fn status(&self) -> u16 {
         match self {
-            Self::Malformed | Self::InvalidUtf8 | Self::InvalidName => 400,
+            Self::Malformed
+            | Self::InvalidUtf8
+            | Self::InvalidName
+            | Self::InvalidQuery(_)
+            | Self::InvalidBody(_) => 400,
             Self::Unauthorized => 401,
             Self::NotFound => 404,
             Self::MethodNotAllowed(_) => 405,
@@ -206,6 +263,8 @@ impl AdminError {
             Self::InvalidName => "invalid_name",
             Self::ChunkedUnsupported => "chunked_unsupported",
             Self::RequestTimeout => "request_timeout",
+            Self::InvalidQuery(_) => "invalid_query",
+            Self::InvalidBody(_) => "invalid_body",
         }
     }
 
@@ -223,6 +282,7 @@ impl AdminError {
             Self::InvalidName => "names must match [A-Za-z0-9_.:-]{1,128}",
             Self::ChunkedUnsupported => "Transfer-Encoding is not supported; send Content-Length",
             Self::RequestTimeout => "request not completed in time",
+            Self::InvalidQuery(rule) | Self::InvalidBody(rule) => rule,
         }
     }
 
@@ -317,13 +377,38 @@ pub fn parse(buf: &[u8], cfg: &AdminConfig) -> Result<Option<(AdminRequest, usiz
         _ => return Err(AdminError::MethodNotAllowed(endpoint.allow())),
     };
     let target = match endpoint {
-        Endpoint::Publish | Endpoint::Send if !valid_name(name) => {
+        Endpoint::Publish | Endpoint::Send | Endpoint::History | Endpoint::Channel
+            if !valid_name(name) =>
+        {
             return Err(AdminError::InvalidName);
         }
         Endpoint::Publish => Target::Publish(name.to_owned()),
         Endpoint::Send => Target::Send(name.to_owned()),
         Endpoint::Metrics => Target::Metrics,
         Endpoint::Healthz => Target::Healthz,
+        Endpoint::History => {
+            let query = Query::read(head.query, &["since", "limit"])?;
+            Target::History {
+                channel: name.to_owned(),
+                since: query.number(0, "since: a decimal offset")?.unwrap_or(0),
+                limit: query.limit(1, HISTORY_LIMIT_DEFAULT, HISTORY_LIMIT_MAX)?,
+            }
+        }
+        Endpoint::Channels => {
+            let query = Query::read(head.query, &["prefix", "limit"])?;
+            let prefix = query.values[0].unwrap_or("");
+            if prefix.len() > NAME_BYTES_MAX || !prefix.bytes().all(name_byte) {
+                return Err(AdminError::InvalidQuery(
+                    "prefix: at most 128 of [A-Za-z0-9_.:-]",
+                ));
+            }
+            Target::Channels {
+                prefix: prefix.to_owned(),
+                limit: query.limit(1, CHANNELS_LIMIT_DEFAULT, CHANNELS_LIMIT_MAX)?,
+            }
+        }
+        Endpoint::Channel => Target::Channel(name.to_owned()),
+        Endpoint::Broadcast => Target::Broadcast,
     };
     if head.transfer_encoding {
         return Err(AdminError::ChunkedUnsupported);
@@ -422,11 +507,56 @@ pub fn constant_time_eq(a: &[u8], b: &[u8]) -> bool {
 
 /// Whether `name` is a valid channel name or session id: `[A-Za-z0-9_.:-]{1,128}`.
 pub fn valid_name(name: &str) -> bool {
-    !name.is_empty()
-        && name.len() <= NAME_BYTES_MAX
-        && name
-            .bytes()
-            .all(|b| b.is_ascii_alphanumeric() || matches!(b, b'_' | b'.' | b':' | b'-'))
+    !name.is_empty() && name.len() <= NAME_BYTES_MAX && name.bytes().all(name_byte)
+}
+
+/// Whether `b` may appear in a channel name or session id.
+fn name_byte(b: u8) -> bool {
+    b.is_ascii_alphanumeric() || matches!(b, b'_' | b'.' | b':' | b'-')
+}
+
+/// The known parameters of one query string, by position in the list given to `read`.
+struct Query<'b> {
+    values: [Option<&'b str>; 2],
+}
+
+impl<'b> Query<'b> {
+    /// Reads `query` (`a=1&b=2`, no percent-decoding: every accepted value is plain ASCII)
+    /// for the parameters named in `known`; other parameters are ignored.
+    fn read(query: &'b str, known: &[&'static str; 2]) -> Result<Query<'b>, AdminError> {
+        let mut values = [None; 2];
+        for pair in query.split('&').filter(|pair| !pair.is_empty()) {
+            let (key, value) = pair.split_once('=').unwrap_or((pair, ""));
+            let Some(at) = known.iter().position(|k| *k == key) else {
+                continue;
+            };
+            if values[at].replace(value).is_some() {
+                return Err(AdminError::InvalidQuery("a query parameter is repeated"));
+            }
+        }
+        Ok(Query { values })
+    }
+
+    /// Parameter `at` as a decimal `u64`, if present; `rule` is the refusal's text.
+    fn number(&self, at: usize, rule: &'static str) -> Result<Option<u64>, AdminError> {
+        let Some(text) = self.values[at] else {
+            return Ok(None);
+        };
+        let valid =
+            !text.is_empty() && text.len() <= 20 && text.bytes().all(|b| b.is_ascii_digit());
+        match text.parse::<u64>() {
+            Ok(n) if valid => Ok(Some(n)),
+            _ => Err(AdminError::InvalidQuery(rule)),
+        }
+    }
+
+    /// Parameter `at` as a `limit`: `default` when absent, lowered to `max`.
+    fn limit(&self, at: usize, default: usize, max: usize) -> Result<usize, AdminError> {
+        let n = self.number(at, "limit: a decimal count")?;
+        Ok(n.map_or(default, |n| {
+            usize::try_from(n).unwrap_or(usize::MAX).min(max)
+        }))
+    }
 }
 
 /// The endpoints, before the name in the path is judged.
@@ -436,12 +566,16 @@ enum Endpoint {
     Send,
     Metrics,
     Healthz,
+    History,
+    Channels,
+    Channel,
+    Broadcast,
 }
 
 impl Endpoint {
     /// Whether the endpoint takes `POST` (with a body) rather than `GET`/`HEAD`.
     fn is_post(self) -> bool {
-        matches!(self, Self::Publish | Self::Send)
+        matches!(self, Self::Publish | Self::Send | Self::Broadcast)
     }
 
     /// The `Allow` value for a 405 on this endpoint.
@@ -464,9 +598,17 @@ fn route(path: &str) -> Option<(Endpoint, &str)> {
     if let Some(name) = path.strip_prefix("/send/") {
         return Some((Endpoint::Send, name));
     }
+    if let Some(name) = path.strip_prefix("/history/") {
+        return Some((Endpoint::History, name));
+    }
+    if let Some(name) = path.strip_prefix("/channels/") {
+        return Some((Endpoint::Channel, name));
+    }
     match path {
         "/metrics" => Some((Endpoint::Metrics, "")),
         "/healthz" => Some((Endpoint::Healthz, "")),
+        "/channels" => Some((Endpoint::Channels, "")),
+        "/broadcast" => Some((Endpoint::Broadcast, "")),
         _ => None,
     }
 }
@@ -476,6 +618,8 @@ struct Head<'b> {
     method: &'b str,
     /// The request target without its query.
     path: &'b str,
+    /// The request target's query, after the `?` (empty when there is none).
+    query: &'b str,
     /// `Content-Length`, saturated at `u64::MAX` so an absurd value is judged too large (413),
     /// not malformed.
     content_length: Option<u64>,
@@ -519,9 +663,11 @@ impl<'b> Head<'b> {
             _ => return Err(AdminError::Malformed),
         };
 
+        let (path, query) = target.split_once('?').unwrap_or((target, ""));
         Ok(Self {
             method,
-            path: target.split_once('?').map_or(target, |(path, _query)| path),
+            path,
+            query,
             content_length,
             transfer_encoding: values(headers, "Transfer-Encoding").next().is_some(),
             text,

@@ -95,6 +95,8 @@ fn every_error() -> Vec<AdminError> {
         AdminError::InvalidName,
         AdminError::ChunkedUnsupported,
         AdminError::RequestTimeout,
+        AdminError::InvalidQuery("limit: a decimal count"),
+        AdminError::InvalidBody("the body is not a JSON object"),
     ];
     for error in &all {
         match error {
@@ -108,7 +110,9 @@ fn every_error() -> Vec<AdminError> {
             | AdminError::InvalidUtf8
             | AdminError::InvalidName
             | AdminError::ChunkedUnsupported
-            | AdminError::RequestTimeout => {}
+            | AdminError::RequestTimeout
+            | AdminError::InvalidQuery(_)
+            | AdminError::InvalidBody(_) => {}
         }
     }
     all
@@ -701,6 +705,11 @@ fn statuses_and_labels() {
         (AdminError::InvalidName, 400),
         (AdminError::ChunkedUnsupported, 501),
         (AdminError::RequestTimeout, 408),
+        (AdminError::InvalidQuery("limit: a decimal count"), 400),
+        (
+            AdminError::InvalidBody("the body is not a JSON object"),
+            400,
+        ),
     ];
     assert_eq!(expected.len(), every_error().len());
     for (error, status) in expected {
@@ -750,4 +759,140 @@ fn each_refusal_has_its_own_slot_holding_its_label() {
         seen[slot] = true;
         assert_eq!(AdminError::ALL_REASONS[slot], error.reason(), "{error:?}");
     }
+}
+
+/// A `GET` of `target` with `Host` and the valid token.
+fn get(target: &str) -> Vec<u8> {
+    request(&format!("GET {target} HTTP/1.1"), &[], b"")
+}
+
+#[test]
+fn history_takes_since_and_limit_with_defaults_and_a_cap() {
+    let target = |t: &str| accepted(&get(t), &config()).0.target;
+    let history = |since, limit| Target::History {
+        channel: "news".to_owned(),
+        since,
+        limit,
+    };
+    assert_eq!(target("/history/news"), history(0, HISTORY_LIMIT_DEFAULT));
+    assert_eq!(target("/history/news?since=41&limit=5"), history(41, 5));
+    assert_eq!(target("/history/news?limit=0&since=0"), history(0, 0));
+    assert_eq!(
+        target("/history/news?limit=999999999999"),
+        history(0, HISTORY_LIMIT_MAX),
+        "a larger limit is lowered to the cap"
+    );
+    assert_eq!(
+        target("/history/news?since=18446744073709551615&x=y&flag"),
+        history(u64::MAX, HISTORY_LIMIT_DEFAULT),
+        "unknown parameters are ignored"
+    );
+    let (head, _) = accepted(&request("HEAD /history/news HTTP/1.1", &[], b""), &config());
+    assert!(head.head_only);
+}
+
+#[test]
+fn history_refuses_bad_names_and_bad_parameters_with_the_rule() {
+    assert_eq!(
+        refused(&get("/history/"), &config()),
+        AdminError::InvalidName
+    );
+    assert_eq!(
+        refused(&get("/history/a%20b"), &config()),
+        AdminError::InvalidName
+    );
+    for bad in [
+        "since=-1",
+        "since=",
+        "since=1e3",
+        "since=18446744073709551616",
+        "since=+4",
+        "limit=ten",
+        "since=1&since=2",
+    ] {
+        let error = refused(&get(&format!("/history/news?{bad}")), &config());
+        assert!(
+            matches!(error, AdminError::InvalidQuery(_)),
+            "{bad}: {error:?}"
+        );
+        assert_eq!(error.status(), 400);
+        assert_eq!(error.reason(), "invalid_query");
+    }
+    let error = refused(&get("/history/news?since=x"), &config());
+    assert!(response_text(&error).ends_with("since: a decimal offset"));
+    let error = refused(&get("/history/news?limit=-2"), &config());
+    assert!(response_text(&error).ends_with("limit: a decimal count"));
+    let error = refused(&get("/history/news?limit=1&limit=1"), &config());
+    assert!(response_text(&error).ends_with("a query parameter is repeated"));
+}
+
+#[test]
+fn channels_take_a_prefix_and_a_limit() {
+    let target = |t: &str| accepted(&get(t), &config()).0.target;
+    let channels = |prefix: &str, limit| Target::Channels {
+        prefix: prefix.to_owned(),
+        limit,
+    };
+    assert_eq!(target("/channels"), channels("", CHANNELS_LIMIT_DEFAULT));
+    assert_eq!(
+        target("/channels?prefix=room.&limit=3"),
+        channels("room.", 3)
+    );
+    assert_eq!(
+        target("/channels?prefix="),
+        channels("", CHANNELS_LIMIT_DEFAULT)
+    );
+    assert_eq!(
+        target("/channels?limit=5000"),
+        channels("", CHANNELS_LIMIT_MAX)
+    );
+    assert_eq!(
+        target("/channels/user.42"),
+        Target::Channel("user.42".to_owned())
+    );
+    let error = refused(&get("/channels?prefix=a/b"), &config());
+    assert!(matches!(error, AdminError::InvalidQuery(_)), "{error:?}");
+    let long = format!("/channels?prefix={}", "a".repeat(NAME_BYTES_MAX + 1));
+    assert!(matches!(
+        refused(&get(&long), &config()),
+        AdminError::InvalidQuery(_)
+    ));
+    assert_eq!(
+        refused(&get("/channels/"), &config()),
+        AdminError::InvalidName
+    );
+    assert_eq!(refused(&get("/channelsx"), &config()), AdminError::NotFound);
+}
+
+#[test]
+fn the_new_paths_follow_the_token_and_their_methods() {
+    for path in ["/history/news", "/channels", "/channels/news", "/broadcast"] {
+        let bare = format!("GET {path} HTTP/1.1\r\nHost: a\r\n\r\n");
+        assert_eq!(
+            refused(bare.as_bytes(), &config()),
+            AdminError::Unauthorized,
+            "{path}"
+        );
+    }
+    let post = request("POST /channels HTTP/1.1", &["Content-Length: 0"], b"");
+    assert_eq!(
+        refused(&post, &config()),
+        AdminError::MethodNotAllowed(ALLOW_GET_HEAD)
+    );
+    assert_eq!(
+        refused(&get("/broadcast"), &config()),
+        AdminError::MethodNotAllowed(ALLOW_POST)
+    );
+    let body = br#"{"channels":["a"],"data":"x"}"#;
+    let length = format!("Content-Length: {}", body.len());
+    let post = request("POST /broadcast HTTP/1.1", &[&length], body);
+    let (parsed, consumed) = accepted(&post, &config());
+    assert_eq!(parsed.target, Target::Broadcast);
+    assert_eq!(&post[parsed.body.clone()], body);
+    assert_eq!(consumed, post.len());
+    let too_long = request("POST /broadcast HTTP/1.1", &["Content-Length: 65"], b"");
+    assert_eq!(refused(&too_long, &config()), AdminError::BodyTooLarge);
+    // Query parameters on the endpoints that take none are still ignored.
+    let (parsed, _) = accepted(&get("/metrics?since=x"), &open_config());
+    assert_eq!(parsed.target, Target::Metrics);
 }

@@ -34,6 +34,7 @@ use hdrhistogram::Histogram;
 use crate::admin_service::AdminService;
 use crate::config::Config;
 use crate::fanout::{Peers, ShardMsg};
+use crate::history::History;
 use crate::reactor::Reactor;
 use crate::ring::driver::Driver;
 use crate::ring::{sys, Ring, QUIESCE_MS};
@@ -89,8 +90,8 @@ pub struct Shared {
     /// Per shard: its counters as of its last publication (every tick).
     pub counters: Vec<Mutex<Counters>>,
     /// The node-wide sequencer and history store: every channel publish takes its offset
-    /// here, and JSON-mode resumes read from it.
-    pub history: crate::history::History,
+    /// here; JSON-mode resumes and the admin API's `/history` and `/channels/<name>` read it.
+    pub history: Arc<History>,
 }
 
 /// What a shard hands back when it exits.

@@ -19,7 +19,7 @@ use bytes::{Bytes, BytesMut};
 use hdrhistogram::Histogram;
 use slab::Slab;
 
-use crate::admin_service::AdminConn;
+use crate::admin_service::{AdminConn, BroadcastWait, Query};
 use crate::channels::Channels;
 use crate::config::Config;
 use crate::conn::end::End;
@@ -99,6 +99,13 @@ pub(crate) struct Core {
     pub(crate) client_frames: Vec<Bytes>,
     // Admin state (admin_service/).
     pub(crate) pending: Slab<Pending>,
+    /// Admin shard: channels requests waiting for the client shards' censuses.
+    pub(crate) queries: Slab<Query>,
+    /// Admin shard: broadcasts waiting for their channels' counts.
+    pub(crate) broadcasts: Slab<BroadcastWait>,
+    /// Admin shard: `pending` id of each channel's publish of a broadcast → (broadcast id,
+    /// its index among the broadcast's channels).
+    pub(crate) broadcast_parts: HashMap<u32, (u32, usize)>,
     pub(crate) admin_conns: HashMap<usize, AdminConn>,
     /// Admin connections in accept order that may not have completed a request yet: the
     /// eviction candidates when the admin listener is full (stale entries are skipped).
@@ -114,6 +121,9 @@ pub(crate) struct Core {
     pub(crate) json_conns: HashMap<usize, JsonConn>,
     /// The JSON commands of the receive being handled, parsed in the decoder's callback.
     pub(crate) json_commands: Vec<Result<Command, CommandError>>,
+    /// Admin shard: (request, shard) counts of gone shards met under the history's lock,
+    /// answered once it is released (`fanout.rs`).
+    pub(crate) gone_counts: Vec<(u32, usize)>,
     /// Test hook: leave the loop on the next tick, as on a ring error.
     pub(super) test_exit: TestExit,
 }
@@ -186,6 +196,9 @@ impl Core {
             merged: HashMap::new(),
             client_frames: Vec::new(),
             pending: Slab::new(),
+            queries: Slab::new(),
+            broadcasts: Slab::new(),
+            broadcast_parts: HashMap::new(),
             admin_conns: HashMap::new(),
             admin_unproven: VecDeque::new(),
             ticks_admin_request: ticks(cfg.admin_request_timeout),
@@ -193,6 +206,7 @@ impl Core {
             publish_windows: HashMap::new(),
             json_conns: HashMap::new(),
             json_commands: Vec::new(),
+            gone_counts: Vec::new(),
             test_exit: TestExit::No,
             cfg,
             shared,

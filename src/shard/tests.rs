@@ -17,7 +17,8 @@ use super::*;
 use crate::admin_service::AdminHttp;
 use crate::conn::end::End;
 use crate::conn::{self, Conn, State};
-use crate::fanout::{Publish, Target};
+use crate::fanout::{Census, CensusOf, Publish, Target};
+use crate::history::{History, HistoryConfig};
 use crate::ring::fake::{FakeRing, Sqe, FAKE_FD_BASE};
 use crate::ring::Completion;
 use crate::ring::Owner;
@@ -79,7 +80,7 @@ pub(super) fn shard_harness<R: TestRole>(
         exited: (0..shards).map(|_| AtomicBool::new(false)).collect(),
         session_seq: AtomicU64::new(0),
         counters: (0..shards).map(|_| Mutex::new(Counters::new())).collect(),
-        history: crate::history::History::new(Default::default()),
+        history: Arc::new(History::new(HistoryConfig::default())),
     });
     let (senders, mut receivers): (Vec<_>, Vec<_>) = (0..shards)
         .map(|_| {
@@ -464,4 +465,51 @@ fn an_eof_before_the_upgrade_frees_the_slot_at_once() {
     assert_eq!(h.shard.service.core.counters.open, 0);
     assert_eq!(h.shard.ring.in_flight().recvs, 0);
     assert_eq!(h.shard.ring.buffers_free(), 8);
+}
+
+#[test]
+fn a_census_is_answered_with_the_local_subscriber_counts() {
+    // Client shard 0; the inbox of shard 1, read by the test, stands for the admin shard.
+    let mut h: Harness = shard_harness(2, &[], 8);
+    for channel in ["r.b", "r.a", "r.b", "news"] {
+        let request = String::from_utf8(REQUEST.to_vec())
+            .expect("ASCII")
+            .replace("/echo", &format!("/ws/{channel}"));
+        let (owner, response) = h.upgraded_to(request.as_bytes());
+        h.shard.ring.send_done(owner, response.len() as i32);
+    }
+    h.shard.batch();
+    let ask = |h: &mut Harness, of| {
+        h.shard.service.core.peers.queued[0].fetch_add(1, Ordering::Relaxed);
+        let census = Census { of, origin: (1, 7) };
+        h.inbox
+            .send(ShardMsg::Census(Arc::new(census)))
+            .expect("the inbox is open");
+        h.shard.ring.doorbell();
+        h.shard.batch();
+        let admin = h.peer_inboxes[1].as_ref().expect("the admin shard's inbox");
+        match admin.try_recv() {
+            Ok(ShardMsg::CensusReply {
+                id: 7,
+                from: 0,
+                channels,
+                truncated,
+            }) => (channels, truncated),
+            other => panic!("expected a census reply, got {other:?}"),
+        }
+    };
+    let of = CensusOf::Prefix {
+        prefix: "r.".into(),
+        limit: 1,
+    };
+    let (channels, truncated) = ask(&mut h, of);
+    assert_eq!(channels, [("r.a".into(), 1)]);
+    assert!(truncated, "r.b matched too");
+    let (channels, truncated) = ask(&mut h, CensusOf::One("r.b".into()));
+    assert_eq!((channels, truncated), (vec![("r.b".into(), 2)], false));
+    assert_eq!(
+        h.shard.service.core.peers.queued[0].load(Ordering::Relaxed),
+        0,
+        "each census gave its inbox place back"
+    );
 }
