@@ -20,6 +20,11 @@
 //!   and reports the moves. So a delivery that closes a subscriber (a slow consumer closed
 //!   by `enqueue`, whose close leaves its channel at once) cannot make the walk skip or
 //!   repeat anyone, and needs no copy of the subscriber list. Walks do not nest.
+//! - Per channel the shard keeps its watermark (`mark`: the history position it delivered
+//!   or skipped up to, see history.rs) and the subscribers waiting for it to reach their
+//!   resume offset (`wait`, `promote`). A channel exists while it has a subscriber slot or a
+//!   waiter; the names of channels freed since the caller last asked are kept for it
+//!   (`take_freed`), so it can release the history hold it took on the first subscriber.
 //! - A (session, tab) is held by at most one live connection node-wide: `claim` names the
 //!   local holders with an older claim sequence, which the caller closes.
 
@@ -34,6 +39,9 @@ pub const NO_CHANNEL: u32 = u32::MAX;
 
 /// A subscriber slot left during a walk, removed by `walk_end`.
 const VACANT: u32 = u32::MAX;
+
+/// `Subscription::slot` of a subscriber waiting for the channel's watermark (`wait`).
+pub const WAITING: u32 = u32::MAX;
 
 /// The token a subscribed connection stores: its channel and its slot in that channel.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
@@ -96,12 +104,30 @@ pub struct SessionTag {
     pub tab: Box<str>,
 }
 
+/// A shard's watermark of a channel (the node's history position; `()` where none is
+/// kept): `promote` compares waiters' offsets with it.
+pub trait Mark: Copy {
+    /// The offset delivered or skipped up to.
+    fn offset(&self) -> u64;
+}
+
+impl Mark for () {
+    fn offset(&self) -> u64 {
+        0
+    }
+}
+
 /// A channel on one shard.
-struct Channel {
+struct Channel<M> {
     /// Its name (the key in `index`).
     name: Box<str>,
     /// Slab keys of local subscribers (`VACANT` for a slot left during a walk).
     subs: Vec<u32>,
+    /// The shard's watermark: the history position delivered or skipped up to (None
+    /// until the caller sets it right after creating the channel).
+    mark: Option<M>,
+    /// Subscribers waiting for the watermark to reach their offset: (key, offset).
+    waiting: Vec<(u32, u64)>,
 }
 
 /// A connection bound to a (session, tab) on this shard.
@@ -114,10 +140,9 @@ struct SessionTab {
     seq: u64,
 }
 
-/// One shard's channels and sessions.
-#[derive(Default)]
-pub struct Channels {
-    channels: Slab<Channel>,
+/// One shard's channels and sessions, with a watermark of type `M` per channel.
+pub struct Channels<M: Mark = ()> {
+    channels: Slab<Channel<M>>,
     index: HashMap<Box<str>, u32>,
     sessions: HashMap<Box<str>, Vec<SessionTab>>,
     /// Whether a walk is in progress (between `walk_start` and `walk_end`).
@@ -126,6 +151,22 @@ pub struct Channels {
     vacated: Vec<(u32, u32)>,
     /// Sessions with a tab marked vacant during the walk.
     unbound: Vec<Box<str>>,
+    /// Names of channels freed since the last `take_freed`.
+    freed: Vec<Box<str>>,
+}
+
+impl<M: Mark> Default for Channels<M> {
+    fn default() -> Channels<M> {
+        Channels {
+            channels: Slab::new(),
+            index: HashMap::new(),
+            sessions: HashMap::new(),
+            walking: false,
+            vacated: Vec::new(),
+            unbound: Vec::new(),
+            freed: Vec::new(),
+        }
+    }
 }
 
 impl Channels {
@@ -133,7 +174,9 @@ impl Channels {
     pub fn new() -> Channels {
         Channels::default()
     }
+}
 
+impl<M: Mark> Channels<M> {
     /// Up to `limit` channels whose names start with `prefix`, in byte order of their
     /// names, with their subscriber counts; and whether more matched. One pass over the
     /// channels keeping the `limit` smallest names in a heap: O(channels × log limit).
@@ -166,17 +209,40 @@ impl Channels {
 
     /// Subscribes `key` to `name`, creating the channel on first use.
     pub fn subscribe(&mut self, key: u32, name: &str) -> Subscription {
-        let id = match self.index.get(name) {
+        let id = self.open(name);
+        self.join(key, id)
+    }
+
+    /// The id of channel `name`, created (with no subscriber and no mark) when missing:
+    /// the caller subscribes or waits on it at once.
+    pub fn open(&mut self, name: &str) -> u32 {
+        match self.index.get(name) {
             Some(&id) => id,
             None => {
                 let id = self.channels.insert(Channel {
                     name: name.into(),
                     subs: Vec::new(),
+                    mark: None,
+                    waiting: Vec::new(),
                 }) as u32;
                 self.index.insert(name.into(), id);
                 id
             }
-        };
+        }
+    }
+
+    /// The id of channel `name`, if it exists on this shard.
+    pub fn id(&self, name: &str) -> Option<u32> {
+        self.index.get(name).copied()
+    }
+
+    /// The watermark of channel `id`, which must exist.
+    pub fn mark(&mut self, id: u32) -> &mut Option<M> {
+        &mut self.channels[id as usize].mark
+    }
+
+    /// Adds `key` to the subscribers of channel `id`, which must exist.
+    pub fn join(&mut self, key: u32, id: u32) -> Subscription {
         let subs = &mut self.channels[id as usize].subs;
         subs.push(key);
         Subscription {
@@ -192,6 +258,11 @@ impl Channels {
         debug_assert!(sub.is_some());
         let (id, slot) = (sub.channel, sub.slot);
         let channel = &mut self.channels[id as usize];
+        if slot == WAITING {
+            channel.waiting.retain(|&(waiter, _)| waiter != key);
+            self.free_if_empty(id);
+            return None;
+        }
         debug_assert_eq!(channel.subs[slot as usize], key);
         if self.walking {
             channel.subs[slot as usize] = VACANT;
@@ -209,11 +280,79 @@ impl Channels {
             .subs
             .get(slot as usize)
             .map(|&key| Moved { key, slot });
-        if channel.subs.is_empty() {
+        self.free_if_empty(id);
+        moved
+    }
+
+    /// Frees channel `id` when it has neither subscribers nor waiters.
+    fn free_if_empty(&mut self, id: u32) {
+        let channel = &self.channels[id as usize];
+        if channel.subs.is_empty() && channel.waiting.is_empty() {
             let channel = self.channels.remove(id as usize);
             self.index.remove(&channel.name);
+            self.freed.push(channel.name);
         }
-        moved
+    }
+
+    /// Names of the channels freed since the last call (each had a mark set, or was
+    /// created and left within one call of the caller).
+    pub fn take_freed(&mut self) -> Vec<Box<str>> {
+        std::mem::take(&mut self.freed)
+    }
+
+    /// Whether a channel was freed since the last `take_freed` (no allocation).
+    pub fn any_freed(&self) -> bool {
+        !self.freed.is_empty()
+    }
+
+    /// Makes `key` wait on channel `id` (which must exist) until its watermark reaches
+    /// `offset`; the token it stores has slot `WAITING`.
+    pub fn wait(&mut self, key: u32, id: u32, offset: u64) -> Subscription {
+        self.channels[id as usize].waiting.push((key, offset));
+        Subscription {
+            channel: id,
+            slot: WAITING,
+        }
+    }
+
+    /// Whether channel `id` has waiters.
+    pub fn has_waiting(&self, id: u32) -> bool {
+        self.channels
+            .get(id as usize)
+            .is_some_and(|c| !c.waiting.is_empty())
+    }
+
+    /// Joins every waiter of channel `id` whose offset the watermark has reached, calling
+    /// `joined` with each one's key and new token. Not during a walk.
+    pub fn promote(&mut self, id: u32, mut joined: impl FnMut(u32, Subscription)) {
+        debug_assert!(!self.walking);
+        let Some(channel) = self.channels.get_mut(id as usize) else {
+            return;
+        };
+        let Some(mark) = channel.mark else {
+            return;
+        };
+        let mut i = 0;
+        while i < channel.waiting.len() {
+            let (key, offset) = channel.waiting[i];
+            if offset <= mark.offset() {
+                channel.waiting.swap_remove(i);
+                channel.subs.push(key);
+                let slot = channel.subs.len() as u32 - 1;
+                joined(key, Subscription { channel: id, slot });
+            } else {
+                i += 1;
+            }
+        }
+    }
+
+    /// The key holding slot `slot` of channel `id`, if any.
+    pub fn holder(&self, id: u32, slot: u32) -> Option<u32> {
+        self.channels
+            .get(id as usize)?
+            .subs
+            .get(slot as usize)
+            .copied()
     }
 
     /// The subscribers of `name` (empty when there is no such channel). During a walk it
@@ -321,6 +460,12 @@ impl Channels {
     /// Ends the walk: applies the leaves it deferred, calling `moved` for each subscriber
     /// whose slot changed.
     pub fn walk_end(&mut self, mut moved: impl FnMut(Moved)) {
+        self.walk_end_in(|_, m| moved(m));
+    }
+
+    /// As `walk_end`, also naming the channel of each move (a connection with several
+    /// subscriptions finds the token to fix by it).
+    pub fn walk_end_in(&mut self, mut moved: impl FnMut(u32, Moved)) {
         debug_assert!(self.walking);
         self.walking = false;
         // Highest slot first within a channel: every slot above the one being removed is
@@ -330,7 +475,7 @@ impl Channels {
         for &(id, slot) in &vacated {
             if let Some(m) = self.remove_slot(id, slot) {
                 debug_assert_ne!(m.key, VACANT);
-                moved(m);
+                moved(id, m);
             }
         }
         vacated.clear();
@@ -540,3 +685,7 @@ mod tests {
         assert_eq!(ch.subscriber_count("news"), 1);
     }
 }
+
+#[cfg(test)]
+#[path = "channels_mark_tests.rs"]
+mod mark_tests;

@@ -142,6 +142,25 @@ pub struct Config {
     #[arg(long, default_value_t = 16384, value_parser = clap::value_parser!(u32).range(1..))]
     pub max_shard_inbox: u32,
 
+    /// Subscriptions one JSON-mode connection may hold (query channels included); past
+    /// it a subscribe is answered with error 429 and the connection stays.
+    #[arg(long, default_value_t = 64, value_parser = clap::value_parser!(u32).range(1..))]
+    pub max_subscriptions: u32,
+
+    /// Messages kept per channel for resume (0: no history; offsets and epochs still
+    /// count every publish).
+    #[arg(long, default_value_t = 0)]
+    pub history_size: usize,
+
+    /// Age past which a kept message is gone (none: kept by size and memory only).
+    #[arg(long, value_parser = parse_duration)]
+    pub history_ttl: Option<Duration>,
+
+    /// Node-wide cap on the bytes history keeps (payloads plus a small overhead per
+    /// entry); the oldest entries across channels go first.
+    #[arg(long, default_value = "64MiB", value_parser = parse_bytes)]
+    pub history_memory: usize,
+
     /// Share the client and admin ports with other processes that already listen on them
     /// (SO_REUSEPORT across processes, e.g. an overlapping restart). Without it the node
     /// refuses to start when another process listens on either address.

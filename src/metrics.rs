@@ -4,6 +4,7 @@
 
 use std::fmt::Write as _;
 
+use crate::history::HistoryStats;
 use crate::http::admin_request::AdminError;
 use crate::http::handshake::HandshakeError;
 use crate::stats::{Buckets, Counters, BUCKET_BOUNDS_US, CLOSE_CODES};
@@ -65,6 +66,77 @@ impl Out {
         let _ = writeln!(self.text, "ringpush_{name}_sum {}", b.sum_us as f64 / 1e6);
         let _ = writeln!(self.text, "ringpush_{name}_count {}", b.count());
     }
+}
+
+/// Appends the node-wide history families (issue 10) to an exposition from `render`.
+pub fn render_history(text: &mut String, stats: &HistoryStats) {
+    let mut o = Out {
+        text: std::mem::take(text),
+    };
+    let gauges = [
+        (
+            "history_channels",
+            "Channels with an epoch and offsets kept by the node.",
+            stats.channels,
+        ),
+        (
+            "history_entries",
+            "Messages kept for resume, all channels.",
+            stats.entries,
+        ),
+        (
+            "history_bytes",
+            "Bytes kept for resume (bounded by --history-memory).",
+            stats.bytes,
+        ),
+    ];
+    for (name, help, value) in gauges {
+        o.family(name, "gauge", help);
+        o.sample(name, "", value);
+    }
+    o.family(
+        "history_evictions_total",
+        "counter",
+        "Kept messages evicted, by reason.",
+    );
+    for (reason, value) in ["size", "ttl", "memory", "channel"]
+        .iter()
+        .zip(stats.evictions)
+    {
+        o.sample(
+            "history_evictions_total",
+            &format!("reason=\"{reason}\""),
+            value,
+        );
+    }
+    o.family(
+        "history_channels_dropped_total",
+        "counter",
+        "Channels forgotten (each starts a new epoch on its next use).",
+    );
+    o.sample("history_channels_dropped_total", "", stats.channels_dropped);
+    o.family(
+        "resumes_total",
+        "counter",
+        "JSON-mode subscribes with since, by result.",
+    );
+    o.sample(
+        "resumes_total",
+        "result=\"recovered\"",
+        stats.replays_recovered,
+    );
+    o.sample(
+        "resumes_total",
+        "result=\"not_recovered\"",
+        stats.replays_not_recovered,
+    );
+    o.family(
+        "replayed_messages_total",
+        "counter",
+        "Messages replayed by recovered resumes.",
+    );
+    o.sample("replayed_messages_total", "", stats.replayed_messages);
+    *text = o.text;
 }
 
 /// Renders the exposition for `shards` (client shards first, then the admin shard).

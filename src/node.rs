@@ -161,8 +161,12 @@ pub fn run(cfg: Config) -> Result<(), String> {
         counters: (0..total_shards)
             .map(|_| Mutex::new(Counters::new()))
             .collect(),
-        // History flags are wired with the JSON mode; until then it keeps nothing.
-        history: Arc::new(History::new(HistoryConfig::default())),
+        history: Arc::new(History::new(HistoryConfig {
+            size: cfg.history_size,
+            ttl: cfg.history_ttl,
+            memory_bytes_max: cfg.history_memory,
+            ..HistoryConfig::default()
+        })),
         auth,
     });
     let cores = if cfg.no_pin {

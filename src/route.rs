@@ -1,6 +1,7 @@
 //! Routing of upgrade requests: the one place that maps a request target to what a
 //! connection does. `/echo` (or `--echo-path`) echoes; `/ws/<channel>` subscribes, with an
-//! optional `?session=<id>&tab=<id>` binding.
+//! optional `?session=<id>&tab=<id>` binding; `/ws?format=json[&channel=…]` speaks the JSON
+//! mode (PROTOCOL.md), subscribed at once to the query's channels.
 
 use crate::http::handshake::HandshakeError;
 
@@ -20,6 +21,11 @@ pub enum Route {
         /// `(session, tab)` from the query, if both were given.
         session: Option<(String, String)>,
     },
+    /// JSON mode, subscribed at once to `channels` (in query order).
+    Json {
+        /// The query's `channel` parameters, valid and distinct.
+        channels: Vec<Box<str>>,
+    },
 }
 
 /// The kind of route a connection stores in its `route` byte.
@@ -30,6 +36,8 @@ pub enum RouteKind {
     Echo = 0,
     /// `/ws/<channel>`.
     Channel = 1,
+    /// `/ws?format=json`.
+    Json = 2,
 }
 
 impl RouteKind {
@@ -37,17 +45,30 @@ impl RouteKind {
     pub fn from_u8(value: u8) -> RouteKind {
         match value {
             1 => RouteKind::Channel,
+            2 => RouteKind::Json,
             _ => RouteKind::Echo,
         }
     }
 }
 
 /// Maps a request target (path and optional query) to a route. Unknown paths get 404;
-/// invalid channel or session names get 400 before the upgrade.
-pub fn route(target: &str, echo_path: &str) -> Result<Route, HandshakeError> {
+/// invalid channel or session names get 400 before the upgrade. `/ws` without a `format`
+/// parameter is 404; with a bad one (or more channels than `subscriptions_max`) 400.
+pub fn route(
+    target: &str,
+    echo_path: &str,
+    subscriptions_max: usize,
+) -> Result<Route, HandshakeError> {
     let (path, query) = target.split_once('?').unwrap_or((target, ""));
     if path == echo_path {
         return Ok(Route::Echo);
+    }
+    if path == "/ws" {
+        return match crate::json_proto::parse_query(query, subscriptions_max) {
+            Ok(Some(channels)) => Ok(Route::Json { channels }),
+            Ok(None) => Err(HandshakeError::NotFound),
+            Err(e) => Err(HandshakeError::BadRequest(e.reason())),
+        };
     }
     let Some(channel) = path.strip_prefix("/ws/") else {
         return Err(HandshakeError::NotFound);
@@ -89,40 +110,62 @@ mod tests {
 
     #[test]
     fn echo_path_with_or_without_query() {
-        assert_eq!(route("/echo", "/echo"), Ok(Route::Echo));
-        assert_eq!(route("/echo?x=1", "/echo"), Ok(Route::Echo));
-        assert_eq!(route("/", "/"), Ok(Route::Echo));
+        assert_eq!(route("/echo", "/echo", 64), Ok(Route::Echo));
+        assert_eq!(route("/echo?x=1", "/echo", 64), Ok(Route::Echo));
+        assert_eq!(route("/", "/", 64), Ok(Route::Echo));
     }
 
     #[test]
     fn unknown_paths_are_404() {
-        assert_eq!(route("/echo/more", "/echo"), Err(HandshakeError::NotFound));
-        assert_eq!(route("/", "/echo"), Err(HandshakeError::NotFound));
-        assert_eq!(route("/wsx/a", "/echo"), Err(HandshakeError::NotFound));
+        assert_eq!(
+            route("/echo/more", "/echo", 64),
+            Err(HandshakeError::NotFound)
+        );
+        assert_eq!(route("/", "/echo", 64), Err(HandshakeError::NotFound));
+        assert_eq!(route("/wsx/a", "/echo", 64), Err(HandshakeError::NotFound));
     }
 
     #[test]
     fn channels_and_sessions() {
         assert_eq!(
-            route("/ws/news.eu:1-x_y", "/echo"),
+            route("/ws/news.eu:1-x_y", "/echo", 64),
             Ok(Route::Channel {
                 channel: "news.eu:1-x_y".into(),
                 session: None
             })
         );
         assert_eq!(
-            route("/ws/c?session=u1&tab=t2&other=ignored", "/echo"),
+            route("/ws/c?session=u1&tab=t2&other=ignored", "/echo", 64),
             Ok(Route::Channel {
                 channel: "c".into(),
                 session: Some(("u1".into(), "t2".into()))
             })
         );
         assert_eq!(
-            route("/ws/c?session=u1", "/echo"),
+            route("/ws/c?session=u1", "/echo", 64),
             Ok(Route::Channel {
                 channel: "c".into(),
                 session: Some(("u1".into(), "default".into()))
             })
+        );
+    }
+
+    #[test]
+    fn json_mode_reads_its_query() {
+        assert_eq!(
+            route("/ws?format=json&channel=a&channel=b", "/echo", 64),
+            Ok(Route::Json {
+                channels: vec!["a".into(), "b".into()]
+            })
+        );
+        assert_eq!(route("/ws", "/echo", 64), Err(HandshakeError::NotFound));
+        assert_eq!(
+            route("/ws?format=xml", "/echo", 64),
+            Err(HandshakeError::BadRequest("unknown format"))
+        );
+        assert_eq!(
+            route("/ws?format=json&channel=a&channel=b", "/echo", 1),
+            Err(HandshakeError::BadRequest("too many channels"))
         );
     }
 
@@ -138,16 +181,19 @@ mod tests {
             "/ws/c?tab=x",
         ] {
             assert!(
-                matches!(route(target, "/echo"), Err(HandshakeError::BadRequest(_))),
+                matches!(
+                    route(target, "/echo", 64),
+                    Err(HandshakeError::BadRequest(_))
+                ),
                 "{target}"
             );
         }
         let long = format!("/ws/{}", "a".repeat(129));
         assert!(matches!(
-            route(&long, "/echo"),
+            route(&long, "/echo", 64),
             Err(HandshakeError::BadRequest(_))
         ));
         let max = format!("/ws/{}", "a".repeat(128));
-        assert!(route(&max, "/echo").is_ok());
+        assert!(route(&max, "/echo", 64).is_ok());
     }
 }

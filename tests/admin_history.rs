@@ -1,8 +1,6 @@
 //! Issue 10, item 6: `GET /history/<channel>` and the history fields of
-//! `GET /channels/<name>` with history on, on the real binary. Written before the shards
-//! publish through the history store: built and run only by
-//! `cargo test --release --test admin_history` until that integration lands (then the
-//! integrator removes its `test = false` entry from Cargo.toml).
+//! `GET /channels/<name>` with history on, on the real binary (the shards publish through
+//! the history store).
 
 mod util;
 

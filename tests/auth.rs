@@ -1,9 +1,9 @@
 //! Issue 11, black-box, the parts wired into the node: connection tokens before the upgrade
-//! (raw mode) and the admin token scopes, against the real binary. The parts not wired yet
-//! (JSON mode's token checks, expiry and refresh, per-address admission, rate limits,
-//! proxies) are in `tests/auth_pending.rs`, kept out of the default run by `test = false`
-//! in Cargo.toml. The flags, labels and close codes these tests use are the ones
-//! `SECURITY.md` documents.
+//! (raw and JSON mode, and JSON `subscribe` within the claims) and the admin token scopes,
+//! against the real binary. The parts not wired yet (expiry and refresh, per-address
+//! admission, rate limits, proxies) are in `tests/auth_pending.rs`, kept out of the default
+//! run by `test = false` in Cargo.toml. The flags, labels and close codes these tests use are
+//! the ones `SECURITY.md` documents.
 
 mod util;
 
@@ -15,6 +15,7 @@ use util::auth::{
     claims, fixture, forge, header, none_token, now_s, refused, sign, start_listening_with_env,
     upgrade, Signer,
 };
+use util::json_client::JsonClient;
 use util::{admin, metric_at_least, spawn_node, Client, Msg, Node};
 
 /// A node that requires tokens and holds the HS256, RS256 and ES256 fixture keys.
@@ -343,4 +344,31 @@ fn issue_11_a_publish_only_admin_token_cannot_read_metrics() {
         assert_eq!(resp.status, 200, "{path}: {}", resp.text());
     }
     let _ = std::fs::remove_dir_all(&dir);
+}
+
+#[test]
+fn issue_11_a_channel_outside_the_claims_is_403_before_the_upgrade_and_an_error_after() {
+    let node = required_node(&[]);
+    let token = sign(&Signer::Hs("hs1.secret"), None, &news_claims());
+    for path in [
+        format!("/ws/weather?token={token}"),
+        format!("/ws?format=json&channel=news&channel=weather&token={token}"),
+    ] {
+        let (status, head) = refused(node.addr, &path, &[]);
+        assert_eq!(status, 403, "{path}: {head}");
+    }
+    metric_at_least(
+        &node,
+        "ringpush_connections_refused_total{reason=\"channel_not_allowed\"}",
+        2,
+    );
+    upgrade(node.addr, &format!("/ws/scores.eu?token={token}"), &[]).unwrap();
+
+    // In JSON mode a subscribe outside the claims is an error 403 and the connection stays.
+    let mut json_client = JsonClient::connect(&node, &format!("&token={token}")).unwrap();
+    json_client.send(&json!({"op":"subscribe","id":1,"channel":"weather"}));
+    json_client.expect_error(Some(1), 403);
+    json_client.subscribe(2, "news", None);
+    publish(&node, "news", "still here");
+    assert_eq!(json_client.expect_message().data, b"still here");
 }

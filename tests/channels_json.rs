@@ -1,10 +1,6 @@
 //! Issue 10, black box: the JSON mode (PROTOCOL.md), offsets and epochs, history and
-//! resume, over the real binary and real sockets.
-//!
-//! Until the shard integration lands this binary is declared with `test = false` in
-//! Cargo.toml (tidy forbids ignored tests), so neither `cargo test` nor clippy builds it:
-//! `cargo test --release --test channels_json` builds and runs it. The integrator deletes
-//! that `[[test]]` entry so that it runs by default.
+//! resume, over the real binary and real sockets. The storm test runs 20 s by default
+//! (`RINGPUSH_STORM_SECS`).
 
 mod util;
 
@@ -16,7 +12,7 @@ use std::time::{Duration, Instant};
 
 use serde_json::json;
 use util::json_client::{delivery, published, JsonClient, Publisher};
-use util::{admin, Msg, Node};
+use util::{admin, metric, metric_sum, wait_metric, Msg, Node};
 
 /// How long the storm test runs, in seconds (`RINGPUSH_STORM_SECS`, 20 by default).
 fn storm_secs() -> u64 {
@@ -192,18 +188,28 @@ fn issue_10_app_level_ping_keeps_a_pong_answering_client_and_closes_a_silent_one
         Msg::Text(text) => assert_eq!(text, r#"{"op":"ping"}"#),
         other => panic!("expected {{\"op\":\"ping\"}}, got {other:?}"),
     }
-    let keep = thread::spawn(move || {
-        let until = Instant::now() + Duration::from_millis(2000);
-        let mut pongs = 0;
-        while Instant::now() < until {
-            let value = live.recv();
-            assert_eq!(value, json!({"op":"ping"}));
-            live.send(&json!({"op":"pong"}));
-            pongs += 1;
+    // The live client answers for 2 s, and on until the silent one's close is seen: the
+    // silent client's EOF comes only after --close-timeout (it never answers the close),
+    // and a live client left unread that long would be silent too.
+    let silent_closed = Arc::new(AtomicBool::new(false));
+    let keep = thread::spawn({
+        let silent_closed = Arc::clone(&silent_closed);
+        move || {
+            let until = Instant::now() + Duration::from_millis(2000);
+            let mut pongs = 0;
+            while Instant::now() < until || !silent_closed.load(Ordering::Relaxed) {
+                let value = live.recv();
+                assert_eq!(value, json!({"op":"ping"}));
+                live.send(&json!({"op":"pong"}));
+                if Instant::now() < until {
+                    pongs += 1;
+                }
+            }
+            (live, pongs)
         }
-        (live, pongs)
     });
     silent.expect_close(1001);
+    silent_closed.store(true, Ordering::Relaxed);
     let waited = started.elapsed();
     assert!(
         waited >= Duration::from_millis(600) && waited < Duration::from_secs(8),
@@ -349,6 +355,43 @@ fn issue_10_resume_with_a_foreign_epoch_is_not_recovered() {
     let resumed = client.subscribe(3, "f", Some((&epoch, 99)));
     assert!(!resumed.recovered, "{resumed:?}");
     client.expect_silence(Duration::from_millis(200));
+}
+
+#[test]
+fn issue_10_metrics_count_json_subscriptions_history_and_resumes() {
+    let node = Node::start(&["--shards", "2", "--history-size", "2"]);
+    let mut client = subscribers(&node, 1, &["m", "n"]).remove(0);
+    let first = client.subscribe(1, "o", None);
+    for i in 1..=3 {
+        publish(&node, "o", &format!("m{i}"));
+    }
+    for i in 1..=3 {
+        assert_eq!(client.expect_message().offset, i);
+    }
+    // Three JSON subscriptions on one connection count as three.
+    let deadline = Instant::now() + Duration::from_secs(5);
+    while metric_sum(&node, "ringpush_subscriptions") != 3 {
+        assert!(
+            Instant::now() < deadline,
+            "subscriptions gauge never reached 3"
+        );
+        thread::sleep(Duration::from_millis(30));
+    }
+    // Two kept (--history-size 2), the first evicted by size.
+    assert_eq!(metric(&node, "ringpush_history_entries"), 2);
+    assert_eq!(
+        metric(&node, "ringpush_history_evictions_total{reason=\"size\"}"),
+        1
+    );
+    assert!(metric(&node, "ringpush_history_bytes") >= 4);
+    // A resume from offset 1 replays 2 and 3; one from offset 0 is not recovered.
+    let mut again = subscribers(&node, 1, &[]).remove(0);
+    assert!(again.subscribe(2, "o", Some((&first.epoch, 1))).recovered);
+    let mut lost = subscribers(&node, 1, &[]).remove(0);
+    assert!(!lost.subscribe(3, "o", Some((&first.epoch, 0))).recovered);
+    wait_metric(&node, "ringpush_resumes_total{result=\"recovered\"}", 1);
+    wait_metric(&node, "ringpush_resumes_total{result=\"not_recovered\"}", 1);
+    wait_metric(&node, "ringpush_replayed_messages_total", 2);
 }
 
 /// Issue 10's storm: steady publishes while 200 clients reconnect with `since` again and

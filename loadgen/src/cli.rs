@@ -36,6 +36,30 @@ pub enum ScenarioCmd {
     /// Connections that open at --rate, live --lifetime each and close, up to N at once;
     /// counts opened, closed and failed connections (leak detection).
     Churn(ChurnArgs),
+    /// JSON mode: N clients subscribe to --channel, disconnect, --messages are published
+    /// through the admin API, then all reconnect at once with `since`; reports the time
+    /// until every client has every missed message (contiguous, no duplicate).
+    Resume(ResumeArgs),
+}
+
+/// The client protocol the connections speak (PROTOCOL.md).
+#[derive(ValueEnum, Clone, Copy, Debug, PartialEq, Eq)]
+pub enum Format {
+    /// `GET /ws/<channel>` (or --path): bare payloads, one channel.
+    Raw,
+    /// `GET /ws?format=json&channel=…`: JSON objects, --channels-per-conn channels.
+    Json,
+}
+
+/// How the filler channels of a JSON-mode connection are named.
+#[derive(ValueEnum, Clone, Copy, Debug, PartialEq, Eq)]
+pub enum Fillers {
+    /// `<channel>.2` … `<channel>.N`, the same for every connection: each filler is one
+    /// channel with every connection subscribed (the cost of a subscription).
+    Shared,
+    /// `<channel>.<connection index>.2` …: every filler is a channel of its own with one
+    /// subscriber, like a per-user inbox (the cost of a subscription and of a channel).
+    Distinct,
 }
 
 /// How the load generator ends a connection it chooses to end.
@@ -179,6 +203,21 @@ pub struct Common {
     #[arg(long, default_value = "1s", value_parser = parse_duration)]
     pub progress: Duration,
 
+    /// Client protocol: raw (`/ws/<channel>`, bare payloads) or json (`/ws?format=json`,
+    /// see PROTOCOL.md). Default: raw (json for resume).
+    #[arg(long, value_enum)]
+    pub format: Option<Format>,
+
+    /// JSON mode: channels each connection subscribes to through the upgrade's query. The
+    /// first is the scenario's channel (so a publish on it reaches every connection), the
+    /// others are fillers named as --fillers says.
+    #[arg(long, default_value_t = 1)]
+    pub channels_per_conn: usize,
+
+    /// JSON mode: how filler channels are named.
+    #[arg(long, value_enum, default_value_t = Fillers::Shared)]
+    pub fillers: Fillers,
+
     /// Pid of the node under test: its VmRSS is sampled before the first connection and
     /// while all are held, and the growth per connection reported (with the host's
     /// MemAvailable and Slab, which are reported without it too).
@@ -191,6 +230,10 @@ pub struct Common {
 pub struct ConnectArgs {
     #[command(flatten)]
     pub common: Common,
+    /// Channel to subscribe to: raw mode connects to /ws/<channel> (instead of /echo),
+    /// JSON mode subscribes to it first (default: bench).
+    #[arg(long)]
+    pub channel: Option<String>,
 }
 
 /// `echo`.
@@ -238,6 +281,29 @@ pub struct BroadcastArgs {
     /// Publish exactly this many messages, then drain (instead of for --duration).
     #[arg(long)]
     pub count: Option<u64>,
+}
+
+/// `resume`.
+#[derive(Args, Debug)]
+pub struct ResumeArgs {
+    #[command(flatten)]
+    pub common: Common,
+    /// Channel the clients subscribe to and resume.
+    #[arg(long, default_value = "bench")]
+    pub channel: String,
+    /// Address of the node's admin API.
+    #[arg(long, default_value = "127.0.0.1:9090")]
+    pub admin: String,
+    /// Bearer token for the admin API.
+    #[arg(long)]
+    pub admin_token: Option<String>,
+    /// Messages published while the clients are away (the node's --history-size must keep
+    /// them).
+    #[arg(long, default_value_t = 100)]
+    pub messages: u64,
+    /// Payload size in bytes (at least 16: send timestamp and sequence number).
+    #[arg(long, default_value_t = 64)]
+    pub size: usize,
 }
 
 /// `churn`.

@@ -55,8 +55,16 @@ pub const CLOSE_RECEIVED: u16 = 1 << 3;
 pub const UPGRADED: u16 = 1 << 4;
 /// Once released, reopen after a backoff rather than free the slot.
 pub const RETRY: u16 = 1 << 5;
-const _: () =
-    assert!((CLOSE_SENT | CLOSE_RECEIVED | UPGRADED | RETRY) & ringpush::reactor::IO_FLAGS == 0);
+/// Resume scenario: ended on purpose; once released, wait in `Backoff` without a deadline
+/// until the main thread says reconnect.
+pub const PARKED: u16 = 1 << 7;
+/// Resume scenario: this attempt has every missed message.
+pub const CAUGHT_UP: u16 = 1 << 8;
+const _: () = assert!(
+    (CLOSE_SENT | CLOSE_RECEIVED | UPGRADED | RETRY | PARKED | CAUGHT_UP)
+        & ringpush::reactor::IO_FLAGS
+        == 0
+);
 
 /// One connection slot.
 pub struct Conn {
@@ -84,6 +92,9 @@ pub struct Conn {
     pub seq_out: u64,
     /// Sequence numbers received.
     pub seq_in: SeqTracker,
+    /// JSON mode: the offset of the scenario's channel where this connection's stream
+    /// stands (from `subscribed`), which a resume asks to continue from.
+    pub since_offset: u64,
     /// Frames waiting for the send in flight to finish.
     pub queue: SendQueue,
     /// Bytes in progress across receives.
@@ -107,6 +118,7 @@ impl Conn {
             nonce: [0; 16],
             seq_out: 0,
             seq_in: SeqTracker::default(),
+            since_offset: 0,
             queue: SendQueue::default(),
             partial: None,
         }

@@ -27,6 +27,21 @@ fn kb_field(text: &str, name: &str) -> Option<u64> {
         .map(|kb| kb * 1024)
 }
 
+/// The node's VmRSS in bytes, if its pid is known and /proc says.
+pub fn node_rss(node_pid: Option<u32>) -> Option<u64> {
+    node_status_field(node_pid, "VmRSS")
+}
+
+/// The node's VmHWM in bytes: the largest resident set it has had since it started.
+pub fn node_rss_high_water(node_pid: Option<u32>) -> Option<u64> {
+    node_status_field(node_pid, "VmHWM")
+}
+
+fn node_status_field(node_pid: Option<u32>, name: &str) -> Option<u64> {
+    let status = std::fs::read_to_string(format!("/proc/{}/status", node_pid?)).ok()?;
+    kb_field(&status, name)
+}
+
 /// Samples the host, and the node if its pid is known.
 pub fn sample(node_pid: Option<u32>) -> MemSample {
     let meminfo = std::fs::read_to_string("/proc/meminfo").unwrap_or_default();

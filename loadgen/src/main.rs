@@ -8,8 +8,13 @@
 //! stderr and, at the end, the latency spectra, a summary line and (--json) a JSON summary
 //! on stdout.
 //!
+//! The resume scenario runs its own steps inside the run phase (`step_resume`): park every
+//! client, publish the messages they will miss, reconnect them all, wait for the last one
+//! to catch up.
+//!
 //! Invariants:
-//! - Only the main thread changes the phase, and it never goes backwards.
+//! - Only the main thread changes the phase (and the resume step), and neither goes
+//!   backwards.
 //! - The broadcast publisher has returned before `Close`, so `Shared::published` is final
 //!   when the workers count what never arrived.
 
@@ -17,10 +22,12 @@ mod broadcast;
 mod cli;
 mod conn;
 mod host;
+mod json;
 mod payload;
 mod plan;
 mod report;
 mod summary;
+mod target;
 mod worker;
 
 use std::io::Write as _;
@@ -33,9 +40,9 @@ use clap::Parser;
 use ringpush::ring::sys;
 
 use crate::cli::Cli;
-use crate::plan::{Plan, Scenario};
+use crate::plan::{Plan, ResumePlan, Scenario};
 use crate::report::{Counters, Hists, PublishReport, Report, Summary};
-use crate::worker::{Phase, Setup, Shared};
+use crate::worker::{Phase, ResumeStep, Setup, Shared};
 
 /// How often the main thread looks at the workers' counters.
 const POLL: Duration = Duration::from_millis(50);
@@ -75,6 +82,35 @@ struct Driver {
     interrupts: u32,
     mem_before: host::MemSample,
     mem_held: Option<(host::MemSample, u64)>,
+    resume: ResumeDriver,
+}
+
+/// Where the main thread is in the resume scenario's run phase.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+enum ResumeStage {
+    /// Not started (or not the resume scenario).
+    Idle,
+    /// Waiting for every connection to be closed and parked.
+    Disconnecting,
+    /// The publisher is sending the messages the clients miss.
+    Publishing,
+    /// Every client is reconnecting with `since`; waiting until all have caught up.
+    Reconnecting,
+    /// All caught up (or the drain timeout passed).
+    Done,
+}
+
+/// The resume scenario's figures as the main thread sees them.
+struct ResumeDriver {
+    stage: ResumeStage,
+    /// Clients parked, hence expected to resume.
+    parked: u64,
+    /// The node's largest VmRSS sampled (every poll) while the clients resumed.
+    rss_peak: Option<u64>,
+    /// The node's VmHWM once all caught up: its largest RSS since it started.
+    rss_high_water: Option<u64>,
+    /// Reconnect signal → the last client caught up (None: not all did).
+    catch_up: Option<Duration>,
 }
 
 fn run(plan: Arc<Plan>) -> Result<ExitCode, String> {
@@ -156,6 +192,13 @@ fn run(plan: Arc<Plan>) -> Result<ExitCode, String> {
         interrupts: 0,
         mem_before,
         mem_held: None,
+        resume: ResumeDriver {
+            stage: ResumeStage::Idle,
+            parked: 0,
+            rss_peak: None,
+            rss_high_water: None,
+            catch_up: None,
+        },
     };
     let mut last_line = now;
     let mut last_counters = Counters::default();
@@ -175,9 +218,15 @@ fn run(plan: Arc<Plan>) -> Result<ExitCode, String> {
                 &last_counters,
                 interval,
             );
-            if matches!(plan.scenario, Scenario::Broadcast(_)) {
+            if matches!(plan.scenario, Scenario::Broadcast(_) | Scenario::Resume(_)) {
                 let published = shared.published.load(std::sync::atomic::Ordering::Acquire);
                 line.push_str(&format!(" published={published}"));
+            }
+            if matches!(plan.scenario, Scenario::Resume(_)) {
+                line.push_str(&format!(
+                    " parked={} caught_up={}",
+                    driver.resume.parked, sum.caught_up
+                ));
             }
             ringpush::elog!("{line}");
             last_counters = sum;
@@ -190,7 +239,10 @@ fn run(plan: Arc<Plan>) -> Result<ExitCode, String> {
     let mut counters = Counters::default();
     let rtt = matches!(plan.scenario, Scenario::Echo(_));
     let delivery = matches!(plan.scenario, Scenario::Broadcast(_));
-    let mut hists = Hists::new(rtt, delivery);
+    let mut hists = match plan.scenario {
+        Scenario::Resume(_) => Hists::resume(),
+        _ => Hists::new(rtt, delivery),
+    };
     let mut lost_workers = 0;
     for (i, h) in handles.into_iter().enumerate() {
         match h.join() {
@@ -244,6 +296,9 @@ fn run(plan: Arc<Plan>) -> Result<ExitCode, String> {
             host::growth_line(&driver.mem_before, held, *connections)
         );
     }
+    if let Scenario::Resume(r) = &plan.scenario {
+        let _ = writeln!(out, "{}", driver.resume.line(r.messages, &counters));
+    }
     if plan.json {
         let mut json = summary.json();
         if let Some((held, connections)) = &driver.mem_held {
@@ -253,6 +308,9 @@ fn run(plan: Arc<Plan>) -> Result<ExitCode, String> {
             let published = shared.published.load(std::sync::atomic::Ordering::Acquire);
             json["subscribers"] = serde_json::json!(driver.subscribers);
             json["deliveries_expected"] = serde_json::json!(published * driver.subscribers);
+        }
+        if let Scenario::Resume(r) = &plan.scenario {
+            json["resume"] = driver.resume.json(r.messages, &counters);
         }
         let _ = writeln!(out, "{json}");
     }
@@ -343,11 +401,27 @@ impl Driver {
                 {
                     return;
                 }
-                if !self.plan.settle.is_zero() && self.mem_held.is_none() {
+                let resume = matches!(self.plan.scenario, Scenario::Resume(_));
+                if resume {
+                    // Every client must know its channel's offset before it leaves.
+                    let channels = match &self.plan.mode {
+                        target::Mode::Json(json) => json.channels_per_conn as u64,
+                        target::Mode::Raw => 1,
+                    };
+                    let subscribed = sum.json_subscribed >= sum.open * channels;
+                    if !subscribed && in_phase < self.plan.ramp_timeout {
+                        return;
+                    }
+                }
+                if (resume || !self.plan.settle.is_zero()) && self.mem_held.is_none() {
                     self.mem_held = Some((host::sample(self.plan.node_pid), sum.open));
                 }
                 self.subscribers = sum.open;
                 self.set(Phase::Run);
+                if resume {
+                    self.resume.stage = ResumeStage::Disconnecting;
+                    self.shared.set_resume_step(ResumeStep::Disconnect);
+                }
                 if let Scenario::Broadcast(b) = &self.plan.scenario {
                     self.publisher = Some(broadcast::spawn(
                         Arc::clone(&self.plan),
@@ -357,6 +431,11 @@ impl Driver {
                 }
             }
             Phase::Run => {
+                if let Scenario::Resume(r) = &self.plan.scenario {
+                    let r = r.clone();
+                    self.step_resume(sum, &r);
+                    return;
+                }
                 let count_done = match &self.plan.scenario {
                     Scenario::Broadcast(b) if b.count.is_some() => {
                         self.publisher.as_ref().is_none_or(|p| p.is_finished())
@@ -372,14 +451,16 @@ impl Driver {
                     return;
                 }
                 match self.plan.scenario {
-                    Scenario::Echo(_) | Scenario::Broadcast(_) => self.set(Phase::Drain),
+                    Scenario::Echo(_) | Scenario::Broadcast(_) | Scenario::Resume(_) => {
+                        self.set(Phase::Drain)
+                    }
                     Scenario::Connect | Scenario::Churn { .. } => self.set(Phase::Close),
                 }
             }
             Phase::Drain => {
                 let complete = match &self.plan.scenario {
                     Scenario::Echo(_) => sum.msgs_in >= sum.msgs_out,
-                    Scenario::Broadcast(_) => {
+                    Scenario::Broadcast(_) | Scenario::Resume(_) => {
                         let published = self.publish.as_ref().map_or(0, |p| p.published);
                         sum.msgs_in >= published * self.subscribers
                     }
@@ -391,5 +472,95 @@ impl Driver {
             }
             Phase::Close | Phase::Stop => {}
         }
+    }
+}
+
+impl Driver {
+    /// The resume scenario's run phase: park every client, publish what they will miss,
+    /// reconnect them all at once, wait until all have caught up.
+    fn step_resume(&mut self, sum: &Counters, r: &ResumePlan) {
+        match self.resume.stage {
+            ResumeStage::Idle | ResumeStage::Done => {}
+            ResumeStage::Disconnecting => {
+                if sum.open + sum.connecting + sum.closing + sum.releasing > 0 {
+                    return;
+                }
+                self.resume.parked = sum.backoff;
+                self.resume.stage = ResumeStage::Publishing;
+                self.publisher = Some(broadcast::spawn(
+                    Arc::clone(&self.plan),
+                    r.publish.clone(),
+                    Arc::clone(&self.shared),
+                ));
+            }
+            ResumeStage::Publishing => {
+                if !self.publisher.as_ref().is_none_or(|p| p.is_finished()) {
+                    return;
+                }
+                if let Some(publisher) = self.publisher.take() {
+                    match publisher.join() {
+                        Ok(report) => self.publish = Some(report),
+                        Err(_) => {
+                            ringpush::elog!("ringpush-loadgen: the publisher thread panicked")
+                        }
+                    }
+                }
+                self.subscribers = self.resume.parked;
+                self.resume.stage = ResumeStage::Reconnecting;
+                self.phase_since = Instant::now();
+                self.shared.set_resume_step(ResumeStep::Reconnect);
+            }
+            ResumeStage::Reconnecting => {
+                if let Some(rss) = host::node_rss(self.plan.node_pid) {
+                    self.resume.rss_peak = Some(self.resume.rss_peak.map_or(rss, |p| p.max(rss)));
+                }
+                let all = sum.caught_up >= self.resume.parked;
+                if !all && self.phase_since.elapsed() < self.plan.drain_timeout {
+                    return;
+                }
+                if all {
+                    let start = self
+                        .shared
+                        .reconnect_ns
+                        .load(std::sync::atomic::Ordering::Acquire);
+                    self.resume.catch_up = Some(Duration::from_nanos(
+                        sum.caught_up_last_ns.saturating_sub(start),
+                    ));
+                }
+                self.resume.rss_high_water = host::node_rss_high_water(self.plan.node_pid);
+                self.resume.stage = ResumeStage::Done;
+                self.set(Phase::Drain);
+            }
+        }
+    }
+}
+
+impl ResumeDriver {
+    fn json(&self, messages: u64, c: &Counters) -> serde_json::Value {
+        serde_json::json!({
+            "clients": self.parked,
+            "messages": messages,
+            "recovered": c.resumes_recovered,
+            "not_recovered": c.resumes_not_recovered,
+            "caught_up": c.caught_up,
+            "catch_up_ms": self.catch_up.map(|d| d.as_secs_f64() * 1000.0),
+            "node_rss_peak_bytes": self.rss_peak,
+            "node_rss_high_water_bytes": self.rss_high_water,
+        })
+    }
+
+    fn line(&self, messages: u64, c: &Counters) -> String {
+        format!(
+            "resume clients={} messages={messages} recovered={} not_recovered={} caught_up={} \
+             catch_up_ms={} node_rss_peak_bytes={} node_rss_high_water_bytes={}",
+            self.parked,
+            c.resumes_recovered,
+            c.resumes_not_recovered,
+            c.caught_up,
+            self.catch_up
+                .map_or("n/a".into(), |d| format!("{:.1}", d.as_secs_f64() * 1000.0)),
+            self.rss_peak.map_or("n/a".into(), |b| b.to_string()),
+            self.rss_high_water.map_or("n/a".into(), |b| b.to_string()),
+        )
     }
 }

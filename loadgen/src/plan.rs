@@ -9,8 +9,9 @@
 use std::net::{IpAddr, Ipv4Addr, SocketAddr, ToSocketAddrs};
 use std::time::Duration;
 
-use crate::cli::{Cli, CloseMode, Common, Publisher, ScenarioCmd};
+use crate::cli::{Cli, CloseMode, Common, Format, Publisher, ScenarioCmd};
 use crate::payload::STAMP_BYTES;
+use crate::target::{check_channel, JsonMode, Mode};
 
 /// What the scenario does with open connections.
 #[derive(Clone, Debug)]
@@ -26,6 +27,17 @@ pub enum Scenario {
         /// Mean lifetime of an open connection.
         lifetime: Duration,
     },
+    /// JSON mode: subscribe, disconnect, publish, reconnect with `since`.
+    Resume(ResumePlan),
+}
+
+/// The resume scenario's parameters.
+#[derive(Clone, Debug)]
+pub struct ResumePlan {
+    /// The publisher of the messages missed (admin API, `count` = the messages, unpaced).
+    pub publish: BroadcastPlan,
+    /// Messages published while the clients are away.
+    pub messages: u64,
 }
 
 impl Scenario {
@@ -36,6 +48,7 @@ impl Scenario {
             Scenario::Echo(_) => "echo",
             Scenario::Broadcast(_) => "broadcast",
             Scenario::Churn { .. } => "churn",
+            Scenario::Resume(_) => "resume",
         }
     }
 }
@@ -150,6 +163,8 @@ pub struct Plan {
     pub progress: Duration,
     /// The node's pid, for its RSS.
     pub node_pid: Option<u32>,
+    /// The client protocol.
+    pub mode: Mode,
 }
 
 /// Descriptors each worker's file table keeps for things other than connections: stdio,
@@ -165,7 +180,17 @@ impl Plan {
     /// user-facing messages.
     pub fn from_cli(cli: Cli) -> Result<Plan, String> {
         let (common, scenario, default_path) = match cli.scenario {
-            ScenarioCmd::Connect(a) => (a.common, Scenario::Connect, "/echo".to_string()),
+            ScenarioCmd::Connect(a) => {
+                let path = match &a.channel {
+                    Some(channel) => {
+                        check_channel(channel)?;
+                        format!("/ws/{channel}")
+                    }
+                    None => "/echo".to_string(),
+                };
+                let channel = a.channel.unwrap_or_else(|| "bench".into());
+                return Plan::with_common(a.common, Scenario::Connect, path, &channel);
+            }
             ScenarioCmd::Echo(a) => {
                 let stamp_min = if a.text { 2 * STAMP_BYTES } else { STAMP_BYTES };
                 if a.size < stamp_min {
@@ -187,6 +212,11 @@ impl Plan {
                     pipeline: a.pipeline,
                     text: a.text,
                 };
+                if a.common.format == Some(Format::Json) {
+                    return Err(
+                        "echo speaks raw mode only: the node does not echo in JSON mode".into(),
+                    );
+                }
                 (a.common, Scenario::Echo(plan), "/echo".to_string())
             }
             ScenarioCmd::Broadcast(a) => {
@@ -199,12 +229,7 @@ impl Plan {
                 if !(a.msg_rate > 0.0 && a.msg_rate.is_finite()) {
                     return Err("--msg-rate must be a positive number".into());
                 }
-                if !valid_channel(&a.channel) {
-                    return Err(format!(
-                        "invalid channel name {:?} (use [A-Za-z0-9_.:-], at most 128 bytes)",
-                        a.channel
-                    ));
-                }
+                check_channel(&a.channel)?;
                 let admin = resolve(&a.admin).map_err(|e| format!("--admin: {e}"))?;
                 let path = format!("/ws/{}", a.channel);
                 let plan = BroadcastPlan {
@@ -216,7 +241,45 @@ impl Plan {
                     size: a.size,
                     count: a.count,
                 };
-                (a.common, Scenario::Broadcast(plan), path)
+                let channel = plan.channel.clone();
+                return Plan::with_common(a.common, Scenario::Broadcast(plan), path, &channel);
+            }
+            ScenarioCmd::Resume(a) => {
+                if a.size < STAMP_BYTES {
+                    return Err(format!(
+                        "--size must be at least {STAMP_BYTES} bytes (send timestamp and \
+                         sequence number)"
+                    ));
+                }
+                if a.messages == 0 {
+                    return Err("--messages must be at least 1".into());
+                }
+                if a.common.format == Some(Format::Raw) {
+                    return Err("resume needs --format json: raw mode has no resume".into());
+                }
+                check_channel(&a.channel)?;
+                let admin = resolve(&a.admin).map_err(|e| format!("--admin: {e}"))?;
+                let mut common = a.common;
+                common.format = Some(Format::Json);
+                let plan = ResumePlan {
+                    publish: BroadcastPlan {
+                        channel: a.channel.clone(),
+                        publisher: Publisher::Admin,
+                        admin,
+                        admin_token: a.admin_token,
+                        // Unpaced: the messages go out back to back.
+                        msg_rate: 1e9,
+                        size: a.size,
+                        count: Some(a.messages),
+                    },
+                    messages: a.messages,
+                };
+                return Plan::with_common(
+                    common,
+                    Scenario::Resume(plan),
+                    String::new(),
+                    &a.channel,
+                );
             }
             ScenarioCmd::Churn(a) => {
                 if a.lifetime.is_zero() {
@@ -231,10 +294,37 @@ impl Plan {
                 )
             }
         };
-        Plan::with_common(common, scenario, default_path)
+        Plan::with_common(common, scenario, default_path, "bench")
     }
 
-    fn with_common(c: Common, scenario: Scenario, default_path: String) -> Result<Plan, String> {
+    fn with_common(
+        c: Common,
+        scenario: Scenario,
+        default_path: String,
+        channel: &str,
+    ) -> Result<Plan, String> {
+        let mode = match c.format.unwrap_or(Format::Raw) {
+            Format::Raw if c.channels_per_conn != 1 => {
+                return Err("--channels-per-conn needs --format json".into())
+            }
+            Format::Raw => Mode::Raw,
+            Format::Json => {
+                if c.path.is_some() {
+                    return Err(
+                        "--format json builds the target (/ws?format=json&channel=…): \
+                                drop --path"
+                            .into(),
+                    );
+                }
+                if c.channels_per_conn == 0 {
+                    return Err("--channels-per-conn must be at least 1".into());
+                }
+                let mode = JsonMode::new(channel.to_string(), c.channels_per_conn, c.fillers);
+                let last = mode.channel_name(c.connections as u64, c.channels_per_conn - 1);
+                check_channel(&last)?;
+                Mode::Json(mode)
+            }
+        };
         let (addr, url_path) = match &c.url {
             Some(url) => {
                 let (host, path) = parse_ws_url(url)?;
@@ -242,7 +332,15 @@ impl Plan {
             }
             None => (c.addr.clone(), None),
         };
-        let path = c.path.clone().or(url_path).unwrap_or(default_path);
+        let path = match &mode {
+            Mode::Raw => c.path.clone().or(url_path).unwrap_or(default_path),
+            Mode::Json(json) => {
+                if url_path.as_deref().is_some_and(|p| p != "/" && p != "/ws") {
+                    return Err("--format json builds the target: give --url without a path".into());
+                }
+                json.target(0).into_owned()
+            }
+        };
         if !path.starts_with('/') || path.bytes().any(|b| b.is_ascii_whitespace() || b < 0x20) {
             return Err(format!("invalid path {path:?}: it must start with '/'"));
         }
@@ -373,6 +471,7 @@ impl Plan {
             seed,
             progress: c.progress,
             node_pid: c.node_pid,
+            mode,
         })
     }
 
@@ -387,14 +486,6 @@ impl Plan {
         (!self.sources.is_empty())
             .then(|| self.sources[(index % self.sources.len() as u64) as usize])
     }
-}
-
-/// Whether `name` is a channel name the node accepts: `[A-Za-z0-9_.:-]{1,128}`.
-fn valid_channel(name: &str) -> bool {
-    (1..=128).contains(&name.len())
-        && name
-            .bytes()
-            .all(|b| b.is_ascii_alphanumeric() || matches!(b, b'_' | b'.' | b':' | b'-'))
 }
 
 /// Resolves `HOST:PORT`, preferring an IPv4 address (`localhost` may list ::1 first while
@@ -497,69 +588,5 @@ pub fn ports_per_pair() -> usize {
 }
 
 #[cfg(test)]
-mod tests {
-    use clap::Parser as _;
-
-    use super::*;
-
-    #[test]
-    fn urls() {
-        assert_eq!(
-            parse_ws_url("ws://127.0.0.1:8080/ws/news"),
-            Ok(("127.0.0.1:8080".into(), "/ws/news".into()))
-        );
-        assert_eq!(
-            parse_ws_url("ws://localhost"),
-            Ok(("localhost:80".into(), "/".into()))
-        );
-        assert_eq!(
-            parse_ws_url("ws://[::1]:9000/echo?x=1"),
-            Ok(("[::1]:9000".into(), "/echo?x=1".into()))
-        );
-        assert!(parse_ws_url("wss://x/").is_err());
-        assert!(parse_ws_url("http://x/").is_err());
-    }
-
-    #[test]
-    fn source_ranges() {
-        let mut out = Vec::new();
-        parse_source_range("127.0.1.1-127.0.1.3", &mut out).expect("range");
-        parse_source_range("127.0.2.254-127.0.3.1", &mut out).expect("range");
-        parse_source_range("10.0.0.7", &mut out).expect("single");
-        let text: Vec<String> = out.iter().map(|ip| ip.to_string()).collect();
-        assert_eq!(
-            text,
-            [
-                "127.0.1.1",
-                "127.0.1.2",
-                "127.0.1.3",
-                "127.0.2.254",
-                "127.0.3.1",
-                "10.0.0.7"
-            ]
-        );
-        assert!(parse_source_range("127.0.1.5-127.0.1.1", &mut out).is_err());
-        assert!(parse_source_range("nonsense", &mut out).is_err());
-    }
-
-    #[test]
-    fn backoff_doubles_to_its_cap() {
-        let b = Backoff {
-            base: Duration::from_millis(100),
-            max: Duration::from_secs(1),
-        };
-        assert_eq!(b.ceiling(1), Duration::from_millis(100));
-        assert_eq!(b.ceiling(2), Duration::from_millis(200));
-        assert_eq!(b.ceiling(4), Duration::from_millis(800));
-        assert_eq!(b.ceiling(5), Duration::from_secs(1));
-        assert_eq!(b.ceiling(200), Duration::from_secs(1));
-    }
-
-    #[test]
-    fn shares_cover_every_connection_once() {
-        let cli = Cli::parse_from(["x", "connect", "-n", "10", "--workers", "3"]);
-        let plan = Plan::from_cli(cli).expect("plan");
-        let shares: Vec<usize> = (0..3).map(|w| plan.share(w)).collect();
-        assert_eq!(shares, [4, 3, 3]);
-    }
-}
+#[path = "plan_tests.rs"]
+mod tests;

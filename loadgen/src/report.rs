@@ -184,6 +184,24 @@ pub struct Counters {
     /// Multishot receives ended for lack of buffers, and re-armed after ending early.
     pub enobufs: u64,
     pub recv_rearmed: u64,
+    /// JSON mode: `subscribed` answers received.
+    pub json_subscribed: u64,
+    /// JSON mode: `error` objects received, by code.
+    pub json_errors: BTreeMap<u16, u64>,
+    /// JSON mode: text messages that are no object of the protocol.
+    pub json_unreadable: u64,
+    /// JSON mode: application-level pings answered.
+    pub json_pings: u64,
+    /// JSON mode: `subscribed` answers whose epoch differs from the first one this worker
+    /// saw for the scenario's channel (one channel has one epoch node-wide).
+    pub epoch_mismatches: u64,
+    /// Resume: resubscribes answered `recovered:true` / `recovered:false`.
+    pub resumes_recovered: u64,
+    pub resumes_not_recovered: u64,
+    /// Resume: clients that received every missed message, and when the last one did (ns
+    /// since `Shared::epoch`; the sum keeps the latest).
+    pub caught_up: u64,
+    pub caught_up_last_ns: u64,
 }
 
 impl Counters {
@@ -215,6 +233,10 @@ impl Counters {
             + self.out_of_order
             + self.duplicates
             + self.bad_payload
+            + self.json_errors.values().sum::<u64>()
+            + self.json_unreadable
+            + self.epoch_mismatches
+            + self.resumes_not_recovered
     }
 
     /// Adds `other` into `self` (gauges too: the sum over workers).
@@ -267,6 +289,17 @@ impl Counters {
         self.bad_payload += other.bad_payload;
         self.enobufs += other.enobufs;
         self.recv_rearmed += other.recv_rearmed;
+        self.json_subscribed += other.json_subscribed;
+        for (k, v) in &other.json_errors {
+            *self.json_errors.entry(*k).or_default() += v;
+        }
+        self.json_unreadable += other.json_unreadable;
+        self.json_pings += other.json_pings;
+        self.epoch_mismatches += other.epoch_mismatches;
+        self.resumes_recovered += other.resumes_recovered;
+        self.resumes_not_recovered += other.resumes_not_recovered;
+        self.caught_up += other.caught_up;
+        self.caught_up_last_ns = self.caught_up_last_ns.max(other.caught_up_last_ns);
     }
 }
 
@@ -281,6 +314,8 @@ pub struct Hists {
     pub rtt: Option<Histogram<u64>>,
     /// Broadcast: publisher's stamp → delivery.
     pub delivery: Option<Histogram<u64>>,
+    /// Resume: reconnect signal → the client has every missed message.
+    pub catch_up: Option<Histogram<u64>>,
 }
 
 impl Hists {
@@ -292,6 +327,16 @@ impl Hists {
             upgrade: h(),
             rtt: rtt.then(h),
             delivery: delivery.then(h),
+            catch_up: None,
+        }
+    }
+
+    /// Empty histograms of the resume scenario: connects and catch-up (replayed messages
+    /// waited on purpose, so their delivery latency means nothing).
+    pub fn resume() -> Hists {
+        Hists {
+            catch_up: Some(ringpush::stats::latency_histogram()),
+            ..Hists::new(false, false)
         }
     }
 
@@ -303,6 +348,9 @@ impl Hists {
             let _ = a.add(b);
         }
         if let (Some(a), Some(b)) = (&mut self.delivery, &other.delivery) {
+            let _ = a.add(b);
+        }
+        if let (Some(a), Some(b)) = (&mut self.catch_up, &other.catch_up) {
             let _ = a.add(b);
         }
     }
@@ -328,6 +376,13 @@ impl Hists {
             out.push((
                 "broadcast delivery (publish stamp to receive)",
                 "delivery",
+                h,
+            ));
+        }
+        if let Some(h) = &self.catch_up {
+            out.push((
+                "resume catch-up (reconnect to every missed message)",
+                "catch_up",
                 h,
             ));
         }

@@ -131,7 +131,17 @@ impl Summary<'_> {
         if self.scenario == "echo" {
             let _ = write!(s, " unanswered={}", self.unanswered);
         }
-        if self.scenario == "echo" || self.scenario == "broadcast" {
+        if c.json_subscribed > 0 || c.json_unreadable > 0 || !c.json_errors.is_empty() {
+            let _ = write!(
+                s,
+                " json_subscribed={} json_errors={} json_unreadable={} json_pings={}",
+                c.json_subscribed,
+                c.json_errors.values().sum::<u64>(),
+                c.json_unreadable,
+                c.json_pings
+            );
+        }
+        if matches!(self.scenario, "echo" | "broadcast" | "resume") {
             let _ = write!(
                 s,
                 " missing={} out_of_order={} duplicates={}",
@@ -209,6 +219,13 @@ impl Summary<'_> {
             "duplicates": c.duplicates,
             "bad_payload": c.bad_payload,
             "enobufs": c.enobufs,
+            "json": {
+                "subscribed": c.json_subscribed,
+                "errors": map_u16(&c.json_errors),
+                "unreadable": c.json_unreadable,
+                "pings": c.json_pings,
+                "epoch_mismatches": c.epoch_mismatches,
+            },
             "latency_us": latency,
             "connects_per_s": self.connect_rate(),
             "ramp_s": self.ramp_span().map(|d| d.as_secs_f64()),

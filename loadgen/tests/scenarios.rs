@@ -430,3 +430,130 @@ fn failures_are_counted_and_fail_the_run() {
     assert_eq!(s["handshake_status"]["404"], 100);
     assert_eq!(s["connect_failures"]["handshake_status"], 100);
 }
+
+#[test]
+fn json_idle_connections_hold_four_subscriptions_and_answer_pings() {
+    // Pings every second of silence and a close after 3 s: only clients that answer the
+    // application-level ping with a pong stay open through the 4 s hold.
+    let node = Node::start(&["--ping-interval", "1s", "--idle-timeout", "3s"]);
+    let (code, s, out) = loadgen(&[
+        "connect",
+        "--addr",
+        &node.addr,
+        "--format",
+        "json",
+        "--channels-per-conn",
+        "4",
+        "-n",
+        &N.to_string(),
+        "--hold",
+        "4s",
+    ]);
+    assert_clean(code, &s, &out);
+    assert_eq!(s["connected"], N, "{s}");
+    assert_eq!(s["closed_clean"], N, "{s}");
+    assert_eq!(s["json"]["subscribed"], 4 * N, "{s}");
+    assert_eq!(s["json"]["errors"], serde_json::json!({}), "{s}");
+    assert_eq!(s["json"]["unreadable"], 0, "{s}");
+    let pings = s["json"]["pings"].as_u64().unwrap_or(0);
+    assert!(pings >= N, "every connection sees a ping in 4 s: {s}");
+}
+
+#[test]
+fn json_broadcast_delivers_each_message_once_in_order() {
+    let node = Node::start(&[]);
+    let (code, s, out) = loadgen(&[
+        "broadcast",
+        "--addr",
+        &node.addr,
+        "--admin",
+        &node.admin,
+        "--format",
+        "json",
+        "--channels-per-conn",
+        "2",
+        "--channel",
+        "loadgen-json",
+        "-n",
+        &N.to_string(),
+        "--msg-rate",
+        "20",
+        "--size",
+        "64",
+        "--duration",
+        "2s",
+    ]);
+    assert_clean(code, &s, &out);
+    let published = s["publish"]["published"].as_u64().unwrap_or(0);
+    assert!(published >= 10, "{s}");
+    assert_eq!(s["publish"]["acked"], published);
+    assert_eq!(s["publish"]["last_subscribers"], N, "{s}");
+    assert_eq!(s["json"]["subscribed"], 2 * N, "{s}");
+    assert_eq!(s["json"]["epoch_mismatches"], 0, "{s}");
+    assert_eq!(s["messages_received"], published * N, "{s}");
+    assert_eq!(s["missing"], 0);
+    assert_eq!(s["out_of_order"], 0);
+    assert_eq!(s["duplicates"], 0);
+    assert_eq!(s["bad_payload"], 0);
+    assert_eq!(s["latency_us"]["delivery"]["count"], published * N);
+}
+
+#[test]
+fn resume_replays_every_missed_message_to_every_client() {
+    let node = Node::start(&["--history-size", "200"]);
+    let pid = node.child.id().to_string();
+    let (code, s, out) = loadgen(&[
+        "resume",
+        "--addr",
+        &node.addr,
+        "--admin",
+        &node.admin,
+        "--node-pid",
+        &pid,
+        "--channel",
+        "loadgen-resume",
+        "-n",
+        "2000",
+        "--messages",
+        "100",
+    ]);
+    assert_clean(code, &s, &out);
+    let r = &s["resume"];
+    assert_eq!(r["clients"], 2000, "{s}");
+    assert_eq!(r["recovered"], 2000, "{s}");
+    assert_eq!(r["not_recovered"], 0, "{s}");
+    assert_eq!(r["caught_up"], 2000, "{s}");
+    assert!(r["catch_up_ms"].as_f64().unwrap_or(0.0) > 0.0, "{s}");
+    assert_eq!(s["publish"]["acked"], 100, "{s}");
+    assert_eq!(s["messages_received"], 2000 * 100, "{s}");
+    assert_eq!(s["missing"], 0);
+    assert_eq!(s["out_of_order"], 0);
+    assert_eq!(s["duplicates"], 0);
+    assert_eq!(s["latency_us"]["catch_up"]["count"], 2000);
+    // The node's RSS while the clients resumed, and its high-water mark, which no sample
+    // can exceed.
+    let peak = r["node_rss_peak_bytes"].as_u64().unwrap_or(0);
+    let high_water = r["node_rss_high_water_bytes"].as_u64().unwrap_or(0);
+    assert!(peak > 1 << 20, "{s}");
+    assert!(high_water >= peak, "{s}");
+    // Without history nothing can be replayed: every resume is refused and the run fails.
+    let node = Node::start(&[]);
+    let (code, s, _) = loadgen(&[
+        "resume",
+        "--addr",
+        &node.addr,
+        "--admin",
+        &node.admin,
+        "-n",
+        "200",
+        "--messages",
+        "10",
+        "--drain-timeout",
+        "1s",
+    ]);
+    assert_eq!(code, Some(1), "{s}");
+    assert_eq!(s["resume"]["recovered"], 0, "{s}");
+    assert_eq!(s["resume"]["not_recovered"], 200, "{s}");
+    assert_eq!(s["resume"]["caught_up"], 0, "{s}");
+    assert_eq!(s["missing"], 200 * 10, "{s}");
+}

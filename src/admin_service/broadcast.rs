@@ -22,14 +22,13 @@
 use std::collections::HashSet;
 use std::fmt::Write as _;
 use std::sync::atomic::Ordering;
-use std::time::Instant;
 
 use base64::engine::general_purpose::STANDARD as BASE64;
 use base64::Engine as _;
 use bytes::Bytes;
 use serde_json::Value;
 
-use crate::fanout::{Pending, Publish, Target, Unsent};
+use crate::fanout::{Pending, Unsent};
 use crate::http::admin_request::{valid_name, AdminError};
 use crate::ring::Owner;
 use crate::shard::Core;
@@ -177,7 +176,6 @@ impl Core {
         debug_assert!(id < BROADCAST_SLOT_TAG, "ids stay below the tags");
         self.admin_slot(key, AdminSlot::Waiting(BROADCAST_SLOT_TAG | id));
         let clients = self.peers.clients;
-        let accepted = Instant::now();
         for (at, name) in request.channels.into_iter().enumerate() {
             let part = self.pending.insert(Pending {
                 owner,
@@ -187,15 +185,15 @@ impl Core {
                 waiting: clients,
                 count: 0,
                 keep_alive,
+                position: None,
             }) as u32;
             // Before the publish: a gone shard's count is taken at once, inside it.
             self.broadcast_parts.insert(part, (id, at));
-            let sent = self.publish_to_clients(Publish {
-                target: Target::Channel(name),
-                frame: frame.clone(),
-                accepted,
-                origin: Some((self.index, part)),
-            });
+            // Each channel takes its next offset, as any channel publish does.
+            let origin = Some((self.index, part));
+            let sent = self
+                .publish_channel(name, frame.clone(), origin)
+                .map(|_| ());
             if sent == Err(Unsent::Full) {
                 self.pending.remove(part as usize);
                 self.broadcast_parts.remove(&part);

@@ -255,19 +255,23 @@ impl Core {
             waiting: clients,
             count: 0,
             keep_alive,
+            position: None,
         }) as u32;
-        let target = if session {
-            Target::Session(name)
-        } else {
-            Target::Channel(name)
-        };
         self.admin_slot(key, AdminSlot::Waiting(id));
-        let sent = self.publish_to_clients(Publish {
-            target,
-            frame,
-            accepted: Instant::now(),
-            origin: Some((self.index, id)),
-        });
+        let origin = Some((self.index, id));
+        let sent = if session {
+            self.publish_to_clients(Publish {
+                target: Target::Session(name),
+                frame,
+                accepted: Instant::now(),
+                origin,
+                position: None,
+                json: Default::default(),
+            })
+        } else {
+            // The channel's next offset, kept in the pending request for the answer.
+            self.publish_channel(name, frame, origin).map(|_| ())
+        };
         if sent == Err(Unsent::Full) {
             // Nothing was sent to any shard: answer now, keeping the connection.
             self.pending.remove(id as usize);
@@ -338,14 +342,25 @@ impl Core {
         } else {
             ("channel", "subscribers")
         };
-        admin_request::write_json_ok(
-            &mut response,
-            kind,
-            &p.name,
-            count_key,
-            p.count,
-            p.keep_alive,
-        );
+        match p.position {
+            Some(position) => {
+                // `name` is a valid name: nothing to escape.
+                let body = format!(
+                    "{{\"channel\":\"{}\",\"subscribers\":{},\"epoch\":\"{}\",\"offset\":{}}}",
+                    p.name, p.count, position.epoch, position.offset
+                );
+                let json = Some("application/json");
+                write_response(&mut response, 200, &[], json, body.as_bytes(), p.keep_alive);
+            }
+            None => admin_request::write_json_ok(
+                &mut response,
+                kind,
+                &p.name,
+                count_key,
+                p.count,
+                p.keep_alive,
+            ),
+        }
         self.admin_ready(key, id, Bytes::from(response), !p.keep_alive);
         // Requests held back by the pipeline cap may go on now.
         self.process_admin(key);
@@ -394,7 +409,9 @@ impl Core {
                 shards.push(slot.lock().map(|c| c.clone()).unwrap_or_default());
             }
         }
-        metrics::render(&shards, self.peers.clients, self.draining.is_some())
+        let mut text = metrics::render(&shards, self.peers.clients, self.draining.is_some());
+        metrics::render_history(&mut text, &self.shared.history.stats());
+        text
     }
 }
 

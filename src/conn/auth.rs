@@ -9,8 +9,9 @@
 //!   anonymous connection has no session and never publishes.
 //! - A refusal is answered before the 101 with its status and `WWW-Authenticate`, counted
 //!   by its label and logged through the shard's `LogBudget`; the log never holds a token.
-//! - `Core::grants` holds the grant of each live token connection by slab key, removed when
-//!   the slot is freed (`maybe_release`).
+//! - With auth on, `Core::access` holds the `Access` of each live connection by slab key
+//!   (its grant or the anonymous scope), removed when the slot is freed (`maybe_release`);
+//!   a connection without an entry may subscribe and publish nothing.
 
 use std::time::{SystemTime, UNIX_EPOCH};
 
@@ -46,9 +47,10 @@ pub(crate) fn route_upgrade(
     mode: AuthMode,
     target: &str,
     echo_path: &str,
+    subscriptions_max: usize,
 ) -> Result<Route, HandshakeError> {
     let Some((path, query)) = target.split_once('?').filter(|_| mode != AuthMode::Off) else {
-        return route::route(target, echo_path);
+        return route::route(target, echo_path, subscriptions_max);
     };
     let kept: Vec<&str> = query
         .split('&')
@@ -57,7 +59,11 @@ pub(crate) fn route_upgrade(
             key != "session" && key != "tab"
         })
         .collect();
-    route::route(&format!("{path}?{}", kept.join("&")), echo_path)
+    route::route(
+        &format!("{path}?{}", kept.join("&")),
+        echo_path,
+        subscriptions_max,
+    )
 }
 
 impl Core {
@@ -70,6 +76,7 @@ impl Core {
         let query = upgrade.path.split_once('?').map_or("", |(_, query)| query);
         let channels: Vec<&str> = match &upgrade.route {
             Route::Channel { channel, .. } => vec![channel.as_str()],
+            Route::Json { channels } => channels.iter().map(|channel| &**channel).collect(),
             Route::Echo => Vec::new(),
         };
         let headers = &upgrade.headers;
@@ -92,8 +99,8 @@ impl Core {
             upgrade.subprotocol = Some(SUBPROTOCOL.to_owned());
             debug_assert_eq!(echo, SUBPROTOCOL);
         }
-        match access {
-            Access::Open => {}
+        match &access {
+            Access::Open => return true,
             Access::Anonymous(_) => {
                 if let Route::Channel { session, .. } = &mut upgrade.route {
                     *session = None;
@@ -110,9 +117,9 @@ impl Core {
                     };
                     *session = Some((grant.session.to_string(), tab));
                 }
-                self.grants.insert(key, grant);
             }
         }
+        self.access.insert(key, access);
         true
     }
 
@@ -139,13 +146,32 @@ impl Core {
     /// Whether the raw-mode connection `key` may publish what it sends to its channel:
     /// `--client-publish` with auth off; with auth on only a token's `publish` claim.
     pub(crate) fn client_may_publish(&self, key: usize) -> bool {
+        let sub = self.conns[key].sub;
         if self.shared.auth.mode == AuthMode::Off {
             return self.cfg.client_publish;
         }
-        let sub = self.conns[key].sub;
-        self.grants.get(&key).is_some_and(|grant| {
-            sub.is_some() && grant.may_publish(self.channels.name(sub.channel))
-        })
+        sub.is_some() && self.may_publish(key, self.channels.name(sub.channel))
+    }
+
+    /// Whether connection `key` may publish to `channel`: `--client-publish` with auth off,
+    /// else its access (a token's `publish` claim; never anonymously).
+    pub(crate) fn may_publish(&self, key: usize, channel: &str) -> bool {
+        if self.shared.auth.mode == AuthMode::Off {
+            return self.cfg.client_publish;
+        }
+        self.access
+            .get(&key)
+            .is_some_and(|access| access.may_publish(channel, self.cfg.client_publish))
+    }
+
+    /// Whether connection `key` may subscribe to `channel` (JSON `subscribe`): always with
+    /// auth off, else within its token's `channels` claim or `--anonymous-channels`.
+    pub(crate) fn may_subscribe(&self, key: usize, channel: &str) -> bool {
+        self.shared.auth.mode == AuthMode::Off
+            || self
+                .access
+                .get(&key)
+                .is_some_and(|access| access.may_subscribe(channel))
     }
 }
 
@@ -160,21 +186,21 @@ mod tests {
 
     #[test]
     fn with_auth_on_the_query_session_and_tab_are_ignored_by_the_router() {
-        let open = route_upgrade(AuthMode::Off, "/ws/news?tab=t1", "/echo");
+        let open = route_upgrade(AuthMode::Off, "/ws/news?tab=t1", "/echo", 64);
         assert!(
             open.is_err(),
             "a tab without a session is still refused with auth off"
         );
         let target = "/ws/news?session=alice&tab=t1&token=x";
         assert_eq!(
-            route_upgrade(AuthMode::Required, target, "/echo"),
+            route_upgrade(AuthMode::Required, target, "/echo", 64),
             Ok(Route::Channel {
                 channel: "news".into(),
                 session: None
             })
         );
         assert_eq!(
-            route_upgrade(AuthMode::Off, target, "/echo"),
+            route_upgrade(AuthMode::Off, target, "/echo", 64),
             Ok(Route::Channel {
                 channel: "news".into(),
                 session: Some(("alice".into(), "t1".into()))

@@ -71,6 +71,11 @@ pub(crate) enum End {
     AdminPeerClosed,
     /// An admin connection stayed idle past `--idle-timeout` with nothing pending.
     AdminIdle,
+    /// A JSON-mode command was longer than `json_proto::COMMAND_BYTES_MAX`: 1009.
+    JsonCommandTooLarge,
+    /// A JSON-mode client sent `json_proto::MALFORMED_COMMANDS_MAX` malformed commands in a
+    /// row: 1008.
+    JsonMalformedCommands,
 }
 
 /// How the TCP connection ends.
@@ -293,6 +298,22 @@ impl End {
             Self::AdminAnswered => bare(AfterAnswer, None, "admin_answered", Never),
             Self::AdminPeerClosed => bare(Drain, None, "admin_peer_closed", Never),
             Self::AdminIdle => bare(Quiet, None, "admin_idle", Never),
+            Self::JsonCommandTooLarge => frame(
+                CloseCode::TOO_BIG,
+                "command too large",
+                Fail,
+                None,
+                "json_command_too_large",
+                Never,
+            ),
+            Self::JsonMalformedCommands => frame(
+                policy,
+                "malformed commands",
+                Fail,
+                None,
+                "json_malformed_commands",
+                Never,
+            ),
         }
     }
 }
@@ -433,6 +454,8 @@ mod tests {
             End::AdminAnswered,
             End::AdminPeerClosed,
             End::AdminIdle,
+            End::JsonCommandTooLarge,
+            End::JsonMalformedCommands,
         ];
         for code in [1002, 1007, 1008, 1009] {
             ends.push(End::ProtocolError(CloseCode(code)));
@@ -459,7 +482,9 @@ mod tests {
                 | End::AdminEvicted
                 | End::AdminAnswered
                 | End::AdminPeerClosed
-                | End::AdminIdle => {}
+                | End::AdminIdle
+                | End::JsonCommandTooLarge
+                | End::JsonMalformedCommands => {}
             }
         }
         ends

@@ -21,6 +21,7 @@ use crate::ws::Decoder;
 
 pub mod auth;
 pub mod end;
+pub mod json;
 pub mod protocol;
 pub mod send;
 

@@ -11,7 +11,7 @@
 use bytes::{Bytes, BytesMut};
 
 use crate::conn::end::End;
-use crate::conn::{self, Partial, State};
+use crate::conn::{self, json, Partial, State};
 use crate::http::handshake::{self, HandshakeError};
 use crate::route::{Route, RouteKind};
 use crate::shard::Core;
@@ -78,6 +78,7 @@ impl Core {
         let was_partial = slot.is_some();
         let mut new_head = None;
         let echo_path = &self.cfg.echo_path;
+        let subscriptions_max = self.cfg.max_subscriptions as usize;
         let buf: &mut [u8] = match slot.as_deref_mut() {
             Some(Partial::Head(head)) => {
                 head.extend_from_slice(data);
@@ -87,7 +88,7 @@ impl Core {
         };
         let mode = self.shared.auth.mode;
         let parsed = handshake::parse_request(buf, &self.hs_cfg, |path| {
-            crate::conn::auth::route_upgrade(mode, path, echo_path)
+            crate::conn::auth::route_upgrade(mode, path, echo_path, subscriptions_max)
         });
         match parsed {
             Ok(None) => {
@@ -122,6 +123,10 @@ impl Core {
                         if let Some((session, tab)) = session {
                             self.bind_session(key, session, tab);
                         }
+                    }
+                    Route::Json { channels } => {
+                        self.conns[key].route = RouteKind::Json as u8;
+                        self.json_open(key, channels);
                     }
                 }
                 self.arm(key, now + self.ticks_ping);
@@ -186,6 +191,7 @@ impl Core {
         let counters = &mut self.counters;
         let ping_rtt = &mut self.ping_rtt_us;
         let client_frames = &mut self.client_frames;
+        let json_commands = &mut self.json_commands;
         let mut peer_close = None;
         let result = decoder.feed_with(data, &self.limits, mode, |event| {
             match event {
@@ -205,6 +211,7 @@ impl Core {
                         RouteKind::Channel if client_publish => {
                             client_frames.push(frame::encode(opcode, payload));
                         }
+                        RouteKind::Json => json_commands.push(json::parse(payload, opcode)),
                         _ => counters.client_messages_ignored += 1,
                     }
                 }
@@ -241,6 +248,9 @@ impl Core {
             self.enforce_reassembly_budget();
         }
         self.counters.reassembly_bytes = self.reassembly_bytes as u64;
+        if !self.json_commands.is_empty() {
+            self.json_apply_commands(key);
+        }
         if !self.out.is_empty() {
             let replies = self.take_replies();
             self.enqueue(key, replies);
@@ -305,7 +315,7 @@ impl Core {
     /// copied into an allocation of their exact size and `out` is reused; replies that fill
     /// at least half of it take the buffer whole (pinning at most twice their length, the
     /// slack of `Vec` doubling), and the next batch starts a fresh one.
-    fn take_replies(&mut self) -> Bytes {
+    pub(crate) fn take_replies(&mut self) -> Bytes {
         let replies = if self.out.len() * 2 < self.out.capacity() {
             let copy = Bytes::copy_from_slice(&self.out);
             self.out.clear();

@@ -152,10 +152,14 @@ fn a_publish_is_answered_with_the_sum_of_the_client_shards_counts() {
     h.shard.batch();
     let out = h.answer(owner).expect("the answer once both counted");
     assert!(out.starts_with(b"HTTP/1.1 200"), "{out:?}");
-    assert!(
-        out.ends_with(br#"{"channel":"news","subscribers":5}"#),
-        "{out:?}"
-    );
+    // The channel's first publish: offset 1, in the channel's epoch (PROTOCOL.md).
+    let body = String::from_utf8_lossy(&out);
+    let body = &body[body.find("\r\n\r\n").expect("a head") + 4..];
+    let epoch = body
+        .strip_prefix(r#"{"channel":"news","subscribers":5,"epoch":""#)
+        .and_then(|rest| rest.strip_suffix(r#"","offset":1}"#))
+        .unwrap_or_else(|| panic!("{body}"));
+    assert_eq!(epoch.len(), 16, "{body}");
     assert!(h.shard.service.core.pending.is_empty());
     assert!(h.shard.service.core.live(owner), "keep-alive");
 }
@@ -512,8 +516,9 @@ fn a_publish_a_census_and_a_broadcast_pipelined_are_answered_in_request_order() 
     h.shard.batch();
     let out = h.answer(owner).expect("all three answers");
     let text = String::from_utf8(out.to_vec()).expect("ASCII");
+    // The publish answer carries the channel's epoch and offset too (PROTOCOL.md).
     let publish_at = text
-        .find(r#"{"channel":"news","subscribers":2}"#)
+        .find(r#"{"channel":"news","subscribers":2,"epoch":""#)
         .expect("publish");
     let census_at = text
         .find(r#"{"channels":[{"channel":"b","subscribers":4},{"channel":"news","subscribers":1}]"#)

@@ -17,11 +17,15 @@
 
 use std::os::fd::RawFd;
 
+use bytes::Bytes;
+
 use super::service::{NodeService, Role};
 use super::DRAIN_REAP_TICKS;
 use crate::conn::end::End;
-use crate::conn::{self, State};
+use crate::conn::json::PING_FRAME;
+use crate::conn::{self, protocol, State};
 use crate::ring::Owner;
+use crate::route::RouteKind;
 use crate::shard::{Core, Refusal};
 use crate::ws::{frame, OpCode};
 
@@ -59,7 +63,7 @@ impl Role for WebSocket {
     /// A tick expired: the wheel, the inbox (in case a doorbell was lost), the counters,
     /// and the drain when the main thread asks for it.
     fn tick(core: &mut Core) {
-        core.advance(expire, abort_at_drain_deadline);
+        core.advance(expire, stepped);
         core.drain_inbox();
         if core.tick_end() {
             start_drain(core);
@@ -110,16 +114,34 @@ fn expire(core: &mut Core, key: usize, now: u32) {
         }
         core.end(key, End::IdleTimeout);
     } else {
-        let payload = crate::conn::protocol::ping_payload(key, c.gen, now_us);
+        // Browsers cannot see WebSocket pings: a JSON connection's heartbeat is a text
+        // frame, answered by {"op":"pong"} (any frame counts as the answer).
+        let ping = if c.route == RouteKind::Json as u8 {
+            Bytes::from_static(PING_FRAME)
+        } else {
+            frame::encode(OpCode::Ping, &protocol::ping_payload(key, c.gen, now_us))
+        };
         c.flags |= conn::PING_OUT;
         let at = c.last_seen + ticks_idle;
         core.counters.pings_sent += 1;
-        core.push_frame(key, frame::encode(OpCode::Ping, &payload));
+        core.push_frame(key, ping);
         core.arm(key, at);
     }
 }
 
-/// After each step of the wheel: at the drain deadline, abort every connection left.
+/// After each step of the wheel: once a second on shard 0, the history's sweep (expired
+/// entries, forgotten idle channels); at the drain deadline, abort every connection left.
+fn stepped(core: &mut Core, now: u32) {
+    if core.index == 0 && now % HISTORY_SWEEP_TICKS == 0 {
+        core.shared.history.sweep(std::time::Instant::now());
+    }
+    abort_at_drain_deadline(core, now);
+}
+
+/// Ticks between two history sweeps (one second).
+const HISTORY_SWEEP_TICKS: u32 = (1000 / crate::shard::TICK_MS) as u32;
+
+/// At the drain deadline, abort every connection left.
 fn abort_at_drain_deadline(core: &mut Core, now: u32) {
     if core.draining != Some(now) {
         return;

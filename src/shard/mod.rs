@@ -90,8 +90,8 @@ pub struct Shared {
     pub session_seq: AtomicU64,
     /// Per shard: its counters as of its last publication (every tick).
     pub counters: Vec<Mutex<Counters>>,
-    /// The node-wide sequencer and history store (read by the admin API's `/history` and
-    /// `/channels/<name>`).
+    /// The node-wide sequencer and history store: every channel publish takes its offset
+    /// here; JSON-mode resumes and the admin API's `/history` and `/channels/<name>` read it.
     pub history: Arc<History>,
     /// The admin tokens and the connection-token configuration, loaded at start-up.
     pub auth: NodeAuth,

@@ -21,14 +21,17 @@ use slab::Slab;
 
 use crate::admin_service::{AdminConn, BroadcastWait, Query};
 use crate::auth::refusal::LOG_LINES_PER_S_DEFAULT;
-use crate::auth::{Grant, LogBudget, ScopeInterner};
+use crate::auth::{Access, LogBudget, ScopeInterner};
 use crate::channels::Channels;
 use crate::config::Config;
 use crate::conn::end::End;
+use crate::conn::json::JsonConn;
 use crate::conn::{self, Conn, State};
 use crate::fanout::{Fanout, Peers, Pending, PublishWindow, ShardMsg};
+use crate::history::Position;
 use crate::http::admin_request::AdminConfig;
 use crate::http::handshake::{self, HandshakeError};
+use crate::json_proto::{Command, CommandError};
 use crate::reactor::Conns;
 use crate::ring::{sys, Owner};
 use crate::stats::{self, Counters};
@@ -92,7 +95,7 @@ pub(crate) struct Core {
     pub(crate) peers: Arc<Peers>,
     pub(crate) inbox: Option<Receiver<ShardMsg>>,
     pub(crate) doorbells: Vec<bool>,
-    pub(crate) channels: Channels,
+    pub(crate) channels: Channels<Position>,
     pub(crate) fanouts: HashMap<usize, Fanout>,
     pub(crate) merged: HashMap<usize, Vec<usize>>,
     pub(crate) client_frames: Vec<Bytes>,
@@ -115,11 +118,19 @@ pub(crate) struct Core {
     /// Client shards: the current `--client-publish-rate` window of each connection that
     /// published (by slab key; removed when the slot is freed).
     pub(crate) publish_windows: HashMap<usize, PublishWindow>,
+    /// Client shards: each JSON-mode connection's subscriptions and malformed-command count
+    /// (by slab key; removed when the slot is freed).
+    pub(crate) json_conns: HashMap<usize, JsonConn>,
+    /// The JSON commands of the receive being handled, parsed in the decoder's callback.
+    pub(crate) json_commands: Vec<Result<Command, CommandError>>,
+    /// Admin shard: (request, shard) counts of gone shards met under the history's lock,
+    /// answered once it is released (`fanout.rs`).
+    pub(crate) gone_counts: Vec<(u32, usize)>,
     /// Test hook: leave the loop on the next tick, as on a ring error.
     pub(super) test_exit: TestExit,
-    /// Client shards: the grant of each live connection admitted with a token (by slab key;
-    /// removed when the slot is freed).
-    pub(crate) grants: HashMap<usize, Grant>,
+    /// Client shards, with auth on: what each live connection may do (its token's grant or
+    /// the anonymous scope), by slab key; removed when the slot is freed.
+    pub(crate) access: HashMap<usize, Access>,
     /// The token scopes this shard's connections hold, shared per equal claims.
     pub(crate) scopes: ScopeInterner,
     /// The token refusals' log lines (at most a few a second).
@@ -189,7 +200,7 @@ impl Core {
             peers: Arc::new(Peers::default()),
             inbox: None,
             doorbells: Vec::new(),
-            channels: Channels::new(),
+            channels: Channels::default(),
             fanouts: HashMap::new(),
             merged: HashMap::new(),
             client_frames: Vec::new(),
@@ -202,8 +213,11 @@ impl Core {
             ticks_admin_request: ticks(cfg.admin_request_timeout),
             shards_gone: Vec::new(),
             publish_windows: HashMap::new(),
+            json_conns: HashMap::new(),
+            json_commands: Vec::new(),
+            gone_counts: Vec::new(),
             test_exit: TestExit::No,
-            grants: HashMap::new(),
+            access: HashMap::new(),
             scopes: ScopeInterner::default(),
             token_log: LogBudget::new(LOG_LINES_PER_S_DEFAULT),
             cfg,
@@ -316,8 +330,11 @@ impl Core {
         if !self.publish_windows.is_empty() {
             self.publish_windows.remove(&key);
         }
-        if !self.grants.is_empty() {
-            self.grants.remove(&key);
+        if !self.access.is_empty() {
+            self.access.remove(&key);
+        }
+        if !self.json_conns.is_empty() {
+            self.json_conns.remove(&key);
         }
         let mut c = self.conns.remove(key);
         for frame in c.queue.take_all() {

@@ -429,6 +429,8 @@ fn a_doorbell_delivers_a_publish_to_the_channel_subscribers_only() {
         frame: frame.clone(),
         accepted: Instant::now(),
         origin: None,
+        position: None,
+        json: Default::default(),
     };
     h.shard.service.core.peers.queued[0].fetch_add(1, Ordering::Relaxed);
     h.inbox

@@ -17,7 +17,7 @@ use ringpush::http::client::{client_key, parse_response, ClientHandshakeError};
 use ringpush::http::handshake::accept_key;
 use ringpush::reactor::{SendQueue, DIRTY};
 use ringpush::ring::{connect, sys, Owner};
-use ringpush::timer::NEVER;
+use ringpush::timer::{Deadline, NEVER};
 use ringpush::ws::{frame, CloseCode};
 
 use super::{ticks, Core, Phase, Traffic, CLOSE_GRACE};
@@ -72,12 +72,13 @@ impl Core {
     /// The upgrade request of the slot's current attempt.
     pub(super) fn request(&self, key: usize) -> Bytes {
         let c = &self.conns[key];
+        let target = self.plan.target(c.index, self.resuming());
         let key = client_key(c.nonce);
-        let mut request = Vec::with_capacity(128 + self.plan.path.len() + self.plan.host.len());
+        let mut request = Vec::with_capacity(128 + target.len() + self.plan.host.len());
         ringpush::http::client::write_client_request(
             &mut request,
             &self.plan.host,
-            &self.plan.path,
+            &target,
             &key,
             &[],
         );
@@ -174,6 +175,7 @@ impl Core {
     /// Closes the slot's socket (if any) and backs off or frees the slot.
     pub(super) fn end_attempt(&mut self, key: usize, retry: bool) {
         let gen = self.conns.next_gen();
+        let parked = self.conns[key].has(conn::PARKED) && self.phase < Phase::Close;
         let c = &mut self.conns[key];
         if c.fd >= 0 {
             sys::close(c.fd);
@@ -185,7 +187,13 @@ impl Core {
         // receive waiting to re-arm, a wheel entry); only a pending flush stays listed.
         c.flags &= DIRTY;
         c.gen = gen;
-        if retry && self.retry_allowed() {
+        if parked {
+            // Resume: the slot keeps its index and offset, without a deadline (a fresh
+            // timer, so no entry of the ended attempt holds it), until the reconnect.
+            c.flags |= conn::PARKED;
+            c.timer = Deadline::default();
+            self.set_state(key, State::Backoff);
+        } else if retry && self.retry_allowed() {
             let backoff = self.plan.reconnect.unwrap_or(self.plan.backoff);
             let c = &mut self.conns[key];
             c.attempts = c.attempts.saturating_add(1);
@@ -330,6 +338,7 @@ impl Core {
             // A subscriber open before publishing starts must see every message from 0;
             // one that (re)joined later starts at whatever comes first.
             Traffic::Broadcast if !ramp => SeqTracker::from_first(),
+            // A resuming client must get every message published while it was away.
             _ => SeqTracker::expecting(0),
         };
         match lifetime {
@@ -346,6 +355,9 @@ impl Core {
             if self.phase == Phase::Run {
                 self.start_closed_loop(key);
             }
+        }
+        if self.resuming() {
+            self.resubscribe(key);
         }
     }
 
@@ -401,7 +413,7 @@ impl Core {
         self.counters.open_at_close = self.counters.open;
         self.close_deadline = Some(Instant::now() + self.plan.close_timeout + CLOSE_GRACE);
         self.reopen.clear();
-        if self.traffic == Traffic::Broadcast {
+        if matches!(self.traffic, Traffic::Broadcast | Traffic::Resume { .. }) {
             // Messages published after a subscriber's last one never arrived.
             let published = self.shared.published.load(Ordering::Acquire);
             for (_, c) in self.conns.iter().filter(|(_, c)| c.state == State::Open) {

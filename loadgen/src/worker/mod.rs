@@ -9,8 +9,9 @@
 //! pacing budget, and paces echo messages.
 //!
 //! `lifecycle.rs` holds a connection's life (connect, upgrade, end, backoff, deadlines,
-//! phases); `traffic.rs` what flows on open connections (frames, echo, sends); `phase.rs`
-//! the run's phases and the state shared with the main thread.
+//! phases); `traffic.rs` what flows on open connections (frames, echo, sends, JSON-mode
+//! objects); `resume.rs` JSON mode's `subscribed` answers and the resume scenario's steps;
+//! `phase.rs` the run's phases and the state shared with the main thread.
 //!
 //! Invariants:
 //! - [`Core`] pushes SQEs only in `before_flush` (connects and their cancels); everything
@@ -23,9 +24,10 @@
 
 mod lifecycle;
 mod phase;
+mod resume;
 mod traffic;
 
-pub use phase::{Phase, Shared};
+pub use phase::{Phase, ResumeStep, Shared};
 
 use std::collections::VecDeque;
 use std::sync::{mpsc, Arc};
@@ -43,6 +45,7 @@ use crate::conn::{self, Conn, State};
 use crate::payload;
 use crate::plan::{Plan, Scenario};
 use crate::report::{self, Counters, Failure, Hists, Report};
+use crate::target::Mode;
 
 /// Timer tick when echo messages are paced (their schedule is per millisecond).
 const TICK_PACED: Duration = Duration::from_millis(1);
@@ -216,6 +219,7 @@ impl Service<Ring> for Core {
     /// connections within the pacing budget, paces echo messages, publishes counters.
     fn before_flush(&mut self, ring: &mut Ring) {
         self.sync_phase();
+        self.sync_resume();
         self.advance_timers();
         for id in self.cancels.drain(..) {
             ring.cancel_connect(id);
@@ -294,6 +298,8 @@ enum Traffic {
     Echo { text: bool, closed_loop: bool },
     /// Stamped broadcasts.
     Broadcast,
+    /// Stamped messages missed while away, replayed after a resume: `messages` of them.
+    Resume { messages: u64 },
 }
 
 /// The worker minus its ring: connections, timers, pacing, counters.
@@ -313,6 +319,14 @@ struct Core {
     rng: MaskGen,
     limits: Limits,
     traffic: Traffic,
+    /// JSON mode: the scenario's channel (None: raw mode).
+    json_channel: Option<Box<str>>,
+    /// JSON mode: a message's decoded payload, reused from one message to the next.
+    scratch: Vec<u8>,
+    /// Resume: the step this worker follows, and the scenario channel's epoch as the
+    /// first `subscribed` of this worker said it.
+    resume_step: ResumeStep,
+    resume_epoch: Option<String>,
     /// Connections this worker opens (churn: holds at once).
     share: u64,
     /// New connection indices started so far.
@@ -357,6 +371,14 @@ impl Core {
                 e.text,
             ),
             Scenario::Broadcast(b) => (Traffic::Broadcast, 0.0, b.size, false),
+            Scenario::Resume(r) => (
+                Traffic::Resume {
+                    messages: r.messages,
+                },
+                0.0,
+                r.publish.size,
+                false,
+            ),
             _ => (Traffic::None, 0.0, 0, false),
         };
         let churn_lifetime = match plan.scenario {
@@ -388,6 +410,13 @@ impl Core {
                 message_bytes_max: plan.max_message,
             },
             traffic,
+            json_channel: match &plan.mode {
+                Mode::Json(json) => Some(json.channel.as_str().into()),
+                Mode::Raw => None,
+            },
+            scratch: Vec::new(),
+            resume_step: ResumeStep::Hold,
+            resume_epoch: None,
             share,
             started_new: 0,
             rate: plan.rate / workers,
@@ -405,10 +434,13 @@ impl Core {
             ticks_close: ticks(plan.close_timeout, tick),
             close_deadline: None,
             counters: Counters::default(),
-            hists: Hists::new(
-                matches!(traffic, Traffic::Echo { .. }),
-                traffic == Traffic::Broadcast,
-            ),
+            hists: match traffic {
+                Traffic::Resume { .. } => Hists::resume(),
+                _ => Hists::new(
+                    matches!(traffic, Traffic::Echo { .. }),
+                    traffic == Traffic::Broadcast,
+                ),
+            },
             last_publish: now,
             plan,
             shared,

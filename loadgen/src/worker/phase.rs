@@ -53,6 +53,18 @@ impl Phase {
     }
 }
 
+/// The resume scenario's steps within `Phase::Run`, set by the main thread.
+#[repr(u8)]
+#[derive(Clone, Copy, Debug, PartialEq, Eq, PartialOrd, Ord)]
+pub enum ResumeStep {
+    /// Connected and subscribed; nothing to do yet.
+    Hold = 0,
+    /// Close every connection, keeping each slot and its offset (parked).
+    Disconnect = 1,
+    /// Reopen every parked slot and subscribe with `since`.
+    Reconnect = 2,
+}
+
 /// State shared by the main thread, the workers and the publisher.
 pub struct Shared {
     /// The current [`Phase`].
@@ -63,6 +75,10 @@ pub struct Shared {
     pub counters: Vec<Mutex<Counters>>,
     /// The common origin of the workers' ramp timestamps.
     pub epoch: Instant,
+    /// Resume: the current [`ResumeStep`].
+    pub resume_step: AtomicU8,
+    /// Resume: when the reconnect began, ns since `epoch` (set before the step).
+    pub reconnect_ns: AtomicU64,
 }
 
 impl Shared {
@@ -75,7 +91,27 @@ impl Shared {
                 .map(|_| Mutex::new(Counters::default()))
                 .collect(),
             epoch: Instant::now(),
+            resume_step: AtomicU8::new(ResumeStep::Hold as u8),
+            reconnect_ns: AtomicU64::new(0),
         }
+    }
+
+    /// The resume scenario's current step.
+    pub fn resume_step(&self) -> ResumeStep {
+        match self.resume_step.load(Ordering::Acquire) {
+            0 => ResumeStep::Hold,
+            1 => ResumeStep::Disconnect,
+            _ => ResumeStep::Reconnect,
+        }
+    }
+
+    /// Moves the resume scenario to `step`; a reconnect records its start first.
+    pub fn set_resume_step(&self, step: ResumeStep) {
+        if step == ResumeStep::Reconnect {
+            let ns = (self.epoch.elapsed().as_nanos() as u64).max(1);
+            self.reconnect_ns.store(ns, Ordering::Release);
+        }
+        self.resume_step.store(step as u8, Ordering::Release);
     }
 
     /// The current phase.

@@ -15,9 +15,10 @@ use ringpush::ws::{frame, CloseCode, Decoder, Event, OpCode};
 
 use super::{Core, Phase, Traffic, COALESCE_BYTES_MAX, PACED_PER_BATCH_MAX};
 use crate::conn::{self, Partial, State};
-use crate::payload::{self, Seen};
+use crate::json::{self, Server};
+use crate::payload::{self, Seen, SeqTracker};
 use crate::plan::Scenario;
-use crate::report;
+use crate::report::{self, Counters, Hists};
 
 impl Core {
     pub(super) fn on_frames(&mut self, key: usize, data: &mut [u8]) {
@@ -40,40 +41,54 @@ impl Core {
         let rng = &mut self.rng;
         let mut replies_due = 0u32;
         let mut peer_close = None;
+        let json_mode = self.json_channel.is_some();
+        let scratch = &mut self.scratch;
+        let mut answers = Vec::new();
         let result = decoder.feed(data, &self.limits, |event| {
             match event {
+                Event::Text(body) if json_mode => match json::parse(body, scratch) {
+                    Server::Message { payload, .. } => {
+                        counters.msgs_in += 1;
+                        judge(
+                            traffic,
+                            payload,
+                            now_ns,
+                            payload_bytes,
+                            &mut tracker,
+                            counters,
+                            hists,
+                        );
+                    }
+                    Server::Ping => {
+                        counters.json_pings += 1;
+                        if !closing {
+                            let key = Some(rng.next_key());
+                            frame::encode_into(out, true, OpCode::Text, json::PONG, key);
+                        }
+                    }
+                    Server::Subscribed(answer) => answers.push(answer),
+                    Server::Error { code, .. } => {
+                        *counters.json_errors.entry(code).or_default() += 1;
+                    }
+                    Server::OtherOp => {}
+                    Server::Unreadable => counters.json_unreadable += 1,
+                },
                 Event::Text(body) | Event::Binary(body) => {
                     counters.msgs_in += 1;
-                    let (text, hist) = match traffic {
-                        Traffic::Echo { text, .. } => (text, hists.rtt.as_mut()),
-                        Traffic::Broadcast => (false, hists.delivery.as_mut()),
-                        Traffic::None => return ControlFlow::Continue(()),
-                    };
-                    let Some((sent_ns, seq)) = payload::read_stamp(body, text) else {
-                        counters.bad_payload += 1;
-                        return ControlFlow::Continue(());
-                    };
-                    if !payload::intact(body, payload_bytes, text) {
-                        // Timed and sequenced all the same, but the bytes are not ours.
-                        counters.bad_payload += 1;
-                    }
-                    if let Some(hist) = hist {
-                        report::record(hist, now_ns.saturating_sub(sent_ns) / 1000);
-                    }
-                    match tracker.observe(seq) {
-                        Seen::InOrder => {}
-                        Seen::Gap(n) => counters.missing += n,
-                        Seen::Late => {
-                            counters.out_of_order += 1;
-                            counters.missing = counters.missing.saturating_sub(1);
-                        }
-                        Seen::Duplicate => counters.duplicates += 1,
-                    }
-                    if let Traffic::Echo {
-                        closed_loop: true, ..
-                    } = traffic
-                    {
-                        if run && !closing {
+                    let echoed = judge(
+                        traffic,
+                        body,
+                        now_ns,
+                        payload_bytes,
+                        &mut tracker,
+                        counters,
+                        hists,
+                    );
+                    if echoed && run && !closing {
+                        if let Traffic::Echo {
+                            closed_loop: true, ..
+                        } = traffic
+                        {
                             replies_due += 1;
                         }
                     }
@@ -95,6 +110,10 @@ impl Core {
         let c = &mut self.conns[key];
         c.partial = Partial::keep_frames(slot, local, idle);
         c.seq_in = tracker;
+        for answer in answers {
+            self.subscribed(key, answer);
+        }
+        self.check_caught_up(key);
         if !self.out.is_empty() {
             let pongs = self.out.split().freeze();
             self.push_frame(key, pongs);
@@ -219,4 +238,45 @@ impl Core {
     pub(super) fn next_send(&mut self, key: usize) -> Option<Bytes> {
         self.conns[key].queue.next_send(COALESCE_BYTES_MAX, |_| {})
     }
+}
+
+/// Judges one data message's payload (both modes): its stamp, its bytes, its latency and
+/// its place in the sequence. Returns whether it was a stamped message of the scenario.
+fn judge(
+    traffic: Traffic,
+    body: &[u8],
+    now_ns: u64,
+    payload_bytes: usize,
+    tracker: &mut SeqTracker,
+    counters: &mut Counters,
+    hists: &mut Hists,
+) -> bool {
+    let (text, hist) = match traffic {
+        Traffic::Echo { text, .. } => (text, hists.rtt.as_mut()),
+        Traffic::Broadcast => (false, hists.delivery.as_mut()),
+        // Replayed messages waited on purpose: their catch-up is timed per client instead.
+        Traffic::Resume { .. } => (false, None),
+        Traffic::None => return false,
+    };
+    let Some((sent_ns, seq)) = payload::read_stamp(body, text) else {
+        counters.bad_payload += 1;
+        return false;
+    };
+    if !payload::intact(body, payload_bytes, text) {
+        // Timed and sequenced all the same, but the bytes are not ours.
+        counters.bad_payload += 1;
+    }
+    if let Some(hist) = hist {
+        report::record(hist, now_ns.saturating_sub(sent_ns) / 1000);
+    }
+    match tracker.observe(seq) {
+        Seen::InOrder => {}
+        Seen::Gap(n) => counters.missing += n,
+        Seen::Late => {
+            counters.out_of_order += 1;
+            counters.missing = counters.missing.saturating_sub(1);
+        }
+        Seen::Duplicate => counters.duplicates += 1,
+    }
+    true
 }

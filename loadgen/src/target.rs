@@ -1,0 +1,109 @@
+//! The upgrade target each connection asks for: the raw path, or JSON mode's
+//! `/ws?format=json&channel=…` with the connection's channels (PROTOCOL.md).
+//!
+//! Invariants:
+//! - In JSON mode the first channel of every connection is the scenario's channel, so a
+//!   publish on it reaches every connection; the fillers after it never repeat within a
+//!   connection (the node refuses a repeated channel).
+//! - With shared fillers every connection asks for the same target, built once.
+
+use std::borrow::Cow;
+
+use crate::cli::Fillers;
+use crate::plan::Plan;
+
+/// The client protocol of every connection.
+#[derive(Clone, Debug)]
+pub enum Mode {
+    /// Bare payloads on `Plan::path`.
+    Raw,
+    /// JSON objects (PROTOCOL.md).
+    Json(JsonMode),
+}
+
+/// JSON mode's channels.
+#[derive(Clone, Debug)]
+pub struct JsonMode {
+    /// The scenario's channel, subscribed first by every connection.
+    pub channel: String,
+    /// Channels per connection, the scenario's included.
+    pub channels_per_conn: usize,
+    /// How fillers are named.
+    pub fillers: Fillers,
+    /// The upgrade target when fillers are shared (the same for every connection).
+    shared_target: String,
+}
+
+impl JsonMode {
+    /// JSON mode with `channels_per_conn` channels: `channel`, then fillers.
+    pub fn new(channel: String, channels_per_conn: usize, fillers: Fillers) -> JsonMode {
+        let mut mode = JsonMode {
+            channel,
+            channels_per_conn,
+            fillers,
+            shared_target: String::new(),
+        };
+        mode.shared_target = mode.build_target(0);
+        mode
+    }
+
+    /// The name of channel `k` (0-based) of connection `index`.
+    pub fn channel_name(&self, index: u64, k: usize) -> String {
+        match (k, self.fillers) {
+            (0, _) => self.channel.clone(),
+            (_, Fillers::Shared) => format!("{}.{}", self.channel, k + 1),
+            (_, Fillers::Distinct) => format!("{}.{index}.{}", self.channel, k + 1),
+        }
+    }
+
+    fn build_target(&self, index: u64) -> String {
+        let mut target = String::from("/ws?format=json");
+        for k in 0..self.channels_per_conn {
+            target.push_str("&channel=");
+            target.push_str(&self.channel_name(index, k));
+        }
+        target
+    }
+
+    /// The upgrade target of connection `index`: its channels in the query.
+    pub fn target(&self, index: u64) -> Cow<'_, str> {
+        match self.fillers {
+            Fillers::Shared => Cow::Borrowed(&self.shared_target),
+            Fillers::Distinct => Cow::Owned(self.build_target(index)),
+        }
+    }
+}
+
+/// The upgrade target of a resuming client: no channels, it subscribes with `since`.
+pub const RESUME_TARGET: &str = "/ws?format=json";
+
+impl Plan {
+    /// The upgrade target of connection `index` (`resuming`: a resume scenario's
+    /// reconnect, which subscribes by command instead).
+    pub fn target(&self, index: u64, resuming: bool) -> Cow<'_, str> {
+        match &self.mode {
+            Mode::Raw => Cow::Borrowed(&self.path),
+            Mode::Json(_) if resuming => Cow::Borrowed(RESUME_TARGET),
+            Mode::Json(json) => json.target(index),
+        }
+    }
+}
+
+/// A channel name the node accepts, or the error saying why not.
+pub fn check_channel(name: &str) -> Result<(), String> {
+    if valid_channel(name) {
+        Ok(())
+    } else {
+        Err(format!(
+            "invalid channel name {name:?} (use [A-Za-z0-9_.:-], at most 128 bytes)"
+        ))
+    }
+}
+
+/// Whether `name` is a channel name the node accepts: `[A-Za-z0-9_.:-]{1,128}`.
+fn valid_channel(name: &str) -> bool {
+    (1..=128).contains(&name.len())
+        && name
+            .bytes()
+            .all(|b| b.is_ascii_alphanumeric() || matches!(b, b'_' | b'.' | b':' | b'-'))
+}
