@@ -108,6 +108,8 @@ pub enum Command {
 pub enum ErrorCode {
     /// Malformed command, unknown op, bad field.
     BadRequest = 400,
+    /// A `refresh` token that does not verify (SECURITY.md).
+    Unauthorized = 401,
     /// Not allowed (client publish disabled, channel refused).
     Forbidden = 403,
     /// Unsubscribe from a channel the connection is not subscribed to.

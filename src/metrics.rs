@@ -229,6 +229,7 @@ pub fn render(shards: &[Counters], clients: usize, draining: bool) -> String {
         ("protocol_error", total.protocol_errors),
         ("replaced", total.sessions_replaced),
         ("reassembly_budget", total.reassembly_budget_closes),
+        ("token_expired", total.token_expired_closes),
     ] {
         o.sample(
             "connections_closed_total",

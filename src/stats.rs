@@ -125,6 +125,9 @@ pub struct Counters {
     pub fanout: Buckets,
     /// Server ping → pong round trip.
     pub ping_rtt: Buckets,
+    /// Connections closed 4003 "token expired": their token's `exp` passed without a
+    /// refresh.
+    pub token_expired_closes: u64,
 }
 
 /// Upper bounds (µs) of the Prometheus histogram buckets; the last bucket is +Inf.
@@ -236,6 +239,7 @@ impl Counters {
         self.admin_evicted += other.admin_evicted;
         self.fanout.add(&other.fanout);
         self.ping_rtt.add(&other.ping_rtt);
+        self.token_expired_closes += other.token_expired_closes;
     }
 
     /// The one-line summary printed every --stats-interval.

@@ -1,9 +1,9 @@
 //! Issue 11, black-box, the parts wired into the node: connection tokens before the upgrade
-//! (raw and JSON mode, and JSON `subscribe` within the claims) and the admin token scopes,
-//! against the real binary. The parts not wired yet (expiry and refresh, per-address
-//! admission, rate limits, proxies) are in `tests/auth_pending.rs`, kept out of the default
-//! run by `test = false` in Cargo.toml. The flags, labels and close codes these tests use are
-//! the ones `SECURITY.md` documents.
+//! (raw and JSON mode, and JSON `subscribe` within the claims), expiry (4003) and JSON
+//! `refresh`, and the admin token scopes, against the real binary. The parts not wired yet
+//! (per-address admission, rate limits, proxies) are in `tests/auth_pending.rs`, kept out
+//! of the default run by `test = false` in Cargo.toml. The flags, labels and close codes
+//! these tests use are the ones `SECURITY.md` documents.
 
 mod util;
 
@@ -371,4 +371,53 @@ fn issue_11_a_channel_outside_the_claims_is_403_before_the_upgrade_and_an_error_
     json_client.subscribe(2, "news", None);
     publish(&node, "news", "still here");
     assert_eq!(json_client.expect_message().data, b"still here");
+}
+
+#[test]
+fn issue_11_expiry_closes_4003_and_a_refresh_prevents_it() {
+    let node = required_node(&[]);
+    let short = |sub: &str| sign(&Signer::Hs("hs1.secret"), None, &claims(sub, &["news"], 3));
+    let started = Instant::now();
+    let mut expiring = JsonClient::connect(&node, &format!("&channel=news&token={}", short("u1")))
+        .expect("upgrade");
+    let mut refreshed = JsonClient::connect(&node, &format!("&channel=news&token={}", short("u2")))
+        .expect("upgrade");
+    // The query's channel is answered `subscribed` (PROTOCOL.md) before anything else.
+    for client in [&mut expiring, &mut refreshed] {
+        assert_eq!(client.recv_op("subscribed")["channel"], "news");
+    }
+
+    // A refresh for another session is refused and changes nothing.
+    let other = sign(
+        &Signer::Hs("hs1.secret"),
+        None,
+        &claims("u3", &["news"], 600),
+    );
+    refreshed.send(&json!({"op":"refresh","id":1,"token":other}));
+    refreshed.expect_error(Some(1), 403);
+    let fresh = sign(
+        &Signer::Hs("hs1.secret"),
+        None,
+        &claims("u2", &["news"], 600),
+    );
+    refreshed.send(&json!({"op":"refresh","id":2,"token":fresh}));
+    let answer = refreshed.recv_op("refreshed");
+    assert_eq!(answer["id"], 2, "{answer}");
+
+    expiring.expect_close(4003);
+    let elapsed = started.elapsed();
+    assert!(
+        elapsed >= Duration::from_millis(1500),
+        "closed after {elapsed:?}"
+    );
+    metric_at_least(
+        &node,
+        "ringpush_connections_closed_total{reason=\"token_expired\"}",
+        1,
+    );
+
+    // Past the first token's expiry the refreshed connection is still served.
+    std::thread::sleep(Duration::from_secs(4).saturating_sub(started.elapsed()));
+    publish(&node, "news", "after expiry");
+    assert_eq!(refreshed.expect_message().data, b"after expiry");
 }

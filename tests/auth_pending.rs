@@ -1,5 +1,5 @@
-//! Issue 11, black-box, the parts not wired into the node yet: expiry (4003) and refresh,
-//! per-address admission, per-connection rate limits and trusted proxies. Run with
+//! Issue 11, black-box, the parts not wired into the node yet: per-address admission,
+//! per-connection rate limits and trusted proxies. Run with
 //! `cargo test --release --test auth_pending` (kept out of the default run by `test = false`
 //! in Cargo.toml until they are wired); `tests/auth.rs` holds the wired parts' tests. The
 //! flags, labels and close codes are the ones `SECURITY.md` documents.
@@ -63,51 +63,6 @@ fn expect_silence(client: &mut Client, quiet: Duration) {
         ),
         Ok(other) => panic!("expected silence, got {other:?}"),
     }
-}
-
-#[test]
-fn issue_11_expiry_closes_4003_and_a_refresh_prevents_it() {
-    let node = required_node(&[]);
-    let short = |sub: &str| sign(&Signer::Hs("hs1.secret"), None, &claims(sub, &["news"], 3));
-    let started = Instant::now();
-    let mut expiring = JsonClient::connect(&node, &format!("&channel=news&token={}", short("u1")))
-        .expect("upgrade");
-    let mut refreshed = JsonClient::connect(&node, &format!("&channel=news&token={}", short("u2")))
-        .expect("upgrade");
-
-    // A refresh for another session is refused and changes nothing.
-    let other = sign(
-        &Signer::Hs("hs1.secret"),
-        None,
-        &claims("u3", &["news"], 600),
-    );
-    refreshed.send(&json!({"op":"refresh","id":1,"token":other}));
-    refreshed.expect_error(Some(1), 403);
-    let fresh = sign(
-        &Signer::Hs("hs1.secret"),
-        None,
-        &claims("u2", &["news"], 600),
-    );
-    refreshed.send(&json!({"op":"refresh","id":2,"token":fresh}));
-    let answer = refreshed.recv_op("refreshed");
-    assert_eq!(answer["id"], 2, "{answer}");
-
-    expiring.expect_close(4003);
-    let elapsed = started.elapsed();
-    assert!(
-        elapsed >= Duration::from_millis(1500),
-        "closed after {elapsed:?}"
-    );
-    metric_at_least(
-        &node,
-        "ringpush_connections_closed_total{reason=\"token_expired\"}",
-        1,
-    );
-
-    // Past the first token's expiry the refreshed connection is still served.
-    std::thread::sleep(Duration::from_secs(4).saturating_sub(started.elapsed()));
-    publish(&node, "news", "after expiry");
-    assert_eq!(refreshed.expect_message().data, b"after expiry");
 }
 
 #[test]

@@ -1,5 +1,6 @@
 //! A connection's token check (issue 11): the upgrade's admission under `--auth`, before the
-//! 101, and what a raw-mode connection may publish afterwards.
+//! 101; what a connection may subscribe and publish to afterwards; its close 4003 at the
+//! token's `exp` (its wheel deadline is clamped to it) and the JSON `refresh` that moves it.
 //!
 //! Invariants:
 //! - With `--auth off` nothing changes: no token is read, the session comes from the query
@@ -19,9 +20,11 @@ use bytes::Bytes;
 
 use crate::auth::{admit, find_credential, Access, AuthMode, Refusal, SUBPROTOCOL};
 use crate::conn::end::End;
+use crate::conn::{self, State};
 use crate::http::handshake::{HandshakeError, TokenRefusal, Upgrade};
+use crate::json_proto::ErrorCode;
 use crate::route::{self, Route};
-use crate::shard::Core;
+use crate::shard::{Core, TICK_MS};
 
 /// Seconds since the Unix epoch, for token times.
 fn unix_now_s() -> u64 {
@@ -141,6 +144,84 @@ impl Core {
         err.write_refusal(&mut response);
         self.push_frame(key, Bytes::from(response));
         self.end(key, End::HandshakeRefused);
+    }
+
+    /// Whether connection `key` holds a token whose `exp` has passed.
+    pub(crate) fn token_expired(&self, key: usize) -> bool {
+        match self.access.get(&key) {
+            Some(Access::Token(grant)) => grant.expires_at_s <= unix_now_s(),
+            _ => false,
+        }
+    }
+
+    /// `at`, or the tick of the connection's token expiry if that comes first, so the one
+    /// deadline a connection keeps also fires at its `exp` (then `token_expired` decides).
+    /// A connection that is closing keeps its close deadline.
+    pub(crate) fn clamp_to_token_expiry(&self, key: usize, at: u32) -> u32 {
+        if self.access.is_empty() {
+            return at;
+        }
+        let c = &self.conns[key];
+        if c.state != State::Open || c.has(conn::CLOSE_SENT) {
+            return at;
+        }
+        let Some(Access::Token(grant)) = self.access.get(&key) else {
+            return at;
+        };
+        let now_ms = SystemTime::now()
+            .duration_since(UNIX_EPOCH)
+            .map_or(0, |elapsed| elapsed.as_millis() as u64);
+        let left_ms = (grant.expires_at_s * 1000).saturating_sub(now_ms);
+        let left_ticks = left_ms.div_ceil(TICK_MS).min(u64::from(u32::MAX / 4)) as u32;
+        at.min(self.wheel.now().saturating_add(left_ticks.max(1)))
+    }
+
+    /// JSON `{"op":"refresh","id":N,"token":"…"}`: a fresh token for the same `sub` that
+    /// still allows every subscribed channel replaces the grant (`refreshed` with its
+    /// `exp`); anything else is an error and the old expiry stands.
+    pub(crate) fn json_refresh(&mut self, key: usize, id: u64, token: &str) {
+        if self.shared.auth.mode == AuthMode::Off {
+            self.json_error(Some(id), ErrorCode::BadRequest, "unsupported op");
+            return;
+        }
+        let auth = &self.shared.auth;
+        let fresh = auth.keys.verify(token, unix_now_s(), &mut self.scopes);
+        let refreshed = match (self.access.get(&key), fresh) {
+            (Some(Access::Token(current)), Ok(fresh)) => {
+                let subscribed: Vec<&str> = self
+                    .json_conns
+                    .get(&key)
+                    .map(|j| {
+                        j.subs
+                            .iter()
+                            .map(|sub| self.channels.name(sub.channel))
+                            .collect()
+                    })
+                    .unwrap_or_default();
+                crate::auth::refresh(current, fresh, subscribed)
+            }
+            // An anonymous connection has no session a token could continue.
+            (_, Ok(_)) => Err(Refusal::SessionMismatch),
+            (_, Err(refusal)) => Err(refusal),
+        };
+        match refreshed {
+            Ok(grant) => {
+                let exp = grant.expires_at_s;
+                self.access.insert(key, Access::Token(grant));
+                self.json_answer(|out| {
+                    let answer = format!(r#"{{"op":"refreshed","id":{id},"exp":{exp}}}"#);
+                    out.extend_from_slice(answer.as_bytes());
+                });
+            }
+            Err(refusal) => {
+                let code = if refusal.status() == 403 {
+                    ErrorCode::Forbidden
+                } else {
+                    ErrorCode::Unauthorized
+                };
+                self.json_error(Some(id), code, refusal.label());
+            }
+        }
     }
 
     /// Whether the raw-mode connection `key` may publish what it sends to its channel:

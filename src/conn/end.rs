@@ -76,6 +76,8 @@ pub(crate) enum End {
     /// A JSON-mode client sent `json_proto::MALFORMED_COMMANDS_MAX` malformed commands in a
     /// row: 1008.
     JsonMalformedCommands,
+    /// The connection's token expired without a refresh: 4003 "token expired".
+    TokenExpired,
 }
 
 /// How the TCP connection ends.
@@ -132,6 +134,8 @@ pub(crate) enum Counter {
     AdminSlowReaderCloses,
     /// `admin_evicted`.
     AdminEvicted,
+    /// `token_expired_closes`.
+    TokenExpiredCloses,
 }
 
 impl Counter {
@@ -147,6 +151,7 @@ impl Counter {
             Self::HandshakeTimeouts => &mut counters.handshake_timeouts,
             Self::AdminSlowReaderCloses => &mut counters.admin_slow_reader_closes,
             Self::AdminEvicted => &mut counters.admin_evicted,
+            Self::TokenExpiredCloses => &mut counters.token_expired_closes,
         }
     }
 }
@@ -314,6 +319,14 @@ impl End {
                 "json_malformed_commands",
                 Never,
             ),
+            Self::TokenExpired => frame(
+                CloseCode(crate::auth::TOKEN_EXPIRED_CLOSE_CODE),
+                crate::auth::TOKEN_EXPIRED_CLOSE_REASON,
+                Graceful,
+                Some(C::TokenExpiredCloses),
+                "token_expired",
+                Never,
+            ),
         }
     }
 }
@@ -456,6 +469,7 @@ mod tests {
             End::AdminIdle,
             End::JsonCommandTooLarge,
             End::JsonMalformedCommands,
+            End::TokenExpired,
         ];
         for code in [1002, 1007, 1008, 1009] {
             ends.push(End::ProtocolError(CloseCode(code)));
@@ -484,7 +498,8 @@ mod tests {
                 | End::AdminPeerClosed
                 | End::AdminIdle
                 | End::JsonCommandTooLarge
-                | End::JsonMalformedCommands => {}
+                | End::JsonMalformedCommands
+                | End::TokenExpired => {}
             }
         }
         ends
@@ -524,6 +539,7 @@ mod tests {
             End::ReassemblyBudget,
             End::PublishRate,
             End::PublishQueueFull,
+            End::TokenExpired,
         ]
         .iter()
         .map(|e| (e.spec().code.unwrap().0, e.spec().reason))
@@ -538,6 +554,7 @@ mod tests {
                 (1009, "reassembly budget"),
                 (1008, "publish rate"),
                 (1008, "publish queue full"),
+                (4003, "token expired"),
             ]
         );
         assert_eq!(
@@ -587,6 +604,7 @@ mod tests {
             Counter::HandshakeTimeouts,
             Counter::AdminSlowReaderCloses,
             Counter::AdminEvicted,
+            Counter::TokenExpiredCloses,
         ];
         let mut counters = Counters::new();
         for (i, counter) in all.iter().enumerate() {

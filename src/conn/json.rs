@@ -110,9 +110,7 @@ impl Core {
             Command::Unsubscribe { id, channel } => self.json_unsubscribe(key, id, &channel),
             Command::Publish { id, channel, data } => self.json_publish(key, id, channel, data),
             Command::Pong => self.counters.pongs_received += 1,
-            Command::Refresh { id, .. } => {
-                self.json_error(Some(id), ErrorCode::BadRequest, "unsupported op")
-            }
+            Command::Refresh { id, token } => self.json_refresh(key, id, &token),
         }
     }
 
@@ -139,13 +137,13 @@ impl Core {
     }
 
     /// Appends an answer object (encoded by `encode`) as one text frame to `out`.
-    fn json_answer(&mut self, encode: impl FnOnce(&mut BytesMut)) {
+    pub(crate) fn json_answer(&mut self, encode: impl FnOnce(&mut BytesMut)) {
         let mut text = BytesMut::with_capacity(128);
         encode(&mut text);
         frame::encode_into(&mut self.out, true, OpCode::Text, &text, None);
     }
 
-    fn json_error(&mut self, id: Option<u64>, code: ErrorCode, reason: &str) {
+    pub(crate) fn json_error(&mut self, id: Option<u64>, code: ErrorCode, reason: &str) {
         self.json_answer(|out| proto::encode_error(out, id, code, reason));
     }
 

@@ -101,6 +101,10 @@ fn expire(core: &mut Core, key: usize, now: u32) {
         core.expire_unopened(key);
         return;
     }
+    if core.token_expired(key) {
+        core.end(key, End::TokenExpired);
+        return;
+    }
     let now_us = core.now_us();
     let (ticks_idle, ticks_ping) = (core.ticks_idle, core.ticks_ping);
     let c = &mut core.conns[key];

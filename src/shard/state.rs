@@ -271,6 +271,7 @@ impl Core {
 
     /// Sets the connection's deadline; adds a wheel entry only when it moves earlier.
     pub(crate) fn arm(&mut self, key: usize, at: u32) {
+        let at = self.clamp_to_token_expiry(key, at);
         let owner = self.owner(key);
         self.wheel.arm(owner, &mut self.conns[key].timer, at);
     }
