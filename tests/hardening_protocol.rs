@@ -110,7 +110,12 @@ fn issue_8_item_8_pongs_to_a_non_reader_do_not_pin_shared_reply_buffers() {
             break;
         }
         echo.send(OpCode::Binary, &big);
-        assert!(matches!(echo.recv(), Msg::Binary(b) if b.len() == big.len()));
+        // Said in full, so a failure under load names what arrived instead of the echo.
+        match echo.recv() {
+            Msg::Binary(b) if b.len() == big.len() => {}
+            Msg::Binary(b) => panic!("echo {i}: {} B instead of {} B", b.len(), big.len()),
+            other => panic!("echo {i}: {other:?} instead of the echo"),
+        }
         if i % 16 == 0 {
             peak = peak.max(rss_bytes(pid));
         }
