@@ -421,3 +421,25 @@ fn issue_11_expiry_closes_4003_and_a_refresh_prevents_it() {
     publish(&node, "news", "after expiry");
     assert_eq!(refreshed.expect_message().data, b"after expiry");
 }
+
+#[test]
+fn issue_11_auth_off_reads_no_token_and_keeps_the_query_session() {
+    let node = Node::start(&[]);
+    // Malformed under auth, ignored without it: the upgrade succeeds and the session is the
+    // query's, as before issue 11.
+    let mut client = upgrade(
+        node.addr,
+        "/ws/news?token=not-a-token&session=s1",
+        &[("Authorization", "Bearer also-not-a-token")],
+    )
+    .unwrap();
+    let resp = admin(
+        &node,
+        "POST",
+        "/send/s1",
+        &[("Content-Type", "text/plain")],
+        b"for s1",
+    );
+    assert_eq!(resp.status, 200, "{}", resp.text());
+    assert_eq!(client.recv(), Msg::Text("for s1".into()));
+}
