@@ -12,57 +12,11 @@ use std::time::{Duration, Instant};
 use serde_json::json;
 
 use util::auth::{
-    claims, fixture, forge, header, none_token, now_s, refused, sign, start_listening_with_env,
-    upgrade, Signer,
+    claims, expect_silence, fixture, forge, header, news_claims, none_token, now_s, publish,
+    refused, required_node, sign, start_listening_with_env, upgrade, Signer,
 };
 use util::json_client::JsonClient;
-use util::{admin, metric_at_least, spawn_node, Client, Msg, Node};
-
-/// A node that requires tokens and holds the HS256, RS256 and ES256 fixture keys.
-fn required_node(extra: &[&str]) -> Node {
-    let (hs1, rs1, es1) = (
-        fixture("hs1.secret"),
-        fixture("rs1.pem"),
-        fixture("es1.pem"),
-    );
-    let args = [
-        &["--auth", "required", "--token-key", &hs1][..],
-        &["--token-key", &rs1, "--token-key", &es1],
-        extra,
-    ]
-    .concat();
-    Node::start(&args)
-}
-
-fn news_claims() -> serde_json::Value {
-    claims("user-1", &["news", "scores.*"], 600)
-}
-
-fn publish(node: &Node, channel: &str, text: &str) {
-    let path = format!("/publish/{channel}");
-    let resp = admin(
-        node,
-        "POST",
-        &path,
-        &[("Content-Type", "text/plain")],
-        text.as_bytes(),
-    );
-    assert_eq!(resp.status, 200, "{}", resp.text());
-}
-
-/// Expects silence for `quiet` on a raw client.
-fn expect_silence(client: &mut Client, quiet: Duration) {
-    client.stream.set_read_timeout(Some(quiet)).unwrap();
-    let got = client.try_recv();
-    client.stream.set_read_timeout(Some(util::WAIT)).unwrap();
-    match got {
-        Err(error) => assert!(
-            error.contains("timed out") || error.contains("temporarily unavailable"),
-            "expected silence, got {error}"
-        ),
-        Ok(other) => panic!("expected silence, got {other:?}"),
-    }
-}
+use util::{admin, metric_at_least, spawn_node, Msg, Node};
 
 #[test]
 fn issue_11_valid_hs256_rs256_and_es256_tokens_upgrade_from_each_place() {

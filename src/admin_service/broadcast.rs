@@ -114,15 +114,24 @@ pub(crate) struct BroadcastWait {
 }
 
 impl Core {
+    /// While the node drains, a publish or broadcast is refused 503 "draining" and the
+    /// connection closed after the answer: says whether it did so for `key`.
+    pub(super) fn refused_while_draining(&mut self, key: usize) -> bool {
+        if self.draining.is_none() {
+            return false;
+        }
+        self.counters.admin_publishes_refused_draining += 1;
+        self.log(format_args!("event=admin_publish_refused reason=draining"));
+        let response = unavailable(&[], b"draining: the node is shutting down\n", false);
+        self.admin_slot(key, AdminSlot::Ready(Bytes::from(response), true));
+        true
+    }
+
     /// Answers `POST /broadcast` with body `body`: refused (503) while draining or when an
     /// inbox lacks room, 400 for a bad body; otherwise one publish per channel, answered
     /// when every channel's counts are in.
     pub(super) fn admin_broadcast(&mut self, key: usize, body: &[u8], keep_alive: bool) {
-        if self.draining.is_some() {
-            self.counters.admin_publishes_refused_draining += 1;
-            self.log(format_args!("event=admin_publish_refused reason=draining"));
-            let response = unavailable(&[], b"draining: the node is shutting down\n", false);
-            self.admin_slot(key, AdminSlot::Ready(Bytes::from(response), true));
+        if self.refused_while_draining(key) {
             return;
         }
         let request = match parse_body(body) {

@@ -237,11 +237,7 @@ impl Core {
         frame: Bytes,
         keep_alive: bool,
     ) {
-        if self.draining.is_some() {
-            self.counters.admin_publishes_refused_draining += 1;
-            self.log(format_args!("event=admin_publish_refused reason=draining"));
-            let response = unavailable(&[], b"draining: the node is shutting down\n", false);
-            self.admin_slot(key, AdminSlot::Ready(Bytes::from(response), true));
+        if self.refused_while_draining(key) {
             return;
         }
         let name: Box<str> = name.into();

@@ -16,6 +16,7 @@
 //! - Nothing here allocates: every answer borrows the request.
 
 use super::refusal::Refusal;
+use crate::http::trim_whitespace;
 
 /// The subprotocol a client offers beside its `bearer.` token, and the one the node echoes.
 pub const SUBPROTOCOL: &str = "ringpush.v1";
@@ -94,7 +95,7 @@ pub fn token_from_subprotocols<V: AsRef<[u8]>>(values: &[V]) -> Result<Option<&s
     let mut found = None;
     let mut offers_subprotocol = false;
     for value in values {
-        for offer in value.as_ref().split(|&b| b == b',').map(trim) {
+        for offer in value.as_ref().split(|&b| b == b',').map(trim_whitespace) {
             if offer == SUBPROTOCOL.as_bytes() {
                 offers_subprotocol = true;
             }
@@ -119,14 +120,15 @@ pub fn token_from_subprotocols<V: AsRef<[u8]>>(values: &[V]) -> Result<Option<&s
 pub fn token_from_authorization<V: AsRef<[u8]>>(values: &[V]) -> Result<Option<&str>, Refusal> {
     let value = match values {
         [] => return Ok(None),
-        [value] => trim(value.as_ref()),
+        [value] => trim_whitespace(value.as_ref()),
         _ => return Err(Refusal::Malformed),
     };
     let scheme_end = value.iter().position(|&b| b == b' ').unwrap_or(value.len());
     if !value[..scheme_end].eq_ignore_ascii_case(b"bearer") {
         return Ok(None);
     }
-    let token = std::str::from_utf8(trim(&value[scheme_end..])).map_err(|_| Refusal::Malformed)?;
+    let token = std::str::from_utf8(trim_whitespace(&value[scheme_end..]))
+        .map_err(|_| Refusal::Malformed)?;
     if !well_formed(token) {
         return Err(Refusal::Malformed);
     }
@@ -162,18 +164,4 @@ pub fn find_credential<'a, V: AsRef<[u8]>>(
         credential = Some(Credential { token, source });
     }
     Ok(credential)
-}
-
-/// `value` without the spaces and tabs HTTP allows around values and list elements.
-fn trim(value: &[u8]) -> &[u8] {
-    let is_space = |b: &u8| *b == b' ' || *b == b'\t';
-    let start = value
-        .iter()
-        .position(|b| !is_space(b))
-        .unwrap_or(value.len());
-    let end = value
-        .iter()
-        .rposition(|b| !is_space(b))
-        .map_or(start, |i| i + 1);
-    &value[start..end]
 }

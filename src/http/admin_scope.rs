@@ -12,6 +12,7 @@
 //!   must never authenticate.
 //! - Without a full token the admin API stays open as before, whatever the publish token.
 
+use super::headers::trim_whitespace;
 use crate::http::admin_request::{constant_time_eq, Target};
 
 /// What a request's bearer token lets it do.
@@ -152,7 +153,7 @@ impl AdminTokens {
 
 /// The credentials of `Bearer <token>` (scheme case-insensitive), trimmed.
 fn bearer(value: &[u8]) -> Option<&[u8]> {
-    let value = trim(value);
+    let value = trim_whitespace(value);
     let scheme_end = value
         .iter()
         .position(|&b| b == b' ' || b == b'\t')
@@ -160,20 +161,7 @@ fn bearer(value: &[u8]) -> Option<&[u8]> {
     let (scheme, credentials) = value.split_at(scheme_end);
     scheme
         .eq_ignore_ascii_case(b"Bearer")
-        .then(|| trim(credentials))
-}
-
-fn trim(value: &[u8]) -> &[u8] {
-    let is_space = |b: &u8| *b == b' ' || *b == b'\t';
-    let start = value
-        .iter()
-        .position(|b| !is_space(b))
-        .unwrap_or(value.len());
-    let end = value
-        .iter()
-        .rposition(|b| !is_space(b))
-        .map_or(start, |i| i + 1);
-    &value[start..end]
+        .then(|| trim_whitespace(credentials))
 }
 
 #[cfg(test)]

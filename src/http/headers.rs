@@ -49,7 +49,7 @@ pub(crate) fn has_token(headers: &[httparse::Header<'_>], name: &str, token: &[u
 
 /// `value` without the optional whitespace (SP and HTAB) HTTP allows around values and list
 /// elements.
-pub(crate) fn trim_whitespace(value: &[u8]) -> &[u8] {
+pub fn trim_whitespace(value: &[u8]) -> &[u8] {
     let is_whitespace = |byte: &u8| *byte == b' ' || *byte == b'\t';
     let start = value
         .iter()

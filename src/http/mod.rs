@@ -9,6 +9,7 @@ pub mod admin_scope;
 pub mod client;
 pub mod handshake;
 mod headers;
+pub use headers::trim_whitespace;
 pub mod proxy;
 pub mod response;
 pub mod upgrade_headers;

@@ -14,6 +14,7 @@
 //! - IPv4-mapped IPv6 addresses (a dual-stack socket's view of an IPv4 peer) compare as the
 //!   IPv4 address they map, both in the trusted list and in the results.
 
+use super::headers::trim_whitespace;
 use std::fmt;
 use std::net::{IpAddr, Ipv4Addr, Ipv6Addr, SocketAddr};
 
@@ -416,7 +417,7 @@ pub fn client_from_forwarded_for<V: AsRef<[u8]>>(
         .rev()
         .flat_map(|value| value.as_ref().rsplit(|&b| b == b','));
     for entry in entries {
-        let entry = trim(entry);
+        let entry = trim_whitespace(entry);
         if entry.is_empty() {
             continue;
         }
@@ -438,19 +439,6 @@ fn forwarded_ip(entry: &[u8]) -> Option<IpAddr> {
         return Some(canonical_ip(socket.ip()));
     }
     None
-}
-
-fn trim(value: &[u8]) -> &[u8] {
-    let is_space = |b: &u8| *b == b' ' || *b == b'\t';
-    let start = value
-        .iter()
-        .position(|b| !is_space(b))
-        .unwrap_or(value.len());
-    let end = value
-        .iter()
-        .rposition(|b| !is_space(b))
-        .map_or(start, |i| i + 1);
-    &value[start..end]
 }
 
 #[cfg(test)]

@@ -9,7 +9,7 @@ use std::time::{Duration, SystemTime, UNIX_EPOCH};
 use jsonwebtoken::{encode, Algorithm, EncodingKey, Header};
 use serde_json::{json, Value};
 
-use super::{spawn_node, Client, Node, WAIT};
+use super::{admin, spawn_node, Client, Node, WAIT};
 
 /// The path of a key fixture (`tests/fixtures/keys/<name>`).
 pub fn fixture(name: &str) -> String {
@@ -175,4 +175,50 @@ pub fn raw_head(addr: SocketAddr, request: &[u8]) -> String {
         }
     }
     String::from_utf8_lossy(&head).into_owned()
+}
+
+/// A node that requires tokens and holds the HS256, RS256 and ES256 fixture keys.
+pub fn required_node(extra: &[&str]) -> Node {
+    let (hs1, rs1, es1) = (
+        fixture("hs1.secret"),
+        fixture("rs1.pem"),
+        fixture("es1.pem"),
+    );
+    let args = [
+        &["--auth", "required", "--token-key", &hs1][..],
+        &["--token-key", &rs1, "--token-key", &es1],
+        extra,
+    ]
+    .concat();
+    Node::start(&args)
+}
+
+pub fn news_claims() -> serde_json::Value {
+    claims("user-1", &["news", "scores.*"], 600)
+}
+
+pub fn publish(node: &Node, channel: &str, text: &str) {
+    let path = format!("/publish/{channel}");
+    let resp = admin(
+        node,
+        "POST",
+        &path,
+        &[("Content-Type", "text/plain")],
+        text.as_bytes(),
+    );
+    assert_eq!(resp.status, 200, "{}", resp.text());
+}
+
+/// Expects silence for `quiet` on a raw client.
+pub fn expect_silence(client: &mut Client, quiet: Duration) {
+    client.stream.set_read_timeout(Some(quiet)).unwrap();
+    let got = client.try_recv();
+    client.stream.set_read_timeout(Some(WAIT)).unwrap();
+    match got {
+        Err(error) => assert!(
+            error.contains("timed out") || error.contains("temporarily unavailable"),
+            "expected silence, got {error}"
+        ),
+        Ok(other) => panic!("expected silence, got {other:?}"),
+    }
 }
