@@ -41,8 +41,7 @@
 //!   (highest `Shared::session_seq`) wins and older holders are closed with 4001.
 
 use std::collections::HashMap;
-use std::sync::atomic::{AtomicUsize, Ordering};
-use std::sync::mpsc::Sender;
+use std::sync::atomic::Ordering;
 use std::sync::{Arc, OnceLock};
 use std::time::Instant;
 
@@ -52,96 +51,14 @@ use crate::channels::{Audience, Moved, SessionTag, Subscription};
 use crate::conn::end::End;
 use crate::conn::json::JsonConn;
 use crate::conn::{Conn, State};
-use crate::history::{PayloadKind, Position};
+use crate::history::Position;
 use crate::reactor::Conns;
 use crate::ring::Owner;
 use crate::route::RouteKind;
 use crate::shard::{Core, TICK_MS};
 
-/// Every shard's inbox and ring fd, indexed by shard (the admin shard last).
-#[derive(Default)]
-pub struct Peers {
-    /// Inbox senders.
-    pub inboxes: Vec<Sender<ShardMsg>>,
-    /// Ring fds (the same number in every file table: rings exist before any unshare).
-    pub ring_fds: Vec<std::os::fd::RawFd>,
-    /// Number of client shards (indices `0..clients`).
-    pub clients: usize,
-    /// Per inbox: publishes and claims sent and not yet taken out (replies not counted).
-    pub queued: Vec<AtomicUsize>,
-    /// `--max-shard-inbox`: the bound on `queued`.
-    pub inbox_max: usize,
-}
-
-/// Why a message did not reach a shard.
-#[derive(Clone, Copy, Debug, PartialEq, Eq)]
-pub enum Unsent {
-    /// The target's inbox holds `--max-shard-inbox` messages.
-    Full,
-    /// The target shard has exited and dropped its inbox.
-    Gone,
-}
-
-/// Where a publish goes.
-#[derive(Debug)]
-pub enum Target {
-    /// Every subscriber of a channel.
-    Channel(Box<str>),
-    /// Every connection of a session (all tabs).
-    Session(Box<str>),
-}
-
-/// One message for many connections, encoded once.
-#[derive(Debug)]
-pub struct Publish {
-    /// Channel or session.
-    pub target: Target,
-    /// The complete WebSocket frame.
-    pub frame: Bytes,
-    /// When the publish was accepted (fan-out latency starts here).
-    pub accepted: Instant,
-    /// The admin shard and request id awaiting the delivery count, if any.
-    pub origin: Option<(usize, u32)>,
-    /// The channel position the publish took (`None` for a session send, which has none).
-    pub position: Option<Position>,
-    /// The JSON-mode message frame, encoded by the first shard with a JSON subscriber and
-    /// shared by all of them.
-    pub json: OnceLock<Bytes>,
-}
-
-impl Publish {
-    /// The JSON-mode frame of this channel publish (encoded on first use).
-    fn json_frame(&self, channel: &str) -> &Bytes {
-        self.json.get_or_init(|| {
-            let offset = self.position.map_or(0, |p| p.offset);
-            crate::json_proto::message_frame(channel, offset, &frame_payload(&self.frame))
-        })
-    }
-}
-
-/// The payload of a complete unmasked frame the node encoded.
-pub(crate) fn frame_payload(frame: &Bytes) -> Bytes {
-    let head = match frame.get(1).map(|b| b & 0x7f) {
-        Some(126) => 4,
-        Some(127) => 10,
-        _ => 2,
-    };
-    frame.slice(head.min(frame.len())..)
-}
-
-/// The kind of a complete frame the node encoded (text or anything else).
-fn frame_kind(frame: &Bytes) -> PayloadKind {
-    match frame.first().map(|b| b & 0x0f) {
-        Some(1) => PayloadKind::Text,
-        _ => PayloadKind::Binary,
-    }
-}
-
-impl crate::channels::Mark for Position {
-    fn offset(&self) -> u64 {
-        self.offset
-    }
-}
+mod messages;
+pub use messages::*;
 
 /// Applies a swap-remove's report: the moved subscriber's token for channel `id` names
 /// its new slot (a JSON-mode connection keeps one token per channel in its side table).
@@ -162,112 +79,6 @@ pub(crate) fn fix_moved(
     } else {
         conns[key].sub.slot = moved.slot;
     }
-}
-
-/// A (session, tab) claimed by a new connection.
-#[derive(Debug)]
-pub struct Claim {
-    /// Session id.
-    pub session: Box<str>,
-    /// Tab id.
-    pub tab: Box<str>,
-    /// Node-wide order of claims.
-    pub seq: u64,
-}
-
-/// A message between shards.
-#[derive(Debug)]
-pub enum ShardMsg {
-    /// Deliver to local subscribers (and reply to the origin, if any).
-    Publish(Arc<Publish>),
-    /// Close local holders of an older claim of this (session, tab).
-    Claim(Arc<Claim>),
-    /// A shard's delivery count for request `id` of the admin shard.
-    Reply {
-        /// Request id in the admin shard's `pending` slab.
-        id: u32,
-        /// The shard that counted.
-        from: usize,
-        /// Connections the message was handed to on that shard.
-        count: u64,
-    },
-    /// The admin shard asks for this shard's subscriber counts (`GET /channels`).
-    Census(Arc<Census>),
-    /// A shard's answer to a `Census`.
-    CensusReply {
-        /// Query id in the admin shard's `queries` slab.
-        id: u32,
-        /// The shard that counted.
-        from: usize,
-        /// Matching channels in name order with their local subscriber counts.
-        channels: Vec<(Box<str>, u64)>,
-        /// Whether more channels matched than the census' limit.
-        truncated: bool,
-    },
-}
-
-impl ShardMsg {
-    /// Whether the message takes a place in the target's inbox bound (`--max-shard-inbox`):
-    /// requests do; answers to the admin shard never do, so they can always be sent.
-    pub fn bounded(&self) -> bool {
-        !matches!(self, ShardMsg::Reply { .. } | ShardMsg::CensusReply { .. })
-    }
-}
-
-/// Which channels a census counts.
-#[derive(Debug)]
-pub enum CensusOf {
-    /// The first `limit` names (in byte order) starting with `prefix`.
-    Prefix { prefix: Box<str>, limit: usize },
-    /// One channel.
-    One(Box<str>),
-}
-
-/// A request for every client shard's subscriber counts.
-#[derive(Debug)]
-pub struct Census {
-    /// What to count.
-    pub of: CensusOf,
-    /// The admin shard and query id awaiting the counts.
-    pub origin: (usize, u32),
-}
-
-/// A broadcast frame whose local sends are still in flight.
-pub struct Fanout {
-    /// When the publish was accepted.
-    pub accepted: Instant,
-    /// Local copies not yet sent or dropped.
-    pub remaining: u32,
-}
-
-/// An admin publish waiting for every client shard's count.
-pub struct Pending {
-    /// The admin connection to answer.
-    pub owner: Owner,
-    /// Channel or session name, for the JSON answer.
-    pub name: Box<str>,
-    /// Whether the target is a session (`/send`).
-    pub session: bool,
-    /// Per client shard: whether its count is still awaited.
-    pub waiting_on: Vec<bool>,
-    /// Shards that have not answered yet (the `true`s in `waiting_on`).
-    pub waiting: usize,
-    /// Connections handed the message so far.
-    pub count: u64,
-    /// Keep the admin connection open after answering.
-    pub keep_alive: bool,
-    /// A channel publish's position, for the answer's `epoch` and `offset`.
-    pub position: Option<Position>,
-}
-
-/// A publishing connection's current one-second window (`--client-publish-rate`).
-pub struct PublishWindow {
-    /// Generation of the connection the window belongs to (slots are reused).
-    pub gen: u32,
-    /// Tick at which the window started.
-    pub start: u32,
-    /// Publishes in the window.
-    pub count: u32,
 }
 
 impl Core {

@@ -4,6 +4,7 @@
 //! Everything under `http/` is sans-IO: functions read from byte slices and append to buffers the
 //! caller owns, and none of them touches a file descriptor.
 
+pub mod admin_error;
 pub mod admin_request;
 pub mod admin_scope;
 pub mod client;
