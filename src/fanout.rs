@@ -70,10 +70,7 @@ pub(crate) fn fix_moved(
 ) {
     let key = moved.key as usize;
     if conns[key].route == RouteKind::Json as u8 {
-        if let Some(sub) = json
-            .get_mut(&key)
-            .and_then(|j| j.subs.iter_mut().find(|s| s.channel == id))
-        {
+        if let Some(sub) = json.get_mut(&key).and_then(|j| j.token_mut(id)) {
             sub.slot = moved.slot;
         }
     } else {
@@ -434,10 +431,7 @@ impl Core {
         if let Some(id) = sequenced.filter(|&id| self.channels.has_waiting(id)) {
             let json = &mut self.json_conns;
             self.channels.promote(id, |key, sub| {
-                if let Some(token) = json
-                    .get_mut(&(key as usize))
-                    .and_then(|j| j.subs.iter_mut().find(|s| s.channel == id))
-                {
+                if let Some(token) = json.get_mut(&(key as usize)).and_then(|j| j.token_mut(id)) {
                     *token = sub;
                 }
             });

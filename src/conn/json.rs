@@ -46,6 +46,13 @@ pub struct JsonConn {
     pub malformed: u32,
 }
 
+impl JsonConn {
+    /// This connection's token for channel `id`, if it is subscribed to it.
+    pub fn token_mut(&mut self, id: u32) -> Option<&mut Subscription> {
+        self.subs.iter_mut().find(|sub| sub.channel == id)
+    }
+}
+
 /// Parses one data message of a JSON connection (called in the decoder's callback).
 pub(crate) fn parse(payload: &[u8], opcode: OpCode) -> Result<Command, CommandError> {
     let broken = if payload.len() > proto::COMMAND_BYTES_MAX {
