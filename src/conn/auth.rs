@@ -267,7 +267,7 @@ mod tests {
     use crate::auth::refusal::ALL_LABELS;
     use crate::auth::AuthMode;
     use crate::auth::Refusal;
-    use crate::http::handshake::{ALL_REASONS, TOKEN_REASONS_START};
+    use crate::http::handshake::{ADMISSION_REASONS_START, ALL_REASONS, TOKEN_REASONS_START};
     use crate::route::Route;
 
     #[test]
@@ -296,7 +296,10 @@ mod tests {
 
     #[test]
     fn a_token_refusal_keeps_its_label_status_and_challenge_in_the_handshake() {
-        assert_eq!(&ALL_REASONS[TOKEN_REASONS_START..], ALL_LABELS);
+        assert_eq!(
+            &ALL_REASONS[TOKEN_REASONS_START..ADMISSION_REASONS_START],
+            ALL_LABELS
+        );
         let all = [
             Refusal::Missing,
             Refusal::Malformed,
