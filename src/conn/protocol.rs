@@ -151,6 +151,7 @@ impl Core {
                     Route::Json { channels } => {
                         self.conns[key].route = RouteKind::Json as u8;
                         self.json_open(key, channels);
+                        self.bind_json_token_session(key);
                     }
                 }
                 self.arm(key, now + self.ticks_ping);
