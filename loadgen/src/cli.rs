@@ -223,6 +223,11 @@ pub struct Common {
     /// MemAvailable and Slab, which are reported without it too).
     #[arg(long)]
     pub node_pid: Option<u32>,
+
+    /// File holding a connection token (a JWT; one trailing newline stripped), sent as
+    /// `Authorization: Bearer <token>` on every upgrade, for a node with `--auth`.
+    #[arg(long)]
+    pub token_file: Option<std::path::PathBuf>,
 }
 
 /// `connect`.
