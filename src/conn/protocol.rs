@@ -248,6 +248,9 @@ impl Core {
         let mut peer_close = None;
         let mut over_rate = None;
         let mut allow = |traffic: Traffic| {
+            if over_rate.is_some() {
+                return false;
+            }
             let within = !counted || rate.allow(traffic, now_s, &limits);
             if !within {
                 over_rate = Some(traffic);
@@ -261,8 +264,10 @@ impl Core {
                 // A close ends the connection anyway.
                 Event::Close(..) => None,
             };
+            // Past a limit the rest of the receive is still decoded, so the stream stays in
+            // step for the close that follows, but nothing in it is acted on.
             if traffic.is_some_and(|traffic| !allow(traffic)) {
-                return std::ops::ControlFlow::Break(());
+                return std::ops::ControlFlow::Continue(());
             }
             match event {
                 Event::Text(payload) | Event::Binary(payload) => {
