@@ -209,11 +209,12 @@ impl Core {
         let limits = self.rate_limits;
         let counted = (limits.control_per_s > 0 || limits.messages_per_s > 0)
             && !self.conns[key].has(conn::CLOSE_SENT);
-        let mut rate = if counted {
+        let rate_before = if counted {
             self.load_rate(key)
         } else {
             ConnRate::default()
         };
+        let mut rate = rate_before;
         let now_s = self.rate_now_s();
         let client_publish = self.client_may_publish(key);
         let now = self.wheel.now();
@@ -315,7 +316,9 @@ impl Core {
             }
             std::ops::ControlFlow::Continue(())
         });
-        if counted {
+        // Stored only when a frame was counted: a connection that only ever sends a close
+        // (or nothing) never grows the side table.
+        if counted && rate != rate_before {
             self.store_rate(key, rate);
         }
         let held_after = decoder.buffered_bytes();
