@@ -442,11 +442,9 @@ impl Core {
 }
 
 #[cfg(test)]
-mod tests {
-    use super::*;
-
+impl End {
     /// One of each end (a protocol error for each code `ProtocolError` maps to).
-    fn every_end() -> Vec<End> {
+    pub(crate) fn every() -> Vec<End> {
         let mut ends = vec![
             End::IdleTimeout,
             End::Shutdown,
@@ -503,6 +501,27 @@ mod tests {
             }
         }
         ends
+    }
+
+    /// The close frames the node sends, `(code, reason)`, in the table's order: what
+    /// INTERFACES.md lists.
+    pub(crate) fn wire_closes() -> Vec<(u16, &'static str)> {
+        let mut wire: Vec<(u16, &'static str)> = End::every()
+            .iter()
+            .filter_map(|end| Some((end.spec().code?.0, end.spec().reason)))
+            .collect();
+        wire.dedup();
+        wire
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    /// One of each end (a protocol error for each code `ProtocolError` maps to).
+    fn every_end() -> Vec<End> {
+        End::every()
     }
 
     #[test]
@@ -618,5 +637,46 @@ mod tests {
                 );
             }
         }
+    }
+}
+
+#[cfg(test)]
+mod interface_tests {
+    use super::*;
+
+    /// `(code, reason)` rows of INTERFACES.md's close-code table.
+    fn documented() -> Vec<(u16, String)> {
+        let doc = include_str!("../../INTERFACES.md");
+        let section = doc
+            .split("## Close codes the node sends")
+            .nth(1)
+            .expect("INTERFACES.md has its close-code section");
+        section
+            .lines()
+            .skip_while(|line| !line.starts_with("|---"))
+            .skip(1)
+            .take_while(|line| line.starts_with('|'))
+            .map(|line| {
+                let cells: Vec<&str> = line.split('|').map(str::trim).collect();
+                let code = cells[1].trim_matches('`').parse().expect("a close code");
+                (code, cells[2].trim_matches('"').to_string())
+            })
+            .collect()
+    }
+
+    #[test]
+    fn issue_13_every_close_the_node_sends_is_in_interfaces_md_and_back() {
+        let mut wire: Vec<(u16, String)> = End::wire_closes()
+            .into_iter()
+            .map(|(code, reason)| (code, reason.to_string()))
+            .collect();
+        let mut doc = documented();
+        wire.sort();
+        wire.dedup();
+        doc.sort();
+        assert_eq!(
+            wire, doc,
+            "INTERFACES.md's close codes against the End table"
+        );
     }
 }
