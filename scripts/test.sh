@@ -2,11 +2,14 @@
 # Runs every test ringpush has: formatting, lints, unit and integration tests (the real
 # binary over real sockets), the Autobahn conformance suite against /echo, and a bounded fuzz
 # run of every fuzz target (when the nightly toolchain is installed).
-# Installs what the tests need (the Autobahn runner's venv) under target/.
+# Installs what the tests need: Debian packages (scripts/deps.sh) and the Autobahn runner's
+# venv under target/.
 set -euo pipefail
 cd "$(dirname "$0")/.."
 started=$(date +%s)
 
+echo "== test dependencies (Debian packages, when missing)"
+scripts/deps.sh
 echo "== cargo fmt --check"
 cargo fmt --all -- --check
 echo "== cargo clippy -D warnings"

@@ -1,4 +1,10 @@
-//! The node's configuration: every limit with its default, parsed from the command line.
+//! The node's configuration: every limit with its default, from the command line, the
+//! environment (`RINGPUSH_*`) or a TOML file (`--config`), in that order of precedence
+//! (`layers.rs`).
+
+mod layers;
+
+pub use layers::{env_name, key_of, print as print_effective, ENV_PREFIX};
 
 use std::net::SocketAddr;
 use std::path::PathBuf;
@@ -7,6 +13,7 @@ use std::time::Duration;
 use clap::Parser;
 
 use crate::auth::AuthMode;
+pub use crate::log::LogFormat;
 
 /// Policy for a subscriber that does not read fast enough.
 #[derive(clap::ValueEnum, Clone, Copy, Debug, PartialEq, Eq)]
@@ -17,10 +24,33 @@ pub enum SlowConsumer {
     Drop,
 }
 
+/// The version `--version` prints: the crate's, and the git revision it was built from.
+pub const VERSION: &str = concat!(
+    env!("CARGO_PKG_VERSION"),
+    " (",
+    env!("RINGPUSH_GIT_REVISION"),
+    ")"
+);
+
 /// ringpush: a WebSocket push node on io_uring.
 #[derive(Parser, Debug, Clone)]
-#[command(name = "ringpush", version, about)]
+#[command(name = "ringpush", version = VERSION, about)]
 pub struct Config {
+    /// TOML file of settings: every flag has a key, its long name with `_` for `-`
+    /// (`ping_interval = "30s"`). Precedence: flag, then environment (`RINGPUSH_` and the
+    /// key in capitals), then this file, then the default.
+    #[arg(long)]
+    pub config: Option<PathBuf>,
+
+    /// Print the effective configuration as TOML (the form --config reads, secrets
+    /// masked) and exit.
+    #[arg(long)]
+    pub print_config: bool,
+
+    /// Log line format on stderr: `text` or `json` (one object per line, for shippers).
+    #[arg(long, value_enum, default_value_t = LogFormat::Text)]
+    pub log_format: LogFormat,
+
     /// Address every shard listens on (one SO_REUSEPORT listener per shard).
     #[arg(long, default_value = "0.0.0.0:8080")]
     pub listen: SocketAddr,

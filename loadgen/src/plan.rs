@@ -165,6 +165,8 @@ pub struct Plan {
     pub progress: Duration,
     /// The node's pid, for its RSS.
     pub node_pid: Option<u32>,
+    /// The SVG file to draw the run's charts into.
+    pub plot: Option<std::path::PathBuf>,
     /// The client protocol.
     pub mode: Mode,
 }
@@ -283,6 +285,7 @@ impl Plan {
                     &a.channel,
                 );
             }
+            ScenarioCmd::Plot(_) => return Err("plot draws saved runs; it runs no load".into()),
             ScenarioCmd::Churn(a) => {
                 if a.lifetime.is_zero() {
                     return Err("--lifetime must be positive".into());
@@ -474,6 +477,7 @@ impl Plan {
             seed,
             progress: c.progress,
             node_pid: c.node_pid,
+            plot: c.plot,
             mode,
         })
     }

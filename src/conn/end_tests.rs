@@ -186,3 +186,54 @@ fn each_counter_is_its_own_field() {
         }
     }
 }
+
+/// The close frames the node sends, `(code, reason)`, in the table's order: what
+/// INTERFACES.md lists.
+fn wire_closes() -> Vec<(u16, &'static str)> {
+    let mut wire: Vec<(u16, &'static str)> = every_end()
+        .iter()
+        .filter_map(|end| Some((end.spec().code?.0, end.spec().reason)))
+        .collect();
+    wire.dedup();
+    wire
+}
+
+mod interface_tests {
+    use super::*;
+
+    /// `(code, reason)` rows of INTERFACES.md's close-code table.
+    fn documented() -> Vec<(u16, String)> {
+        let doc = include_str!("../../INTERFACES.md");
+        let section = doc
+            .split("## Close codes the node sends")
+            .nth(1)
+            .expect("INTERFACES.md has its close-code section");
+        section
+            .lines()
+            .skip_while(|line| !line.starts_with("|---"))
+            .skip(1)
+            .take_while(|line| line.starts_with('|'))
+            .map(|line| {
+                let cells: Vec<&str> = line.split('|').map(str::trim).collect();
+                let code = cells[1].trim_matches('`').parse().expect("a close code");
+                (code, cells[2].trim_matches('"').to_string())
+            })
+            .collect()
+    }
+
+    #[test]
+    fn issue_13_every_close_the_node_sends_is_in_interfaces_md_and_back() {
+        let mut wire: Vec<(u16, String)> = wire_closes()
+            .into_iter()
+            .map(|(code, reason)| (code, reason.to_string()))
+            .collect();
+        let mut doc = documented();
+        wire.sort();
+        wire.dedup();
+        doc.sort();
+        assert_eq!(
+            wire, doc,
+            "INTERFACES.md's close codes against the End table"
+        );
+    }
+}
