@@ -238,6 +238,44 @@ pub struct Config {
     /// (comma-separated names, `prefix.*` or `*`).
     #[arg(long, value_delimiter = ',')]
     pub anonymous_channels: Vec<String>,
+
+    /// Live connections one client address may hold (IPv6: per /64); beyond it 429 with
+    /// `Retry-After` (0: no cap).
+    #[arg(long, default_value_t = 0)]
+    pub max_conns_per_ip: u32,
+
+    /// New connections one client address may open per second, on average (a token
+    /// bucket); beyond it 429 with `Retry-After` (0: no limit).
+    #[arg(long, default_value_t = 0)]
+    pub connect_rate_per_ip: u32,
+
+    /// How many connections an address may open at once before --connect-rate-per-ip
+    /// applies (the bucket's depth; 0: the rate itself).
+    #[arg(long, default_value_t = 0)]
+    pub connect_burst_per_ip: u32,
+
+    /// A proxy range (CIDR or a bare address; repeatable) whose PROXY v1/v2 header or
+    /// `X-Forwarded-For` names the client address; from anyone else a PROXY header is
+    /// refused (400) and `X-Forwarded-For` ignored.
+    #[arg(long = "trusted-proxy", value_parser = parse_trusted_proxy)]
+    pub trusted_proxies: Vec<String>,
+
+    /// Control frames (ping, pong, close) one connection may send per second; beyond it
+    /// the connection is closed with 1008 "control rate" (0: no limit).
+    #[arg(long, default_value_t = 100)]
+    pub max_control_rate: u16,
+
+    /// Data messages one connection may send per second; beyond it the connection is
+    /// closed with 1008 "message rate" (0: no limit).
+    #[arg(long, default_value_t = 0)]
+    pub max_message_rate: u16,
+}
+
+/// Checks one `--trusted-proxy` value (kept as text; `TrustedProxies::parse` reads them).
+fn parse_trusted_proxy(value: &str) -> Result<String, String> {
+    crate::http::proxy::Cidr::parse(value)
+        .map(|_| value.to_owned())
+        .map_err(|e| e.to_string())
 }
 
 /// Parses `--auth`.
@@ -246,6 +284,24 @@ fn parse_auth_mode(value: &str) -> Result<AuthMode, String> {
 }
 
 impl Config {
+    /// The per-address admission limits of the flags.
+    pub fn admission(&self) -> crate::admission::AdmissionConfig {
+        crate::admission::AdmissionConfig {
+            conns_per_ip_max: self.max_conns_per_ip,
+            connect_rate_per_s: self.connect_rate_per_ip,
+            connect_burst: self.connect_burst_per_ip,
+            ..Default::default()
+        }
+    }
+
+    /// The per-connection frame rate limits of the flags.
+    pub fn rate_limits(&self) -> crate::admission::RateLimits {
+        crate::admission::RateLimits {
+            control_per_s: self.max_control_rate,
+            messages_per_s: self.max_message_rate,
+        }
+    }
+
     /// The shard count: the flag, or the number of available cores.
     pub fn shard_count(&self) -> usize {
         self.shards

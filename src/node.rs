@@ -10,11 +10,13 @@ use std::sync::atomic::{AtomicBool, AtomicU64, AtomicUsize, Ordering};
 use std::sync::{mpsc, Arc, Mutex};
 use std::time::{Duration, Instant};
 
+use crate::admission::AddressTable;
 use crate::auth::setup::NodeAuth;
 use crate::auth::{AuthMode, AUTH_OFF_WARNING};
 use crate::config::Config;
 use crate::fanout::Peers;
 use crate::history::{History, HistoryConfig};
+use crate::http::proxy::TrustedProxies;
 use crate::ring::{sys, Ring, RingConfig};
 use crate::shard::{self, Setup, ShardKind, Shared};
 use crate::stats::{self, Counters};
@@ -69,6 +71,8 @@ pub fn run(cfg: Config) -> Result<(), String> {
         return Err("--admin-token must not be empty".to_string());
     }
     let auth = NodeAuth::load(&cfg)?;
+    let trusted_proxies =
+        TrustedProxies::parse(&cfg.trusted_proxies).map_err(|e| format!("--trusted-proxy: {e}"))?;
     if auth.mode == AuthMode::Off {
         crate::elog!("ringpush {AUTH_OFF_WARNING}");
     }
@@ -168,6 +172,8 @@ pub fn run(cfg: Config) -> Result<(), String> {
             ..HistoryConfig::default()
         })),
         auth,
+        addresses: AddressTable::new(cfg.admission()),
+        trusted_proxies,
     });
     let cores = if cfg.no_pin {
         Vec::new()

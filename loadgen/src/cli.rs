@@ -264,6 +264,11 @@ pub struct Common {
     #[arg(long)]
     pub node_pid: Option<u32>,
 
+    /// File holding a connection token (a JWT; one trailing newline stripped), sent as
+    /// `Authorization: Bearer <token>` on every upgrade, for a node with `--auth`.
+    #[arg(long)]
+    pub token_file: Option<std::path::PathBuf>,
+
     /// Also draw this run's charts into an SVG file: its main latency spectrum, messages
     /// received per second, and (with --node-pid) RSS against open connections.
     #[arg(long)]

@@ -11,7 +11,7 @@ use std::time::Duration;
 
 use crate::cli::{Cli, CloseMode, Common, Format, Publisher, ScenarioCmd};
 use crate::payload::STAMP_BYTES;
-use crate::target::{check_channel, JsonMode, Mode};
+use crate::target::{check_channel, read_token_file, JsonMode, Mode};
 
 /// What the scenario does with open connections.
 #[derive(Clone, Debug)]
@@ -113,6 +113,8 @@ pub struct Plan {
     pub host: String,
     /// Request target.
     pub path: String,
+    /// The `Authorization` header of every upgrade (`--token-file`), if any.
+    pub authorization: Option<String>,
     /// Source addresses, round-robin by connection index (empty: kernel's choice).
     pub sources: Vec<IpAddr>,
     /// Connections in total (churn: at once).
@@ -449,6 +451,7 @@ impl Plan {
             host: host_header(&addr, &dest),
             dest,
             path,
+            authorization: c.token_file.as_deref().map(read_token_file).transpose()?,
             sources,
             connections: c.connections,
             workers,
@@ -477,6 +480,15 @@ impl Plan {
             plot: c.plot,
             mode,
         })
+    }
+
+    /// The extra header lines of every upgrade request (the token, if any).
+    pub fn upgrade_headers(&self) -> Vec<(&'static str, &str)> {
+        self.authorization
+            .as_deref()
+            .map(|value| ("Authorization", value))
+            .into_iter()
+            .collect()
     }
 
     /// Connections worker `w` owns: the indices `i < connections` with `i % workers == w`.
