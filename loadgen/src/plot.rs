@@ -114,7 +114,7 @@ impl Chart {
                 }
                 ChartKind::Rss => timeline_points(run, "open", "node_rss_bytes")
                     .map(|p| {
-                        p.into_iter()
+                        ramp_only(p)
                             .map(|(x, y)| (x, y / (1 << 20) as f64))
                             .collect()
                     })
@@ -162,6 +162,16 @@ fn spectrum_points(spectrum: &Value) -> Option<Vec<(f64, f64)>> {
         .map(|(p, us)| ((1.0 / (1.0 - p)).log10().min(NINES_MAX), us / 1000.0))
         .collect();
     (!points.is_empty()).then_some(points)
+}
+
+/// The samples up to the first that holds the most connections: memory against connections
+/// is the ramp's story (the close phase would draw the line back over itself).
+fn ramp_only(points: Vec<(f64, f64)>) -> impl Iterator<Item = (f64, f64)> {
+    let peak = points.iter().enumerate().fold(
+        0,
+        |best, (i, p)| if p.0 > points[best].0 { i } else { best },
+    );
+    points.into_iter().take(peak + 1)
 }
 
 /// Two fields of every timeline sample that has both.
@@ -237,6 +247,13 @@ fn draw<DB: DrawingBackend>(
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn memory_is_drawn_over_the_ramp_only() {
+        let points = vec![(0.0, 1.0), (5.0, 2.0), (9.0, 3.0), (9.0, 3.5), (2.0, 3.0)];
+        let ramp: Vec<_> = ramp_only(points).collect();
+        assert_eq!(ramp, vec![(0.0, 1.0), (5.0, 2.0), (9.0, 3.0)]);
+    }
 
     #[test]
     fn the_percentile_axis_counts_nines() {
