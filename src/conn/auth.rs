@@ -69,6 +69,14 @@ pub(crate) fn route_upgrade(
     )
 }
 
+/// The (session, tab) binding of a route that can carry one (raw and JSON mode).
+fn route_session(route: &mut Route) -> Option<&mut Option<(String, String)>> {
+    match route {
+        Route::Channel { session, .. } | Route::Json { session, .. } => Some(session),
+        Route::Echo => None,
+    }
+}
+
 impl Core {
     /// Admits an accepted upgrade under `--auth`, or refuses it (answered, counted, logged,
     /// and the connection ended) and returns false. On admission the upgrade is adjusted:
@@ -84,7 +92,7 @@ impl Core {
         let query = upgrade.path.split_once('?').map_or("", |(_, query)| query);
         let channels: Vec<&str> = match &upgrade.route {
             Route::Channel { channel, .. } => vec![channel.as_str()],
-            Route::Json { channels } => channels.iter().map(|channel| &**channel).collect(),
+            Route::Json { channels, .. } => channels.iter().map(|channel| &**channel).collect(),
             Route::Echo => Vec::new(),
         };
         let headers = &upgrade.headers;
@@ -110,12 +118,12 @@ impl Core {
         match &access {
             Access::Open => return true,
             Access::Anonymous(_) => {
-                if let Route::Channel { session, .. } = &mut upgrade.route {
+                if let Some(session) = route_session(&mut upgrade.route) {
                     *session = None;
                 }
             }
             Access::Token(grant) => {
-                if let Route::Channel { session, .. } = &mut upgrade.route {
+                if let Some(session) = route_session(&mut upgrade.route) {
                     // Without a `tab` claim the connection is a tab of its own: same-session
                     // connections of one user must not replace each other, and the query
                     // may not name a tab to displace.
