@@ -246,5 +246,4 @@ test("the demo page loads, connects and shows a published message", { timeout: 3
     const artifacts = process.env.BROWSER_ARTIFACTS ?? path.join("..", "..", "target", "browser");
     mkdirSync(artifacts, { recursive: true });
     await page.screenshot({ path: path.join(artifacts, "demo.png"), fullPage: true });
-    if (process.env.DEMO_SCREENSHOT) await page.screenshot({ path: process.env.DEMO_SCREENSHOT, fullPage: true });
   }));
