@@ -147,6 +147,10 @@ export class Client {
    */
   subscribe(channel) {
     let entry = this.channels.get(channel);
+    if (entry?.live && this.state === "open") {
+      const { epoch, offset } = entry;
+      return Promise.resolve({ op: "subscribed", channel, epoch, offset, recovered: true });
+    }
     if (!entry) {
       entry = { epoch: null, offset: null, waiters: [] };
       this.channels.set(channel, entry);
@@ -261,6 +265,7 @@ export class Client {
   lost({ code, reason }) {
     this.clearTimers();
     this.failPending("connection lost");
+    for (const entry of this.channels.values()) entry.live = false;
     if (this.state === "closed") return;
     if (code === CloseCode.TOKEN_EXPIRED) {
       this.token = null;
@@ -276,8 +281,15 @@ export class Client {
     if (code === CloseCode.REPLACED) {
       // Another connection took this (session, tab): a duplicated tab shares our
       // sessionStorage. Taking a new id ends the tug of war; a reload never gets here, as
-      // the page that held the old connection is gone.
-      this.tab = this.options.tab ?? newTabId(this.storage);
+      // the page that held the old connection is gone. A tab the client cannot change (an
+      // option, or a fixed token's `tab` claim) would only replace the other one back.
+      if (this.options.tab !== undefined || (this.options.token && !this.options.getToken)) {
+        this.setState("closed", { code, reason: "replaced" });
+        return;
+      }
+      this.tab = newTabId(this.storage);
+      // With auth on the tab is the token's claim: getToken mints one for the new id.
+      if (this.options.getToken) this.token = null;
     }
     this.scheduleRetry({ code, reason });
   }
@@ -380,6 +392,7 @@ export class Client {
       entry.offset = frame.offset;
     }
     entry.epoch = frame.epoch;
+    entry.live = true;
     this.emit("subscribed", { channel: frame.channel, epoch: frame.epoch, offset: frame.offset, recovered: frame.recovered });
     for (const waiter of entry.waiters.splice(0)) waiter.resolve(frame);
   }
@@ -389,7 +402,8 @@ export class Client {
     const waiting = this.pending.get(frame.id);
     if (waiting?.op === "subscribe" && waiting.channel) {
       const entry = this.channels.get(waiting.channel);
-      if (entry && !(frame.code === 409)) {
+      // 409: already subscribed; 503: the node is draining, the next connection retries.
+      if (entry && frame.code !== 409 && frame.code !== 503) {
         // The node will not subscribe it: stop asking on every reconnect.
         this.channels.delete(waiting.channel);
         for (const waiter of entry.waiters.splice(0)) waiter.reject(error);

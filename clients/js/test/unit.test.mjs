@@ -182,3 +182,51 @@ test("resume: since carries the last offset, duplicates are dropped, failure is 
   assert.deepEqual(failures, [{ channel: "news", since: { epoch: "E", offset: 5 }, epoch: "F", offset: 9 }]);
   client.close();
 });
+
+test("4001 takes a fresh tab id (and token); with a fixed tab it stops instead", async () => {
+  const tabs = [];
+  const { client } = fakeClient({
+    session: "alice",
+    getToken: ({ tab }) => {
+      tabs.push(tab);
+      return `token-for-${tab}`;
+    },
+  });
+  await tick();
+  FakeSocket.made[0].open();
+  FakeSocket.made[0].drop(4001, "replaced");
+  await tick(300);
+  assert.equal(tabs.length, 2);
+  assert.notEqual(tabs[0], tabs[1]);
+  assert.equal(client.tab, tabs[1]);
+  assert.match(FakeSocket.made[1].url, new RegExp(`tab=${tabs[1]}`));
+  client.close();
+
+  const fixed = fakeClient({ session: "alice", tab: "t1" });
+  await tick();
+  FakeSocket.made[0].open();
+  FakeSocket.made[0].drop(4001, "replaced");
+  await tick(300);
+  assert.equal(FakeSocket.made.length, 1);
+  assert.deepEqual(fixed.states.at(-1), ["closed", { code: 4001, reason: "replaced" }]);
+});
+
+test("subscribe on a live channel resolves at once; a refused one is dropped", async () => {
+  const { client } = fakeClient({ channels: ["news"] });
+  await tick();
+  const socket = FakeSocket.made[0];
+  socket.open();
+  socket.frame({ op: "subscribed", id: 1, channel: "news", epoch: "E", offset: 3, recovered: false });
+  const again = await client.subscribe("news");
+  assert.deepEqual([again.epoch, again.offset], ["E", 3]);
+  assert.equal(socket.sent.length, 1, "no second subscribe on the wire");
+  const refused = client.subscribe("secret");
+  socket.frame({ op: "error", id: 2, code: 403, reason: "not allowed" });
+  await assert.rejects(refused, (error) => error.code === 403);
+  socket.drop(1006);
+  await tick(600);
+  const resent = FakeSocket.made[1];
+  resent.open();
+  assert.deepEqual(resent.sent.map((c) => c.channel), ["news"]);
+  client.close();
+});
