@@ -31,6 +31,8 @@ export declare function tabId(storage?: Storage | null, key?: string): string;
 export declare function newTabId(storage?: Storage | null, key?: string): string;
 /** Whether a JWT's `exp` has passed (a non-JWT is taken as valid). */
 export declare function tokenExpired(token: string, nowMs?: number): boolean;
+/** A JWT's `exp` in seconds since the epoch, or null for a token that is not a readable JWT. */
+export declare function tokenExp(token: string): number | null;
 
 export type State = "idle" | "connecting" | "open" | "reconnecting" | "closed";
 
@@ -122,6 +124,12 @@ export interface Options extends Partial<Backoff> {
   pingIntervalMs?: number;
   /** Extra silence allowed past the ping interval before the connection is declared dead (default 10000). */
   pingGraceMs?: number;
+  /**
+   * With `getToken`: the live connection's token is refreshed (`refresh` command) this long
+   * before its JWT `exp` (default 30000 ms; 0: never). A token living shorter is left to
+   * expire, and the 4003 that follows asks getToken.
+   */
+  refreshBeforeMs?: number;
   /** An attempt not open after this is abandoned (default 10000 ms). */
   connectTimeoutMs?: number;
   /** A WebSocket constructor, for Node 20 without `--experimental-websocket` (e.g. `ws`). */

@@ -42,6 +42,7 @@ const DEFAULTS = Object.freeze({
   pingIntervalMs: 45_000,
   pingGraceMs: 10_000,
   connectTimeoutMs: 10_000,
+  refreshBeforeMs: 30_000,
 });
 
 /**
@@ -118,7 +119,7 @@ export class Client {
     this.state = "idle";
     this.socket = null;
     this.token = options.token ?? null;
-    this.timers = { retry: null, live: null, stable: null, connect: null };
+    this.timers = { retry: null, live: null, stable: null, connect: null, refresh: null };
     for (const channel of options.channels ?? []) {
       this.channels.set(channel, { epoch: null, offset: null, waiters: [] });
     }
@@ -190,7 +191,9 @@ export class Client {
    */
   async refresh() {
     const token = await this.freshToken("refresh");
-    return this.command({ op: "refresh", token });
+    const answer = await this.command({ op: "refresh", token });
+    this.scheduleRefresh();
+    return answer;
   }
 
   /** Closes the connection for good: no reconnect follows. */
@@ -260,6 +263,27 @@ export class Client {
       this.attempt = 0;
     }, this.options.resetAfterMs);
     for (const [channel, entry] of this.channels) this.sendSubscribe(channel, entry);
+    this.scheduleRefresh();
+  }
+
+  /**
+   * With `getToken`, refreshes the live connection's token `refreshBeforeMs` before its
+   * JWT `exp`, so it is never closed 4003. A token that lives shorter than that margin is
+   * left to expire (the 4003 path then asks getToken); a failed refresh is reported and
+   * left to that path too.
+   */
+  scheduleRefresh() {
+    clearTimeout(this.timers.refresh);
+    const exp = this.options.getToken && this.token ? tokenExp(this.token) : null;
+    const { refreshBeforeMs } = this.options;
+    if (exp === null || !(refreshBeforeMs > 0) || this.state !== "open") return;
+    const delayMs = exp * 1000 - Date.now() - refreshBeforeMs;
+    if (delayMs <= 0) return;
+    const socket = this.socket;
+    this.timers.refresh = setTimeout(() => {
+      if (socket !== this.socket || this.state !== "open") return;
+      this.refresh().catch((error) => this.emit("error", error));
+    }, delayMs);
   }
 
   lost({ code, reason }) {
@@ -495,14 +519,20 @@ export class Client {
 
 /** Whether a JWT's `exp` has passed (a token that is not a readable JWT is taken as valid). */
 export function tokenExpired(token, nowMs = Date.now()) {
+  const exp = tokenExp(token);
+  return exp !== null && exp * 1000 <= nowMs;
+}
+
+/** A JWT's `exp` (seconds since the epoch), or null when the token is not a readable JWT. */
+export function tokenExp(token) {
   const payload = token.split(".")[1];
-  if (!payload) return false;
+  if (!payload) return null;
   try {
     const json = new TextDecoder().decode(fromBase64(payload.replace(/-/g, "+").replace(/_/g, "/")));
     const exp = JSON.parse(json).exp;
-    return typeof exp === "number" && exp * 1000 <= nowMs;
+    return typeof exp === "number" ? exp : null;
   } catch {
-    return false;
+    return null;
   }
 }
 

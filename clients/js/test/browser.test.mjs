@@ -192,7 +192,7 @@ test("no ping for the interval plus grace: the connection is dropped and resumed
     assert.equal(subscribed[1].args[0].recovered, true);
   }));
 
-test("token expiry (4003) asks getToken and reconnects; a fixed token stops", { timeout: 30_000 }, () =>
+test("token expiry (4003) asks getToken and reconnects; a fixed token stops; refresh avoids it", { timeout: 30_000 }, () =>
   withContext(async (context, defer) => {
     const secret = "browser-test-secret-0123456789abcdef";
     const node = await Node.start({
@@ -200,9 +200,17 @@ test("token expiry (4003) asks getToken and reconnects; a fixed token stops", { 
       env: { RP_BROWSER_KEY: secret },
     });
     defer(() => node.stop());
-    const mint = (tab) =>
-      hs256({ sub: "alice", exp: Math.floor(Date.now() / 1000) + 2, channels: ["*"], tab }, secret);
+    const mint = (tab, lifetimeS = 2) =>
+      hs256({ sub: "alice", exp: Math.floor(Date.now() / 1000) + lifetimeS, channels: ["*"], tab }, secret);
     await context.exposeFunction("mintToken", mint);
+    // Tokens of 4 s refreshed 2 s before their exp: the connection outlives several of them.
+    const refreshing = await clientPage(context, node, node.wsUrl, {
+      channels: ["news"],
+      useGetToken: true,
+      tokenLifetimeS: 4,
+      refreshBeforeMs: 2000,
+    });
+    const refreshingSince = Date.now();
 
     const page = await clientPage(context, node, node.wsUrl, { channels: ["news"], useGetToken: true });
     await waitEvents(page, "subscribed", 1);
@@ -220,6 +228,13 @@ test("token expiry (4003) asks getToken and reconnects; a fixed token stops", { 
     assert.deepEqual(closed.args[1], { code: 4003, reason: "token_expired" });
     await sleep(500);
     assert.equal((await events(fixed, "state")).filter((e) => e.args[0] === "open").length, 1);
+
+    await sleep(Math.max(0, refreshingSince + 5500 - Date.now()));
+    const reasons = (await events(refreshing, "getToken")).map((e) => e.args[0].reason);
+    assert.deepEqual(reasons.slice(0, 3), ["start", "refresh", "refresh"]);
+    assert.deepEqual((await events(refreshing, "state")).map((e) => e.args[0]), ["connecting", "open"]);
+    await node.post("/publish/news", "still the first connection");
+    await waitEvents(refreshing, "message", 1, { 0: { data: "still the first connection" } });
   }));
 
 test("the demo page loads, connects and shows a published message", { timeout: 30_000 }, () =>

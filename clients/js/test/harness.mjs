@@ -205,7 +205,7 @@ export async function startClient(page, url, options = {}) {
       if (options.useGetToken) {
         extra.getToken = async (context) => {
           record("getToken")(context);
-          return window.mintToken(context.tab);
+          return window.mintToken(context.tab, options.tokenLifetimeS ?? 2);
         };
       }
       window.client = ringpush.connect(url, {

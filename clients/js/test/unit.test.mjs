@@ -230,3 +230,27 @@ test("subscribe on a live channel resolves at once; a refused one is dropped", a
   assert.deepEqual(resent.sent.map((c) => c.channel), ["news"]);
   client.close();
 });
+
+test("with getToken, the token is refreshed on the live connection before its exp", async () => {
+  const jwt = (exp) => `e30.${Buffer.from(JSON.stringify({ exp })).toString("base64url")}.sig`;
+  const exp = Math.floor(Date.now() / 1000) + 3;
+  const reasons = [];
+  const { client } = fakeClient({
+    refreshBeforeMs: exp * 1000 - Date.now() - 100,
+    getToken: ({ reason }) => {
+      reasons.push(reason);
+      return jwt(reasons.length === 1 ? exp : exp + 3600);
+    },
+  });
+  await tick();
+  const socket = FakeSocket.made[0];
+  socket.open();
+  await tick(400);
+  assert.deepEqual(reasons, ["start", "refresh"]);
+  const refresh = socket.sent.at(-1);
+  assert.equal(refresh.op, "refresh");
+  assert.equal(refresh.token, jwt(exp + 3600));
+  socket.frame({ op: "refreshed", id: refresh.id, exp: exp + 3600 });
+  assert.equal(FakeSocket.made.length, 1, "no reconnect");
+  client.close();
+});
