@@ -73,6 +73,10 @@ pub struct Config {
     #[arg(long, default_value = "127.0.0.1:9090")]
     pub admin: SocketAddr,
 
+    /// Do not serve the demo page (`GET /demo` on the admin listener).
+    #[arg(long)]
+    pub no_demo: bool,
+
     /// Bearer token every admin request must carry (default: none required).
     #[arg(long)]
     pub admin_token: Option<String>,

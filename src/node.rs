@@ -180,7 +180,11 @@ pub fn run(cfg: Config) -> Result<(), String> {
     } else {
         core_affinity::get_core_ids().unwrap_or_default()
     };
-    let cfg = Arc::new(cfg);
+    // The shards see the bound address, so `--listen …:0` gives the demo page a real port.
+    let cfg = Arc::new(Config {
+        listen: addr,
+        ..cfg
+    });
     let (ready_tx, ready_rx) = mpsc::channel();
     let mut handles = Vec::with_capacity(total_shards);
     for (i, (ring, inbox)) in rings.into_iter().zip(receivers).enumerate() {

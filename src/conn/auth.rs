@@ -70,6 +70,14 @@ pub(crate) fn route_upgrade(
     )
 }
 
+/// The (session, tab) binding of a route that can carry one (raw and JSON mode).
+fn route_session(route: &mut Route) -> Option<&mut Option<(String, String)>> {
+    match route {
+        Route::Channel { session, .. } | Route::Json { session, .. } => Some(session),
+        Route::Echo => None,
+    }
+}
+
 impl Core {
     /// Admits an accepted upgrade under `--auth`, or refuses it (answered, counted, logged,
     /// and the connection ended) and returns false. On admission the upgrade is adjusted:
@@ -85,7 +93,7 @@ impl Core {
         let query = upgrade.path.split_once('?').map_or("", |(_, query)| query);
         let channels: Vec<&str> = match &upgrade.route {
             Route::Channel { channel, .. } => vec![channel.as_str()],
-            Route::Json { channels } => channels.iter().map(|channel| &**channel).collect(),
+            Route::Json { channels, .. } => channels.iter().map(|channel| &**channel).collect(),
             Route::Echo => Vec::new(),
         };
         let headers = &upgrade.headers;
@@ -119,12 +127,12 @@ impl Core {
         match &access {
             Access::Open => return true,
             Access::Anonymous(_) => {
-                if let Route::Channel { session, .. } = &mut upgrade.route {
+                if let Some(session) = route_session(&mut upgrade.route) {
                     *session = None;
                 }
             }
             Access::Token(grant) => {
-                if let Route::Channel { session, .. } = &mut upgrade.route {
+                if let Some(session) = route_session(&mut upgrade.route) {
                     *session = Some(self.token_session(key, grant));
                 }
             }
@@ -142,16 +150,6 @@ impl Core {
             None => format!("~{}.{key}.{}", self.index, self.conns[key].gen),
         };
         (grant.session.to_string(), tab)
-    }
-
-    /// A JSON-mode connection that upgraded with a token is bound to the token's session,
-    /// as a raw one is (the JSON query has no session of its own).
-    pub(crate) fn bind_json_token_session(&mut self, key: usize) {
-        let Some(Access::Token(grant)) = self.access.get(&key) else {
-            return;
-        };
-        let (session, tab) = self.token_session(key, grant);
-        self.bind_session(key, session, tab);
     }
 
     /// Answers a token refusal before the upgrade: its status and challenge, counted by its

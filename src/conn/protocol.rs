@@ -148,10 +148,12 @@ impl Core {
                             self.bind_session(key, session, tab);
                         }
                     }
-                    Route::Json { channels } => {
+                    Route::Json { channels, session } => {
                         self.conns[key].route = RouteKind::Json as u8;
                         self.json_open(key, channels);
-                        self.bind_json_token_session(key);
+                        if let Some((session, tab)) = session {
+                            self.bind_session(key, session, tab);
+                        }
                     }
                 }
                 self.arm(key, now + self.ticks_ping);

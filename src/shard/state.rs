@@ -32,6 +32,7 @@ use crate::conn::{self, Conn, State};
 use crate::fanout::{Fanout, Peers, Pending, PublishWindow, ShardMsg};
 use crate::history::Position;
 use crate::http::admin_request::AdminConfig;
+use crate::http::demo::Demo;
 use crate::http::handshake::{self, HandshakeError};
 use crate::json_proto::{Command, CommandError};
 use crate::reactor::Conns;
@@ -174,6 +175,13 @@ impl Core {
             head_bytes_max: cfg.max_header_bytes,
             body_bytes_max: cfg.max_message,
             tokens: shared.auth.admin_tokens.clone(),
+            demo: if cfg.no_demo {
+                Demo::Off
+            } else {
+                Demo::Served {
+                    ws_port: cfg.listen.port(),
+                }
+            },
         };
         let mut refusal_busy = Vec::new();
         HandshakeError::Overloaded.write_refusal(&mut refusal_busy);
