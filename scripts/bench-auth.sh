@@ -9,6 +9,9 @@
 # The node runs on core 0, the load generator on core 1 (taskset). Tokens are minted by
 # examples/mint_token from the test fixtures' keys; every connection presents the same
 # token (without a `tab` claim each gets a tab of its own, so none replaces another).
+# --close-timeout 30s: 100,000 clients closing at once take ~4-5 s to be answered on one
+# core (the node answers every close; see benches/runs/2026-12-03-vm-issue11-auth), past
+# the load generator's default 5 s.
 set -euo pipefail
 cd "$(dirname "$0")/.."
 N=${N:-15000}
@@ -61,7 +64,7 @@ run_one() { # figure kind rep
     done
     local cmd=(taskset -c 1 "$LOADGEN" connect --channel bench -n "$n" --hold 3s
         --node-pid "$pid" --addr "127.0.0.1:$port" --source "$src" --no-pin --json
-        --progress 0 "${token[@]}")
+        --progress 0 --close-timeout 30s "${token[@]}")
     echo "[$tag] ${cmd[*]}" >>"$CMDS"
     "${cmd[@]}" >"$RAW/$tag.out" 2>"$RAW/$tag.err" || say "$tag: load generator exit $?"
     tail -n 1 "$RAW/$tag.out" >"$RAW/$tag.json"

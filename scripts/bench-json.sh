@@ -38,6 +38,8 @@ PORT=${BASE_PORT:-19700}
 SRC=${SRC_BASE:-60}
 OUT=${OUT:-benches/runs/$(date +%Y-%m-%d)-$(hostname)-json}
 NODE=${NODE:-target/release/ringpush}
+# The load generator runs with --close-timeout 30s: 100,000 clients closing at once take
+# ~4-5 s to be answered by a node on one core (it answers every close), past the default 5 s.
 LOADGEN=target/release/ringpush-loadgen
 [[ -x $NODE && -x $LOADGEN ]] || cargo build --release --workspace --bins
 RAW=$OUT/raw
@@ -92,7 +94,7 @@ run_one() { # figure mode rep
         ;;
     esac
     local cmd=(taskset -c 1 "$LOADGEN" "${args[@]}" "${json[@]}" --addr "127.0.0.1:$port"
-        --source "$src" --no-pin --json --progress 0)
+        --source "$src" --no-pin --json --progress 0 --close-timeout 30s)
     echo "[$tag] ${cmd[*]}" >>"$CMDS"
     local rc=0
     "${cmd[@]}" >"$RAW/$tag.out" 2>"$RAW/$tag.err" || rc=$?
