@@ -511,3 +511,27 @@ fn storm_client(addr: std::net::SocketAddr, index: usize, deadline: Instant) -> 
     }
     report
 }
+
+/// Found by the browser client's tests (session 4): after a client answered a ping, the
+/// node looked again only at the idle deadline, so a live client was pinged every
+/// `--idle-timeout` minus `--ping-interval` (45 s with the defaults), not after
+/// `--ping-interval` of silence as PROTOCOL.md says.
+#[test]
+fn issue_13_a_client_that_answers_is_pinged_after_each_ping_interval_of_silence() {
+    let node = Node::start(&["--ping-interval", "400ms", "--idle-timeout", "8s"]);
+    let mut client = subscribers(&node, 1, &["a"]).remove(0);
+    client.answer_pings = false;
+    let mut pings = Vec::new();
+    let started = Instant::now();
+    while pings.len() < 4 && started.elapsed() < Duration::from_secs(6) {
+        assert_eq!(client.recv(), json!({"op":"ping"}));
+        pings.push(started.elapsed());
+        client.send(&json!({"op":"pong"}));
+    }
+    // Four pings within 6 s: with the idle deadline as the only check there would have been
+    // one (the next due 7.6 s after the first answer).
+    assert_eq!(pings.len(), 4, "pings at {pings:?}");
+    for gap in pings.windows(2).map(|w| w[1] - w[0]) {
+        assert!(gap < Duration::from_secs(3), "pings at {pings:?}");
+    }
+}

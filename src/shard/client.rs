@@ -129,7 +129,12 @@ fn expire(core: &mut Core, key: usize, now: u32) {
             frame::encode(OpCode::Ping, &protocol::ping_payload(key, c.gen, now_us))
         };
         c.flags |= conn::PING_OUT;
-        let at = c.last_seen + ticks_idle;
+        // Look again one ping interval from now, not only at the idle deadline: a client
+        // that answered by then has been silent since its answer, and its next ping is due
+        // `--ping-interval` after it (PROTOCOL.md); one that did not is closed at the idle
+        // deadline. Checking only at the idle deadline spaced the pings of a live client
+        // `--idle-timeout` minus `--ping-interval` apart (45 s with the defaults).
+        let at = (now + ticks_ping).min(c.last_seen + ticks_idle);
         core.counters.pings_sent += 1;
         core.push_frame(key, ping);
         core.arm(key, at);
