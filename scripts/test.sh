@@ -2,7 +2,8 @@
 # Runs every test ringpush has: formatting, lints, unit and integration tests (the real
 # binary over real sockets), the Autobahn conformance suite against /echo, and a bounded fuzz
 # run of every fuzz target (when the nightly toolchain is installed).
-# Installs what the tests need (the Autobahn runner's venv) under target/.
+# Installs what the tests need (the Autobahn runner's venv under target/, and redis-server through
+# scripts/test-deps.sh).
 set -euo pipefail
 cd "$(dirname "$0")/.."
 started=$(date +%s)
@@ -13,6 +14,8 @@ echo "== cargo clippy -D warnings"
 cargo clippy --workspace --all-targets --release -- -D warnings
 echo "== cargo build (release)"
 cargo build --workspace --release --bins
+echo "== test dependencies (redis-server)"
+scripts/test-deps.sh
 echo "== cargo test"
 cargo test --workspace --release
 echo "== autobahn (all cases but compression, 12.* and 13.*)"

@@ -134,6 +134,13 @@ impl Core {
         if self.refused_while_draining(key) {
             return;
         }
+        if self.shared.broker.is_some() {
+            // Not through the broker yet: refused whole rather than published on one node.
+            let body = b"broadcast is not available with --broker yet; publish each channel\n";
+            let response = unavailable(&[], body, keep_alive);
+            self.admin_slot(key, AdminSlot::Ready(Bytes::from(response), !keep_alive));
+            return;
+        }
         let request = match parse_body(body) {
             Ok(request) => request,
             Err(rule) => {
@@ -195,6 +202,7 @@ impl Core {
                 count: 0,
                 keep_alive,
                 position: None,
+                broker: None,
             }) as u32;
             // Before the publish: a gone shard's count is taken at once, inside it.
             self.broadcast_parts.insert(part, (id, at));

@@ -33,6 +33,10 @@ use crate::json_proto::{
 use crate::shard::Core;
 use crate::ws::{frame, OpCode};
 
+/// JSON-mode subscriptions and publishes through the broker (`--broker`) are a later step:
+/// until then they are refused with this reason (error 503), and the connection stays.
+const BROKER_NOT_YET: &str = "not available with --broker yet";
+
 /// The application-level heartbeat `{"op":"ping"}` as one complete text frame, shared by
 /// every JSON connection.
 pub(crate) const PING_FRAME: &[u8] = b"\x81\x0d{\"op\":\"ping\"}";
@@ -161,6 +165,10 @@ impl Core {
             self.json_error(id, ErrorCode::Forbidden, "channel not allowed by the token");
             return;
         }
+        if self.shared.broker.is_some() {
+            self.json_error(id, ErrorCode::Busy, BROKER_NOT_YET);
+            return;
+        }
         let Some(j) = self.json_conns.get(&key) else {
             return;
         };
@@ -259,6 +267,10 @@ impl Core {
         }
         if self.draining.is_some() {
             self.json_error(Some(id), ErrorCode::Busy, "draining");
+            return;
+        }
+        if self.shared.broker.is_some() {
+            self.json_error(Some(id), ErrorCode::Busy, BROKER_NOT_YET);
             return;
         }
         if !self.publish_allowed(self.owner(key)) {

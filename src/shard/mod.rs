@@ -95,6 +95,8 @@ pub struct Shared {
     pub history: Arc<History>,
     /// The admin tokens and the connection-token configuration, loaded at start-up.
     pub auth: NodeAuth,
+    /// The Redis broker joining this node to others (`--broker`), if any.
+    pub broker: Option<Arc<crate::broker::Broker>>,
 }
 
 /// What a shard hands back when it exits.

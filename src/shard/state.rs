@@ -126,6 +126,9 @@ pub(crate) struct Core {
     /// Admin shard: (request, shard) counts of gone shards met under the history's lock,
     /// answered once it is released (`fanout.rs`).
     pub(crate) gone_counts: Vec<(u32, usize)>,
+    /// Admin shard, with `--broker`: the `pending` id of each brokered publish by its
+    /// sequence number (the id the broker's messages carry back).
+    pub(crate) broker_waits: HashMap<u32, u32>,
     /// Test hook: leave the loop on the next tick, as on a ring error.
     pub(super) test_exit: TestExit,
     /// Client shards, with auth on: what each live connection may do (its token's grant or
@@ -216,6 +219,7 @@ impl Core {
             json_conns: HashMap::new(),
             json_commands: Vec::new(),
             gone_counts: Vec::new(),
+            broker_waits: HashMap::new(),
             test_exit: TestExit::No,
             access: HashMap::new(),
             scopes: ScopeInterner::default(),

@@ -82,6 +82,7 @@ pub(super) fn shard_harness<R: TestRole>(
         counters: (0..shards).map(|_| Mutex::new(Counters::new())).collect(),
         history: Arc::new(History::new(HistoryConfig::default())),
         auth: NodeAuth::load(&cfg).expect("the test's auth flags load"),
+        broker: None,
     });
     let (senders, mut receivers): (Vec<_>, Vec<_>) = (0..shards)
         .map(|_| {
@@ -431,6 +432,7 @@ fn a_doorbell_delivers_a_publish_to_the_channel_subscribers_only() {
         origin: None,
         position: None,
         json: Default::default(),
+        brokered: false,
     };
     h.shard.service.core.peers.queued[0].fetch_add(1, Ordering::Relaxed);
     h.inbox

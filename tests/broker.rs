@@ -1,0 +1,266 @@
+//! Issue 12: nodes joined through Redis (`--broker`). Each test starts its own
+//! `redis-server` on a free loopback port and several real nodes pointed at it.
+
+mod util;
+
+use std::collections::HashMap;
+use std::time::{Duration, Instant};
+
+use util::json_client::Publisher;
+use util::redis_server::RedisServer;
+use util::{admin, Client, Msg, Node, WAIT};
+
+/// Starts a node joined to `redis` with two shards and `extra` flags.
+fn broker_node(redis: &RedisServer, extra: &[&str]) -> Node {
+    let url = redis.url();
+    Node::start(&[&["--broker", url.as_str(), "--shards", "2"], extra].concat())
+}
+
+/// A metric's value in the node's exposition (0 when absent).
+fn metric(node: &Node, name: &str) -> u64 {
+    let text = admin(node, "GET", "/metrics", &[], b"").text();
+    text.lines()
+        .find_map(|line| {
+            let (key, value) = line.split_once(' ')?;
+            (key == name).then(|| value.trim().parse().ok())?
+        })
+        .unwrap_or(0)
+}
+
+/// Waits until `check` holds, or fails with `what`.
+fn eventually(what: &str, mut check: impl FnMut() -> bool) {
+    let deadline = Instant::now() + WAIT;
+    while Instant::now() < deadline {
+        if check() {
+            return;
+        }
+        std::thread::sleep(Duration::from_millis(20));
+    }
+    panic!("never happened: {what}");
+}
+
+/// The next data message a client gets (pings skipped).
+fn next_text(client: &mut Client) -> String {
+    loop {
+        match client.recv() {
+            Msg::Text(text) => return text,
+            Msg::Ping(_) => continue,
+            other => panic!("expected a message, got {other:?}"),
+        }
+    }
+}
+
+/// Fails if a data message arrives within `quiet`.
+fn expect_no_more(client: &mut Client, quiet: Duration) {
+    client.stream.set_read_timeout(Some(quiet)).unwrap();
+    loop {
+        match client.try_recv() {
+            Ok(Msg::Ping(_)) => continue,
+            Ok(other) => panic!("nothing more expected, got {other:?}"),
+            Err(_) => break,
+        }
+    }
+    client.stream.set_read_timeout(Some(WAIT)).unwrap();
+}
+
+/// The offset of an admin publish answer.
+fn offset_of(body: &str) -> (u64, u64) {
+    let value: serde_json::Value = serde_json::from_str(body).expect("a JSON answer");
+    let offset = value["offset"].as_u64().expect("offset");
+    let subscribers = value["subscribers"].as_u64().expect("subscribers");
+    assert_eq!(value["epoch"].as_str().map(str::len), Some(16), "{body}");
+    (offset, subscribers)
+}
+
+#[test]
+fn issue_12_three_nodes_deliver_every_publish_once_in_one_order() {
+    let redis = RedisServer::start();
+    let nodes: Vec<Node> = (0..3).map(|_| broker_node(&redis, &[])).collect();
+    let mut subscribers: Vec<Client> = Vec::new();
+    for node in &nodes {
+        for _ in 0..2 {
+            subscribers.push(node.ws("/ws/news"));
+        }
+    }
+    for node in &nodes {
+        eventually("every node subscribed to news", || {
+            metric(node, "ringpush_broker_subscriptions") == 1
+        });
+    }
+    // Three publishers, one per node, all at once.
+    const EACH: usize = 30;
+    let admins: Vec<_> = nodes.iter().map(|n| n.admin).collect();
+    let threads: Vec<_> = admins
+        .into_iter()
+        .enumerate()
+        .map(|(n, admin_addr)| {
+            std::thread::spawn(move || {
+                let mut publisher = Publisher::connect_to(admin_addr);
+                (0..EACH)
+                    .map(|i| {
+                        let text = format!("node{n}-{i}");
+                        let (status, body) = publisher.publish("news", &text);
+                        assert_eq!(status, 200, "{body}");
+                        let (offset, local) = offset_of(&body);
+                        (offset, local, text)
+                    })
+                    .collect::<Vec<_>>()
+            })
+        })
+        .collect();
+    let mut published: Vec<(u64, u64, String)> = threads
+        .into_iter()
+        .flat_map(|t| t.join().expect("publisher thread"))
+        .collect();
+    published.sort();
+    let offsets: Vec<u64> = published.iter().map(|p| p.0).collect();
+    let expected_offsets: Vec<u64> = (1..=(3 * EACH) as u64).collect();
+    assert_eq!(
+        offsets, expected_offsets,
+        "one offset per publish, none shared"
+    );
+    for (_, local, text) in &published {
+        assert_eq!(*local, 2, "each node has two local subscribers ({text})");
+    }
+    let expected: Vec<&str> = published.iter().map(|p| p.2.as_str()).collect();
+    for (i, client) in subscribers.iter_mut().enumerate() {
+        let got: Vec<String> = (0..expected.len()).map(|_| next_text(client)).collect();
+        assert_eq!(
+            got, expected,
+            "subscriber {i}: every message once, in offset order"
+        );
+        expect_no_more(client, Duration::from_millis(300));
+    }
+    // History is kept in Redis: the stream holds the messages under their offsets.
+    let mut con = redis.connection();
+    let length: u64 = redis::cmd("XLEN")
+        .arg("ringpush:{news}:log")
+        .query(&mut con)
+        .expect("XLEN");
+    assert_eq!(length, 0, "history off by default: nothing kept");
+}
+
+#[test]
+fn issue_12_one_subscription_per_node_counted_across_shards() {
+    let redis = RedisServer::start();
+    let node = broker_node(&redis, &["--history-size", "10"]);
+    let mut con = redis.connection();
+    let numsub = |con: &mut redis::Connection| -> u64 {
+        let answer: (String, u64) = redis::cmd("PUBSUB")
+            .arg("NUMSUB")
+            .arg("ringpush:{sports}")
+            .query(con)
+            .expect("PUBSUB NUMSUB");
+        answer.1
+    };
+    assert_eq!(numsub(&mut con), 0, "no subscriber, no subscription");
+    // Eight connections: over two shards, one broker subscription for all of them.
+    let mut clients: Vec<Client> = (0..8).map(|_| node.ws("/ws/sports")).collect();
+    eventually("the node subscribed", || numsub(&mut con) == 1);
+    assert_eq!(metric(&node, "ringpush_broker_subscriptions"), 1);
+    let (status, body) = Publisher::connect(&node).publish("sports", "goal");
+    assert_eq!(status, 200, "{body}");
+    assert_eq!(offset_of(&body), (1, 8));
+    for client in &mut clients {
+        assert_eq!(next_text(client), "goal");
+    }
+    let kept: u64 = redis::cmd("XLEN")
+        .arg("ringpush:{sports}:log")
+        .query(&mut con)
+        .expect("XLEN");
+    assert_eq!(kept, 1, "--history-size keeps the message in Redis");
+    // All but one leave: still subscribed; the last one leaves: unsubscribed.
+    for mut client in clients.drain(1..) {
+        client.close(1000, "");
+        client.expect_close(1000);
+    }
+    std::thread::sleep(Duration::from_millis(200));
+    assert_eq!(numsub(&mut con), 1, "one local subscriber left");
+    let mut last = clients.pop().expect("one left");
+    last.close(1000, "");
+    last.expect_close(1000);
+    eventually("the node unsubscribed", || numsub(&mut con) == 0);
+    assert_eq!(metric(&node, "ringpush_broker_subscriptions"), 0);
+    // A publish with no local subscriber is answered at once with 0.
+    let (status, body) = Publisher::connect(&node).publish("sports", "nobody");
+    assert_eq!(status, 200, "{body}");
+    assert_eq!(offset_of(&body), (2, 0));
+}
+
+#[test]
+fn issue_12_redis_killed_and_restarted_mid_stream() {
+    let mut redis = RedisServer::start();
+    let nodes: Vec<Node> = (0..2)
+        .map(|_| broker_node(&redis, &["--broker-timeout", "1s"]))
+        .collect();
+    let mut subscribers: Vec<Client> = nodes.iter().map(|n| n.ws("/ws/live")).collect();
+    for node in &nodes {
+        eventually("subscribed", || {
+            metric(node, "ringpush_broker_subscriptions") == 1
+        });
+        let health = admin(node, "GET", "/healthz", &[], b"");
+        assert_eq!(
+            (health.status, health.text()),
+            (200, "ok broker=up\n".into())
+        );
+    }
+    let mut publisher = Publisher::connect(&nodes[0]);
+    assert_eq!(publisher.publish("live", "before").0, 200);
+    for client in &mut subscribers {
+        assert_eq!(next_text(client), "before");
+    }
+
+    redis.kill();
+    // Publishes fail fast, within --broker-timeout, on the same admin connection.
+    for attempt in 0..3 {
+        let started = Instant::now();
+        let (status, body) = publisher.publish("live", &format!("lost-{attempt}"));
+        let took = started.elapsed();
+        assert_eq!(status, 503, "{body}");
+        assert!(body.starts_with("broker"), "{body}");
+        // Not a timing target: only "no hang" (the timeout plus the admin tick).
+        assert!(took < Duration::from_secs(3), "publish hung {took:?}");
+    }
+    for node in &nodes {
+        eventually("healthz says the broker is down", || {
+            let health = admin(node, "GET", "/healthz", &[], b"");
+            health.status == 503 && health.text() == "broker=down\n"
+        });
+    }
+    // Local connections stay open: they still answer a ping.
+    for client in &mut subscribers {
+        client.send(ringpush::ws::OpCode::Ping, b"still-here");
+        assert_eq!(client.recv(), Msg::Pong(b"still-here".to_vec()));
+    }
+
+    redis.restart();
+    for node in &nodes {
+        eventually("the node reconnected and subscribed again", || {
+            let health = admin(node, "GET", "/healthz", &[], b"");
+            health.status == 200 && metric(node, "ringpush_broker_subscriptions") == 1
+        });
+    }
+    let (status, body) = Publisher::connect(&nodes[1]).publish("live", "after");
+    assert_eq!(status, 200, "{body}");
+    // Redis lost everything: a new epoch, offsets from 1 again.
+    assert_eq!(offset_of(&body).0, 1);
+    for client in &mut subscribers {
+        assert_eq!(next_text(client), "after", "delivery resumed on every node");
+        expect_no_more(client, Duration::from_millis(200));
+    }
+    let totals: HashMap<&str, u64> = [
+        "ringpush_broker_reconnects_total",
+        "ringpush_broker_publish_failures_total",
+    ]
+    .into_iter()
+    .map(|name| (name, metric(&nodes[0], name)))
+    .collect();
+    assert!(
+        totals["ringpush_broker_reconnects_total"] >= 2,
+        "{totals:?}"
+    );
+    assert!(
+        totals["ringpush_broker_publish_failures_total"] >= 3,
+        "{totals:?}"
+    );
+}
