@@ -422,7 +422,16 @@ impl Core {
                 ShardMsg::Publish(publish) => self.deliver(&publish),
                 ShardMsg::Claim(claim) => self.apply_claim(&claim),
                 ShardMsg::Reply { id, from, count } => self.admin_reply(id, from, count),
+                ShardMsg::Brokered { seq, outcome } if self.index < self.peers.clients => {
+                    self.json_brokered(seq, outcome)
+                }
                 ShardMsg::Brokered { seq, outcome } => self.brokered(seq, outcome),
+                ShardMsg::Attached {
+                    channel,
+                    ticket,
+                    position,
+                    kept,
+                } => self.broker_attached(&channel, ticket, position, kept),
                 ShardMsg::BrokerReply { seq, from, count } => {
                     if let Some(&id) = self.broker_waits.get(&seq) {
                         self.admin_reply(id, from, count);

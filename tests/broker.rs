@@ -6,7 +6,7 @@ mod util;
 use std::collections::HashMap;
 use std::time::{Duration, Instant};
 
-use util::json_client::Publisher;
+use util::json_client::{JsonClient, Publisher};
 use util::redis_server::RedisServer;
 use util::{admin, Client, Msg, Node, WAIT};
 
@@ -263,4 +263,86 @@ fn issue_12_redis_killed_and_restarted_mid_stream() {
         totals["ringpush_broker_publish_failures_total"] >= 3,
         "{totals:?}"
     );
+}
+
+#[test]
+fn issue_12_resume_on_another_node_without_gap_or_duplicate() {
+    let redis = RedisServer::start();
+    let a = broker_node(&redis, &["--history-size", "100"]);
+    let b = broker_node(&redis, &["--history-size", "100", "--client-publish"]);
+    // B already delivers the channel live (its watermark is known) when the client comes.
+    let mut watcher = b.ws("/ws/feed");
+    let mut client = JsonClient::connect(&a, "").expect("JSON upgrade on A");
+    let first = client.subscribe(1, "feed", None);
+    assert!(!first.recovered, "a first subscription is not a resume");
+    assert_eq!(first.offset, 0, "a new channel starts at offset 0");
+    eventually("B subscribed", || {
+        metric(&b, "ringpush_broker_subscriptions") == 1
+    });
+    let mut publisher_a = Publisher::connect(&a);
+    let mut publisher_b = Publisher::connect(&b);
+    for i in 1..=5u64 {
+        let (status, body) = publisher_b.publish("feed", &format!("m{i}"));
+        assert_eq!(status, 200, "{body}");
+        let (_, epoch, offset) = util::json_client::published(&body);
+        assert_eq!(
+            (epoch.as_str(), offset),
+            (first.epoch.as_str(), i),
+            "Redis' epoch"
+        );
+    }
+    for i in 1..=3u64 {
+        let got = client.expect_message();
+        assert_eq!((got.offset, got.data), (i, format!("m{i}").into_bytes()));
+    }
+    // The client goes away having seen offset 3; more is published meanwhile.
+    drop(client);
+    for i in 6..=9u64 {
+        let (status, body) = publisher_a.publish("feed", &format!("m{i}"));
+        assert_eq!(status, 200, "{body}");
+    }
+    for i in 1..=9u64 {
+        assert_eq!(next_text(&mut watcher), format!("m{i}"));
+    }
+    // It comes back on B, resuming after 3.
+    let mut back = JsonClient::connect(&b, "").expect("JSON upgrade on B");
+    let resumed = back.subscribe(7, "feed", Some((&first.epoch, 3)));
+    assert!(resumed.recovered, "{resumed:?}");
+    assert_eq!(resumed.epoch, first.epoch);
+    assert_eq!(resumed.offset, 9, "live follows offset 9");
+    for i in 4..=9u64 {
+        let got = back.expect_message();
+        assert_eq!((got.offset, got.data), (i, format!("m{i}").into_bytes()));
+    }
+    let (status, body) = publisher_a.publish("feed", "m10");
+    assert_eq!(status, 200, "{body}");
+    let got = back.expect_message();
+    assert_eq!((got.offset, got.data), (10, b"m10".to_vec()));
+    back.expect_silence(Duration::from_millis(300));
+    // A JSON publish goes through Redis too and is answered with its offset.
+    back.send(&serde_json::json!({"op":"publish","id":8,"channel":"feed","data":"m11"}));
+    let mut answered = false;
+    let mut delivered = false;
+    while !(answered && delivered) {
+        let value = back.recv();
+        if value["op"] == "published" {
+            assert_eq!(
+                (value["id"].as_u64(), value["offset"].as_u64()),
+                (Some(8), Some(11))
+            );
+            answered = true;
+        } else {
+            let got = util::json_client::delivery(&value).unwrap_or_else(|| panic!("{value}"));
+            assert_eq!((got.offset, got.data), (11, b"m11".to_vec()));
+            delivered = true;
+        }
+    }
+    assert_eq!(next_text(&mut watcher), "m10");
+    assert_eq!(next_text(&mut watcher), "m11");
+    // A resume from an offset Redis no longer keeps, or another epoch, is not recovered.
+    let mut stranger = JsonClient::connect(&a, "").expect("JSON upgrade on A");
+    let lost = stranger.subscribe(1, "feed", Some(("0123456789abcdef", 3)));
+    assert!(!lost.recovered);
+    assert_eq!((lost.epoch, lost.offset), (first.epoch.clone(), 11));
+    stranger.expect_silence(Duration::from_millis(200));
 }

@@ -105,7 +105,19 @@ pub enum HoldJob {
     Hold { shard: usize, channel: Box<str> },
     /// `shard`'s last local subscriber of `channel` left.
     Release { shard: usize, channel: Box<str> },
+    /// `shard` needs `channel`'s position (read after its subscription is confirmed) and,
+    /// with `since`, the kept messages after that offset: answered `ShardMsg::Attached`
+    /// under `ticket`, in order with the channel's messages.
+    Position {
+        shard: usize,
+        channel: Box<str>,
+        ticket: u64,
+        since: Option<u64>,
+    },
 }
+
+/// One kept message read back from Redis: its offset, kind and payload.
+pub type Kept = (u64, PayloadKind, Bytes);
 
 /// What the node reports about the broker (`/healthz`, `/metrics`).
 #[derive(Default)]

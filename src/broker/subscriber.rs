@@ -18,12 +18,12 @@ use std::sync::{Arc, OnceLock};
 use std::time::{Duration, Instant};
 
 use bytes::Bytes;
-use redis::{Connection, PubSub};
+use redis::{Connection, PubSub, Script};
 
 use super::wire::{self, Delivered};
-use super::{connect, random_u64, Backoff, HoldJob, Reach};
+use super::{connect, random_u64, Backoff, HoldJob, Kept, Reach};
 use crate::fanout::{Publish, ShardMsg, Target};
-use crate::history::PayloadKind;
+use crate::history::{PayloadKind, Position};
 use crate::ws::{frame, OpCode};
 
 /// How long one read waits for a message before the thread looks at its hold queue again
@@ -36,14 +36,16 @@ type Holders = HashMap<Box<str>, Vec<usize>>;
 /// The thread's loop, until the node shuts down.
 pub(super) fn run(mut reach: Reach, jobs: Receiver<HoldJob>) {
     let mut holders = Holders::new();
+    // Position requests that came while the connection was down, served after it is back.
+    let mut deferred: Vec<HoldJob> = Vec::new();
     let mut backoff = Backoff::new(random_u64());
     let mut ever_connected = false;
     loop {
         if reach.stopping() {
             return;
         }
-        match connect(&reach.broker.config) {
-            Ok(mut con) => {
+        match connect(&reach.broker.config).and_then(|c| Ok((c, connect(&reach.broker.config)?))) {
+            Ok((mut con, mut cmd)) => {
                 backoff.reset();
                 if ever_connected {
                     reach
@@ -54,7 +56,18 @@ pub(super) fn run(mut reach: Reach, jobs: Receiver<HoldJob>) {
                 }
                 ever_connected = true;
                 crate::elog!("ringpush event=broker_connected role=subscribe");
-                let ended = session(&mut reach, &mut con, &jobs, &mut holders);
+                let mut link = Session {
+                    cmd: &mut cmd,
+                    script: Script::new(wire::POSITION_SCRIPT),
+                };
+                let ended = session(
+                    &mut reach,
+                    &mut con,
+                    &mut link,
+                    &jobs,
+                    &mut holders,
+                    &mut deferred,
+                );
                 reach
                     .broker
                     .stats
@@ -83,7 +96,7 @@ pub(super) fn run(mut reach: Reach, jobs: Receiver<HoldJob>) {
                 return;
             }
             while let Ok(job) = jobs.try_recv() {
-                apply_offline(&mut holders, job);
+                apply_offline(&mut holders, &mut deferred, job);
             }
             std::thread::sleep(Duration::from_millis(READ_SLICE_MS));
         }
@@ -101,8 +114,10 @@ enum Ended {
 fn session(
     reach: &mut Reach,
     con: &mut Connection,
+    link: &mut Session<'_>,
     jobs: &Receiver<HoldJob>,
     holders: &mut Holders,
+    deferred: &mut Vec<HoldJob>,
 ) -> Ended {
     let timeout = reach.broker.config.timeout;
     let mut pubsub = con.as_pubsub();
@@ -120,6 +135,11 @@ fn session(
         .stats
         .subscriber_up
         .store(true, Ordering::Relaxed);
+    for job in std::mem::take(deferred) {
+        if let Err(e) = apply(reach, &mut pubsub, link, holders, job) {
+            return Ended::Lost(e);
+        }
+    }
     loop {
         if reach.stopping() {
             return Ended::Stopped;
@@ -132,7 +152,7 @@ fn session(
             };
             // Subscribing waits for Redis' confirmation within --broker-timeout.
             let _ = pubsub.set_read_timeout(Some(timeout));
-            if let Err(e) = apply(reach, &mut pubsub, holders, job) {
+            if let Err(e) = apply(reach, &mut pubsub, link, holders, job) {
                 return Ended::Lost(e);
             }
         }
@@ -153,8 +173,9 @@ fn session(
 /// Applies a hold or release with the connection up: the first holder subscribes, the
 /// last one to leave unsubscribes.
 fn apply(
-    reach: &Reach,
+    reach: &mut Reach,
     pubsub: &mut PubSub<'_>,
+    link: &mut Session<'_>,
     holders: &mut Holders,
     job: HoldJob,
 ) -> redis::RedisResult<()> {
@@ -181,13 +202,62 @@ fn apply(
                 pubsub.unsubscribe(wire::pubsub_channel(&channel))?;
             }
         }
+        HoldJob::Position {
+            shard,
+            channel,
+            ticket,
+            since,
+        } => {
+            let (position, kept) = link.position(reach, &channel, since)?;
+            let attached = ShardMsg::Attached {
+                channel,
+                ticket,
+                position,
+                kept,
+            };
+            reach.push(shard, attached);
+            reach.ring_doorbells();
+        }
     }
     Ok(())
 }
 
+/// The subscriber's command connection (positions and kept messages).
+struct Session<'c> {
+    cmd: &'c mut Connection,
+    script: Script,
+}
+
+impl Session<'_> {
+    /// Runs the position script for `channel`. Read after the subscription was confirmed:
+    /// every message above the position arrives on the pub/sub connection after it.
+    fn position(
+        &mut self,
+        reach: &Reach,
+        channel: &str,
+        since: Option<u64>,
+    ) -> redis::RedisResult<(Position, Vec<Kept>)> {
+        let config = &reach.broker.config;
+        let value: redis::Value = self
+            .script
+            .key(wire::meta_key(channel))
+            .key(wire::log_key(channel))
+            .arg(wire::epoch_candidate(random_u64()))
+            .arg(config.key_ttl_ms)
+            .arg(since.map_or(String::new(), |s| s.to_string()))
+            .invoke(self.cmd)?;
+        wire::parse_position(value).ok_or_else(|| {
+            redis::RedisError::from((
+                redis::ErrorKind::Parse,
+                "unexpected answer to the position script",
+            ))
+        })
+    }
+}
+
 /// Applies a hold or release while there is no connection (the next one subscribes to
 /// whatever is held then).
-fn apply_offline(holders: &mut Holders, job: HoldJob) {
+fn apply_offline(holders: &mut Holders, deferred: &mut Vec<HoldJob>, job: HoldJob) {
     match job {
         HoldJob::Hold { shard, channel } => {
             let shards = holders.entry(channel).or_default();
@@ -203,6 +273,7 @@ fn apply_offline(holders: &mut Holders, job: HoldJob) {
                 }
             }
         }
+        HoldJob::Position { .. } => deferred.push(job),
     }
 }
 

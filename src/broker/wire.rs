@@ -47,6 +47,85 @@ redis.call('PUBLISH', ARGV[6],
 return {epoch, offset}
 ";
 
+/// The position script. KEYS: meta, log. ARGV: epoch candidate, key TTL in ms, the offset
+/// after which kept messages are wanted (empty: none). Gives the channel an epoch when it
+/// has none (as a publish would), and returns `{epoch, offset, entries}` in one step, so
+/// the entries end exactly at the offset.
+pub const POSITION_SCRIPT: &str = r"
+local meta, log = KEYS[1], KEYS[2]
+local epoch = redis.call('HGET', meta, 'epoch')
+if not epoch then
+  epoch = ARGV[1]
+  redis.call('DEL', log)
+  redis.call('HSET', meta, 'epoch', epoch, 'offset', 0)
+  redis.call('PEXPIRE', meta, ARGV[2])
+end
+local offset = tonumber(redis.call('HGET', meta, 'offset'))
+local entries = {}
+if ARGV[3] ~= '' then
+  entries = redis.call('XRANGE', log, '(0-' .. ARGV[3], '+')
+end
+return {epoch, offset, entries}
+";
+
+/// Reads the position script's answer: the position and the kept messages, oldest first.
+/// `None` for any other shape.
+pub fn parse_position(value: redis::Value) -> Option<(Position, Vec<crate::broker::Kept>)> {
+    use redis::Value;
+    let Value::Array(mut parts) = value else {
+        return None;
+    };
+    if parts.len() != 3 {
+        return None;
+    }
+    let entries = parts.pop()?;
+    let offset = match parts.pop()? {
+        Value::Int(offset) => u64::try_from(offset).ok()?,
+        _ => return None,
+    };
+    let epoch = match parts.pop()? {
+        Value::BulkString(text) => Epoch::parse(std::str::from_utf8(&text).ok()?)?,
+        _ => return None,
+    };
+    let Value::Array(entries) = entries else {
+        return None;
+    };
+    let mut kept = Vec::with_capacity(entries.len());
+    for entry in entries {
+        let Value::Array(mut pair) = entry else {
+            return None;
+        };
+        let fields = pair.pop()?;
+        let id = match pair.pop()? {
+            Value::BulkString(id) => String::from_utf8(id).ok()?,
+            _ => return None,
+        };
+        let entry_offset: u64 = id.strip_prefix("0-")?.parse().ok()?;
+        let Value::Array(fields) = fields else {
+            return None;
+        };
+        let (mut kind, mut payload) = (None, None);
+        for field in fields.chunks(2) {
+            match field {
+                [Value::BulkString(name), Value::BulkString(value)] => match &name[..] {
+                    b"k" => {
+                        kind = Some(if value == b"t" {
+                            PayloadKind::Text
+                        } else {
+                            PayloadKind::Binary
+                        })
+                    }
+                    b"p" => payload = Some(Bytes::copy_from_slice(value)),
+                    _ => {}
+                },
+                _ => return None,
+            }
+        }
+        kept.push((entry_offset, kind?, payload?));
+    }
+    Some((Position { epoch, offset }, kept))
+}
+
 /// The hash of channel `name`'s epoch and last offset.
 pub fn meta_key(name: &str) -> String {
     format!("{PREFIX}{{{name}}}:meta")
@@ -176,6 +255,39 @@ mod tests {
         assert_eq!(&got.payload[..], &[0, 10, 255]);
         let plain = parse_message(Bytes::from_static(b"00000000000000ff 1 t -\nhi")).unwrap();
         assert_eq!((plain.origin, &plain.payload[..]), (None, &b"hi"[..]));
+    }
+
+    #[test]
+    fn a_position_answer_reads_back_with_its_kept_messages() {
+        use redis::Value::{Array, BulkString, Int};
+        let entry = |id: &str, kind: &str, payload: &[u8]| {
+            Array(vec![
+                BulkString(id.as_bytes().to_vec()),
+                Array(vec![
+                    BulkString(b"k".to_vec()),
+                    BulkString(kind.as_bytes().to_vec()),
+                    BulkString(b"p".to_vec()),
+                    BulkString(payload.to_vec()),
+                ]),
+            ])
+        };
+        let answer = Array(vec![
+            BulkString(b"00000000000000ff".to_vec()),
+            Int(5),
+            Array(vec![entry("0-4", "t", b"four"), entry("0-5", "b", &[5])]),
+        ]);
+        let (position, kept) = parse_position(answer).expect("parses");
+        assert_eq!(position.offset, 5);
+        assert_eq!(position.epoch, Epoch::parse("00000000000000ff").unwrap());
+        assert_eq!(
+            kept,
+            vec![
+                (4, PayloadKind::Text, Bytes::from_static(b"four")),
+                (5, PayloadKind::Binary, Bytes::from_static(&[5])),
+            ]
+        );
+        assert!(parse_position(Array(vec![Int(1)])).is_none());
+        assert!(parse_position(Int(1)).is_none());
     }
 
     #[test]

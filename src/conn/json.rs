@@ -33,10 +33,6 @@ use crate::json_proto::{
 use crate::shard::Core;
 use crate::ws::{frame, OpCode};
 
-/// JSON-mode subscriptions and publishes through the broker (`--broker`) are a later step:
-/// until then they are refused with this reason (error 503), and the connection stays.
-const BROKER_NOT_YET: &str = "not available with --broker yet";
-
 /// The application-level heartbeat `{"op":"ping"}` as one complete text frame, shared by
 /// every JSON connection.
 pub(crate) const PING_FRAME: &[u8] = b"\x81\x0d{\"op\":\"ping\"}";
@@ -165,10 +161,6 @@ impl Core {
             self.json_error(id, ErrorCode::Forbidden, "channel not allowed by the token");
             return;
         }
-        if self.shared.broker.is_some() {
-            self.json_error(id, ErrorCode::Busy, BROKER_NOT_YET);
-            return;
-        }
         let Some(j) = self.json_conns.get(&key) else {
             return;
         };
@@ -179,6 +171,10 @@ impl Core {
         }
         if j.subs.len() >= self.cfg.max_subscriptions as usize {
             self.json_error(id, ErrorCode::TooMany, "too many subscriptions");
+            return;
+        }
+        if self.shared.broker.is_some() {
+            self.json_subscribe_brokered(key, id, name, since);
             return;
         }
         let cid = self.channels.open(name);
@@ -269,10 +265,6 @@ impl Core {
             self.json_error(Some(id), ErrorCode::Busy, "draining");
             return;
         }
-        if self.shared.broker.is_some() {
-            self.json_error(Some(id), ErrorCode::Busy, BROKER_NOT_YET);
-            return;
-        }
         if !self.publish_allowed(self.owner(key)) {
             self.json_error(Some(id), ErrorCode::TooMany, "publish rate");
             return;
@@ -281,6 +273,10 @@ impl Core {
             Payload::Text(bytes) => frame::encode(OpCode::Text, bytes),
             Payload::Binary(bytes) => frame::encode(OpCode::Binary, bytes),
         };
+        if self.shared.broker.is_some() {
+            self.json_publish_brokered(key, id, name, frame);
+            return;
+        }
         match self.publish_channel(name.clone(), frame, None) {
             Ok(position) => {
                 let epoch = position.epoch.text();

@@ -22,6 +22,7 @@ use crate::ws::Decoder;
 pub mod auth;
 pub mod end;
 pub mod json;
+pub mod json_broker;
 pub mod protocol;
 pub mod send;
 

@@ -136,6 +136,15 @@ pub enum ShardMsg {
         seq: u32,
         outcome: crate::broker::Outcome,
     },
+    /// The broker's answer to `HoldJob::Position` (ticket `ticket`): `channel`'s position
+    /// read after this node's subscription was confirmed, and the kept messages after the
+    /// asked offset (none unless asked).
+    Attached {
+        channel: Box<str>,
+        ticket: u64,
+        position: Position,
+        kept: Vec<crate::broker::Kept>,
+    },
     /// A shard's delivery count for the brokered publish of sequence number `seq`.
     BrokerReply { seq: u32, from: usize, count: u64 },
     /// A shard's answer to a `Census`.
@@ -160,6 +169,7 @@ impl ShardMsg {
             ShardMsg::Reply { .. }
                 | ShardMsg::CensusReply { .. }
                 | ShardMsg::Brokered { .. }
+                | ShardMsg::Attached { .. }
                 | ShardMsg::BrokerReply { .. }
         )
     }
