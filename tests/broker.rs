@@ -346,3 +346,40 @@ fn issue_12_resume_on_another_node_without_gap_or_duplicate() {
     assert_eq!((lost.epoch, lost.offset), (first.epoch.clone(), 11));
     stranger.expect_silence(Duration::from_millis(200));
 }
+
+#[test]
+fn issue_12_broker_password_from_env_or_file() {
+    let redis = RedisServer::start_with_password(Some("s3cret"));
+    let url = redis.url();
+    let with_env = Node::start_with_env(
+        &[
+            "--broker",
+            url.as_str(),
+            "--broker-password-env",
+            "RP_BROKER_PASSWORD",
+        ],
+        &[("RP_BROKER_PASSWORD", "s3cret")],
+    );
+    let mut subscriber = with_env.ws("/ws/vault");
+    eventually("authenticated and subscribed", || {
+        metric(&with_env, "ringpush_broker_subscriptions") == 1
+    });
+    let (status, body) = Publisher::connect(&with_env).publish("vault", "open");
+    assert_eq!(status, 200, "{body}");
+    assert_eq!(next_text(&mut subscriber), "open");
+    // A wrong password: the node runs, says the broker is down and refuses publishes.
+    let dir = std::env::temp_dir().join(format!("ringpush-broker-{}", std::process::id()));
+    std::fs::create_dir_all(&dir).unwrap();
+    let file = dir.join("password");
+    std::fs::write(&file, "wrong\n").unwrap();
+    let file = file.to_str().unwrap().to_string();
+    let wrong = Node::start(&["--broker", url.as_str(), "--broker-password-file", &file]);
+    let health = admin(&wrong, "GET", "/healthz", &[], b"");
+    assert_eq!(
+        (health.status, health.text()),
+        (503, "broker=down\n".into())
+    );
+    let (status, body) = Publisher::connect(&wrong).publish("vault", "nope");
+    assert_eq!(status, 503, "{body}");
+    let _ = std::fs::remove_dir_all(&dir);
+}

@@ -23,7 +23,7 @@ use std::time::Instant;
 
 use bytes::BytesMut;
 
-use crate::channels::Subscription;
+use crate::channels::{Subscription, WAITING};
 use crate::conn::end::End;
 use crate::conn::{self, State};
 use crate::history::Replay;
@@ -249,6 +249,9 @@ impl Core {
         else {
             return;
         };
+        if token.slot == WAITING {
+            self.forget_broker_join(key, token.channel);
+        }
         self.unsubscribe_token(key, token);
         self.detach_freed();
         self.json_answer(|out| proto::encode_unsubscribed(out, id, name));

@@ -30,6 +30,8 @@ use crate::shard::Core;
 /// A JSON subscription waiting for its channel's position from the broker.
 pub struct BrokerJoin {
     pub owner: Owner,
+    /// The channel's id on this shard when the subscription started.
+    pub channel: u32,
     pub id: Option<u64>,
     pub since: Option<Since>,
 }
@@ -72,8 +74,13 @@ impl Core {
             self.broker_tickets += 1;
             let owner = self.owner(key);
             let resume_from = since.as_ref().map(|s| s.offset);
-            self.broker_joins
-                .insert(ticket, BrokerJoin { owner, id, since });
+            let join = BrokerJoin {
+                owner,
+                channel: cid,
+                id,
+                since,
+            };
+            self.broker_joins.insert(ticket, join);
             let broker = self.shared.broker.as_ref().expect("called with --broker");
             broker.hold(HoldJob::Position {
                 shard: self.index,
@@ -98,8 +105,24 @@ impl Core {
         position: Position,
         kept: Vec<Kept>,
     ) {
-        let join = self.broker_joins.remove(&ticket);
-        let Some(cid) = self.channels.id(channel) else {
+        // Only an answer some subscription still waits for may set the watermark: a late
+        // one, for a channel freed and opened again since, would name a position from
+        // before this shard's new hold.
+        let Some(join) = self.broker_joins.remove(&ticket) else {
+            return;
+        };
+        let Some(cid) = self.channels.id(channel).filter(|&cid| cid == join.channel) else {
+            return;
+        };
+        if !self.live(join.owner) {
+            return;
+        }
+        let key = join.owner.key as usize;
+        let Some(at) = self.json_conns.get(&key).and_then(|j| {
+            j.subs
+                .iter()
+                .position(|s| s.channel == cid && s.slot == WAITING)
+        }) else {
             return;
         };
         let mark = match self.channels.mark(cid) {
@@ -113,17 +136,6 @@ impl Core {
                 *mark
             }
             None => return,
-        };
-        let Some(join) = join.filter(|j| self.live(j.owner)) else {
-            return;
-        };
-        let key = join.owner.key as usize;
-        let Some(at) = self.json_conns.get(&key).and_then(|j| {
-            j.subs
-                .iter()
-                .position(|s| s.channel == cid && s.slot == WAITING)
-        }) else {
-            return;
         };
         // The answer, the replay and the token, decided before the token changes.
         let epoch = mark.epoch.text();
@@ -174,6 +186,17 @@ impl Core {
         if let Some(j) = self.json_conns.get_mut(&key) {
             j.subs[at] = token;
         }
+    }
+
+    /// Forgets the waiting subscription of `key` to channel `cid` (an `unsubscribe` before
+    /// its answer came): a later subscription of the same connection gets its own answer.
+    pub(crate) fn forget_broker_join(&mut self, key: usize, cid: u32) {
+        if self.broker_joins.is_empty() {
+            return;
+        }
+        let owner = self.owner(key);
+        self.broker_joins
+            .retain(|_, join| join.owner != owner || join.channel != cid);
     }
 
     /// `publish` with `--broker`: queued for Redis, answered when it comes back.
@@ -263,5 +286,69 @@ fn resume(
         Resume::Replay(frames)
     } else {
         Resume::Lost
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use bytes::Bytes;
+
+    use super::*;
+    use crate::history::PayloadKind;
+
+    fn at(offset: u64) -> Position {
+        Position {
+            epoch: Epoch::parse("00000000000000aa").unwrap(),
+            offset,
+        }
+    }
+
+    fn since(epoch: &str, offset: u64) -> Since {
+        Since {
+            epoch: epoch.into(),
+            offset,
+        }
+    }
+
+    fn kept(offsets: std::ops::RangeInclusive<u64>) -> Vec<Kept> {
+        offsets
+            .map(|o| (o, PayloadKind::Text, Bytes::from(format!("m{o}"))))
+            .collect()
+    }
+
+    const EPOCH: &str = "00000000000000aa";
+
+    #[test]
+    fn a_resume_replays_exactly_since_to_the_watermark() {
+        // Redis is at 9, this shard has delivered up to 7: 4..=7 replayed, 8 and 9 live.
+        match resume("c", &since(EPOCH, 3), at(7), at(9), kept(1..=9)) {
+            Resume::Replay(frames) => {
+                assert_eq!(frames.len(), 4);
+                assert_eq!(frames[0], proto::message_frame("c", 4, b"m4"));
+                assert_eq!(frames[3], proto::message_frame("c", 7, b"m7"));
+            }
+            _ => panic!("expected a replay"),
+        }
+        // Nothing missed: recovered with nothing to replay, even with history off.
+        assert!(matches!(
+            resume("c", &since(EPOCH, 7), at(7), at(9), Vec::new()),
+            Resume::Replay(f) if f.is_empty()
+        ));
+    }
+
+    #[test]
+    fn a_client_ahead_of_the_shard_waits_and_the_rest_is_lost() {
+        assert!(matches!(
+            resume("c", &since(EPOCH, 8), at(7), at(9), kept(1..=9)),
+            Resume::Ahead
+        ));
+        // Past Redis' offset, another epoch, or a message no longer kept: not recovered.
+        for (s, kept) in [
+            (since(EPOCH, 10), kept(1..=9)),
+            (since("00000000000000bb", 3), kept(1..=9)),
+            (since(EPOCH, 3), kept(6..=9)),
+        ] {
+            assert!(matches!(resume("c", &s, at(7), at(9), kept), Resume::Lost));
+        }
     }
 }

@@ -13,16 +13,31 @@ use super::WAIT;
 pub struct RedisServer {
     pub port: u16,
     child: Option<Child>,
+    /// Extra `redis-server` arguments (kept for `restart`).
+    extra: Vec<String>,
+    /// The `requirepass` password, if any (for the test's own connections).
+    password: Option<String>,
 }
 
 impl RedisServer {
     /// Starts a server on a free loopback port and waits until it answers PING.
     pub fn start() -> RedisServer {
+        RedisServer::start_with_password(None)
+    }
+
+    /// As `start`, requiring `password` (`requirepass`) when given.
+    pub fn start_with_password(password: Option<&str>) -> RedisServer {
         let port = TcpListener::bind("127.0.0.1:0")
             .and_then(|l| l.local_addr())
             .expect("a free loopback port")
             .port();
-        let mut server = RedisServer { port, child: None };
+        let extra = password.map_or(Vec::new(), |p| vec!["--requirepass".into(), p.into()]);
+        let mut server = RedisServer {
+            port,
+            child: None,
+            extra,
+            password: password.map(str::to_string),
+        };
         server.restart();
         server
     }
@@ -46,6 +61,7 @@ impl RedisServer {
         let child = Command::new("redis-server")
             .args(["--port", &self.port.to_string(), "--bind", "127.0.0.1"])
             .args(["--save", "", "--appendonly", "no", "--protected-mode", "no"])
+            .args(&self.extra)
             .stdout(Stdio::null())
             .stderr(Stdio::null())
             .spawn()
@@ -75,12 +91,17 @@ impl RedisServer {
             return false;
         }
         let mut answer = [0u8; 7];
-        stream.read_exact(&mut answer).is_ok() && &answer == b"+PONG\r\n"
+        // Without the password Redis answers -NOAUTH: it is up all the same.
+        stream.read_exact(&mut answer).is_ok() && (&answer == b"+PONG\r\n" || answer[0] == b'-')
     }
 
     /// A client connection for checks from the test (PUBSUB, XRANGE).
     pub fn connection(&self) -> redis::Connection {
-        redis::Client::open(self.url())
+        let url = match &self.password {
+            Some(password) => format!("redis://:{password}@127.0.0.1:{}", self.port),
+            None => self.url(),
+        };
+        redis::Client::open(url)
             .and_then(|c| c.get_connection_with_timeout(WAIT))
             .expect("connect to the test's redis-server")
     }
