@@ -14,6 +14,15 @@
 //! (`Publish::json`); raw subscribers get the bare frame, and a raw-only audience never
 //! encodes JSON.
 //!
+//! With `--broker` (broker/), channel publishes do not take a local offset: they are queued
+//! for the broker's publisher thread (`broker_publish`), and the subscriber thread hands
+//! every message Redis publishes to the holding shards' inboxes as a `brokered` `Publish`
+//! carrying Redis' position. A shard holds a channel (`attach` → `HoldJob::Hold`) from its
+//! first local subscriber until the channel is freed (`detach_freed` → `Release`); its
+//! watermark starts `Position::UNKNOWN` and takes the epoch of the first message (or of a
+//! JSON subscription's `Attached`), and a brokered message of another epoch starts it again
+//! (Redis lost the channel's keys). Sessions (`/send`, claims) stay local to the node.
+//!
 //! Back-pressure: publishes and claims are counted per inbox (`Peers::queued`) and refused
 //! past `--max-shard-inbox`. A publish reserves a place in every target inbox before it
 //! sends to any, so it reaches all client shards or none: the admin publisher gets 503,

@@ -11,7 +11,10 @@
 //!   `HoldJob`s when a channel gets its first local subscriber and when its last one leaves;
 //!   it subscribes while any shard holds the channel and hands every message it receives to
 //!   the holding shards' inboxes (and to every client shard when this node published it and
-//!   waits for the count), with a doorbell.
+//!   waits for the count), with a doorbell. A JSON subscription that needs the channel's
+//!   position (or a resume's kept messages) asks with `HoldJob::Position`; the answer,
+//!   `ShardMsg::Attached`, is read on a second connection of this thread after the
+//!   subscription is confirmed and pushed in order with the channel's messages.
 //!
 //! Both reconnect on any failure with exponential backoff and full jitter
 //! (`Backoff`), and the subscriber then subscribes again to everything held.
