@@ -383,3 +383,41 @@ fn issue_12_broker_password_from_env_or_file() {
     assert_eq!(status, 503, "{body}");
     let _ = std::fs::remove_dir_all(&dir);
 }
+
+#[test]
+fn issue_12_a_frozen_redis_gets_503_by_the_timeout_and_no_hang() {
+    let redis = RedisServer::start();
+    let node = broker_node(&redis, &["--broker-timeout", "500ms"]);
+    let mut subscriber = node.ws("/ws/ice");
+    eventually("subscribed", || {
+        metric(&node, "ringpush_broker_subscriptions") == 1
+    });
+    let mut publisher = Publisher::connect(&node);
+    assert_eq!(publisher.publish("ice", "one").0, 200);
+    assert_eq!(next_text(&mut subscriber), "one");
+    // SIGSTOP: the sockets stay open and nothing answers, the worst case for a client.
+    redis.signal("STOP");
+    let started = Instant::now();
+    let (status, body) = publisher.publish("ice", "frozen");
+    let took = started.elapsed();
+    redis.signal("CONT");
+    assert_eq!(status, 503, "{body}");
+    assert!(body.starts_with("broker timeout"), "{body}");
+    // Not a timing target: only "no hang" (500 ms plus the admin tick and slack).
+    assert!(took < Duration::from_secs(3), "publish hung {took:?}");
+    // Thawed: the next publishes go through and reach the subscriber.
+    eventually("publishes go through again", || {
+        publisher.publish("ice", "thawed").0 == 200
+    });
+    // The frozen publish may or may not have run in Redis once it thawed (its answer came
+    // too late): the subscriber sees it at most once, before "thawed".
+    let mut frozen = 0;
+    loop {
+        match next_text(&mut subscriber).as_str() {
+            "frozen" => frozen += 1,
+            "thawed" => break,
+            other => panic!("unexpected {other}"),
+        }
+    }
+    assert!(frozen <= 1, "a publish delivered {frozen} times");
+}

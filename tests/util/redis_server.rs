@@ -55,6 +55,18 @@ impl RedisServer {
         }
     }
 
+    /// Sends `signal` (`"STOP"`, `"CONT"`) to the server: a stopped Redis keeps its sockets
+    /// open and answers nothing.
+    pub fn signal(&self, signal: &str) {
+        let pid = self.child.as_ref().expect("running").id();
+        let sent = Command::new("kill")
+            .arg(format!("-{signal}"))
+            .arg(pid.to_string())
+            .status()
+            .is_ok_and(|s| s.success());
+        assert!(sent, "kill -{signal} {pid}");
+    }
+
     /// Starts the server again on the same port (empty: no persistence).
     pub fn restart(&mut self) {
         self.kill();
