@@ -378,11 +378,11 @@ impl Core {
                 self.end_logged(key, End::PublishRate, Some(detail));
                 break;
             }
-            let sent = match self.shared.broker.is_some() {
-                true => self.broker_publish(name.clone(), frame.clone(), None),
-                false => self
-                    .publish_channel(name.clone(), frame.clone(), None)
-                    .map(|_| ()),
+            let sent = if self.shared.broker.is_some() {
+                self.broker_publish(name.clone(), frame.clone(), None)
+            } else {
+                self.publish_channel(name.clone(), frame.clone(), None)
+                    .map(|_| ())
             };
             if sent == Err(Unsent::Full) {
                 self.end(key, End::PublishQueueFull);
@@ -547,13 +547,14 @@ impl Core {
         if let Some((origin, id)) = publish.origin {
             let from = self.index;
             let count = u64::from(handed);
-            let reply = match publish.brokered {
-                true => ShardMsg::BrokerReply {
+            let reply = if publish.brokered {
+                ShardMsg::BrokerReply {
                     seq: id,
                     from,
                     count,
-                },
-                false => ShardMsg::Reply { id, from, count },
+                }
+            } else {
+                ShardMsg::Reply { id, from, count }
             };
             // A gone admin shard has no one left to answer: nothing to do.
             let _ = self.send_to(origin, reply);

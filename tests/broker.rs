@@ -421,3 +421,38 @@ fn issue_12_a_frozen_redis_gets_503_by_the_timeout_and_no_hang() {
     }
     assert!(frozen <= 1, "a publish delivered {frozen} times");
 }
+
+#[test]
+fn issue_12_broadcast_goes_through_redis_to_every_node() {
+    let mut redis = RedisServer::start();
+    let a = broker_node(&redis, &[]);
+    let b = broker_node(&redis, &[]);
+    let mut on_a = a.ws("/ws/left");
+    let mut on_b = b.ws("/ws/right");
+    for (node, n) in [(&a, 1), (&b, 1)] {
+        eventually("subscribed", || {
+            metric(node, "ringpush_broker_subscriptions") == n
+        });
+    }
+    let body = serde_json::json!({"channels":["left","right"],"data":"both"}).to_string();
+    let answer = admin(&a, "POST", "/broadcast", &[], body.as_bytes());
+    assert_eq!(answer.status, 200, "{}", answer.text());
+    let value: serde_json::Value = serde_json::from_str(&answer.text()).expect("JSON");
+    // Local counts: A holds "left" only.
+    assert_eq!(
+        value,
+        serde_json::json!({"channels":[
+            {"channel":"left","subscribers":1},
+            {"channel":"right","subscribers":0}],
+            "subscribers":1})
+    );
+    assert_eq!(next_text(&mut on_a), "both");
+    assert_eq!(next_text(&mut on_b), "both");
+    // Redis down: every channel is reported refused, nothing hangs.
+    redis.kill();
+    let answer = admin(&a, "POST", "/broadcast", &[], body.as_bytes());
+    assert_eq!(answer.status, 200, "{}", answer.text());
+    let value: serde_json::Value = serde_json::from_str(&answer.text()).expect("JSON");
+    assert_eq!(value["channels"][0]["refused"], true, "{value}");
+    assert_eq!(value["channels"][1]["refused"], true, "{value}");
+}

@@ -6,7 +6,8 @@
 //! Invariants:
 //! - A brokered publish is answered exactly once: 200 once Redis accepted it and the counts
 //!   are in (or its deadline passed with the counts so far), 503 when Redis refused it, could
-//!   not be reached, or did not answer by its deadline (`--broker-timeout`).
+//!   not be reached, or did not answer by its deadline (`--broker-timeout`). A broadcast's
+//!   channel is recorded in its broadcast instead: its count, or `"refused":true`.
 //! - An entry of `broker_waits` names a live `pending` entry; both leave together.
 
 use std::sync::Arc;
@@ -104,6 +105,9 @@ impl Core {
             p.name,
             reason.replace(' ', "_")
         ));
+        if self.broadcast_refused(id) {
+            return;
+        }
         if !self.live(p.owner) {
             return;
         }

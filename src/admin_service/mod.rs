@@ -271,9 +271,10 @@ impl Core {
             })
         } else {
             // The channel's next offset, kept in the pending request for the answer.
-            match self.shared.broker.is_some() {
-                true => self.admin_broker_publish(id, name, frame),
-                false => self.publish_channel(name, frame, origin).map(|_| ()),
+            if self.shared.broker.is_some() {
+                self.admin_broker_publish(id, name, frame)
+            } else {
+                self.publish_channel(name, frame, origin).map(|_| ())
             }
         };
         if sent == Err(Unsent::Full) {
