@@ -185,6 +185,9 @@ fn issue_12_one_subscription_per_node_counted_across_shards() {
     let (status, body) = Publisher::connect(&node).publish("sports", "nobody");
     assert_eq!(status, 200, "{body}");
     assert_eq!(offset_of(&body), (2, 0));
+    // The admin history view does not read Redis yet, and says so.
+    let history = admin(&node, "GET", "/history/sports", &[], b"");
+    assert_eq!(history.status, 501, "{}", history.text());
 }
 
 #[test]
