@@ -459,3 +459,28 @@ fn issue_12_broadcast_goes_through_redis_to_every_node() {
     assert_eq!(value["channels"][0]["refused"], true, "{value}");
     assert_eq!(value["channels"][1]["refused"], true, "{value}");
 }
+
+#[test]
+fn issue_12_a_node_killed_leaves_the_others_delivering() {
+    let redis = RedisServer::start();
+    let nodes: Vec<Node> = (0..3).map(|_| broker_node(&redis, &[])).collect();
+    let mut subscribers: Vec<Client> = nodes.iter().map(|n| n.ws("/ws/news")).collect();
+    for node in &nodes {
+        eventually("subscribed", || {
+            metric(node, "ringpush_broker_subscriptions") == 1
+        });
+    }
+    nodes[1].signal(9);
+    subscribers[1].expect_eof();
+    for (i, via) in [0, 2].into_iter().enumerate() {
+        let text = format!("after-kill-{i}");
+        let (status, body) = Publisher::connect(&nodes[via]).publish("news", &text);
+        assert_eq!(status, 200, "{body}");
+        for at in [0, 2] {
+            assert_eq!(next_text(&mut subscribers[at]), text, "node {at}");
+        }
+    }
+    for at in [0, 2] {
+        expect_no_more(&mut subscribers[at], Duration::from_millis(200));
+    }
+}
