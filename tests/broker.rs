@@ -484,3 +484,33 @@ fn issue_12_a_node_killed_leaves_the_others_delivering() {
         expect_no_more(&mut subscribers[at], Duration::from_millis(200));
     }
 }
+
+#[test]
+fn issue_12_a_subscription_made_while_redis_is_down_is_answered_once_it_is_back() {
+    let mut redis = RedisServer::start();
+    let node = broker_node(&redis, &["--history-size", "10"]);
+    eventually("connected", || {
+        admin(&node, "GET", "/healthz", &[], b"").status == 200
+    });
+    redis.kill();
+    eventually("the node saw Redis go", || {
+        admin(&node, "GET", "/healthz", &[], b"").status == 503
+    });
+    let mut client = JsonClient::connect(&node, "").expect("JSON upgrade");
+    client.send(
+        &serde_json::json!({"op":"subscribe","id":4,"channel":"late",
+        "since":{"epoch":"00000000000000aa","offset":2}}),
+    );
+    // No position without Redis: the answer waits (the connection stays open).
+    client.expect_silence(Duration::from_millis(300));
+    redis.restart();
+    let answer = client.recv_op("subscribed");
+    assert_eq!(answer["id"], 4, "{answer}");
+    let got = util::json_client::subscribed(&answer);
+    assert!(!got.recovered, "Redis lost everything: not recovered");
+    assert_eq!(got.offset, 0, "a new epoch starts at 0");
+    let (status, body) = Publisher::connect(&node).publish("late", "first");
+    assert_eq!(status, 200, "{body}");
+    let message = client.expect_message();
+    assert_eq!((message.offset, message.data), (1, b"first".to_vec()));
+}

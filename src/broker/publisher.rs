@@ -185,10 +185,16 @@ fn publish(con: &mut Connection, script: &Script, reach: &Reach, job: &PublishJo
     let _ = con.set_read_timeout(Some(left));
     let _ = con.set_write_timeout(Some(left));
     let config = &reach.broker.config;
-    let origin = job.reply.map(|(_, seq)| OriginTag {
-        node: reach.broker.node,
-        seq,
-    });
+    // Only the admin shard (after the client shards) waits for the local counts; a JSON
+    // publisher waits for the position alone.
+    let admin = reach.peers.clients;
+    let origin = job
+        .reply
+        .filter(|&(shard, _)| shard == admin)
+        .map(|(_, seq)| OriginTag {
+            node: reach.broker.node,
+            seq,
+        });
     let answer: Result<(String, u64), RedisError> = script
         .key(wire::meta_key(&job.channel))
         .key(wire::log_key(&job.channel))

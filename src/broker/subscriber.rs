@@ -135,8 +135,11 @@ fn session(
         .stats
         .subscriber_up
         .store(true, Ordering::Relaxed);
-    for job in std::mem::take(deferred) {
-        if let Err(e) = apply(reach, &mut pubsub, link, holders, job) {
+    let mut waiting = std::mem::take(deferred).into_iter();
+    while let Some(job) = waiting.next() {
+        if let Err((e, retry)) = apply(reach, &mut pubsub, link, holders, job) {
+            deferred.extend(retry);
+            deferred.extend(waiting);
             return Ended::Lost(e);
         }
     }
@@ -152,7 +155,8 @@ fn session(
             };
             // Subscribing waits for Redis' confirmation within --broker-timeout.
             let _ = pubsub.set_read_timeout(Some(timeout));
-            if let Err(e) = apply(reach, &mut pubsub, link, holders, job) {
+            if let Err((e, retry)) = apply(reach, &mut pubsub, link, holders, job) {
+                deferred.extend(retry);
                 return Ended::Lost(e);
             }
         }
@@ -178,7 +182,7 @@ fn apply(
     link: &mut Session<'_>,
     holders: &mut Holders,
     job: HoldJob,
-) -> redis::RedisResult<()> {
+) -> Result<(), (redis::RedisError, Option<HoldJob>)> {
     match job {
         HoldJob::Hold { shard, channel } => {
             let shards = holders.entry(channel.clone()).or_default();
@@ -187,7 +191,9 @@ fn apply(
                 shards.push(shard);
             }
             if first {
-                pubsub.subscribe(wire::pubsub_channel(&channel))?;
+                pubsub
+                    .subscribe(wire::pubsub_channel(&channel))
+                    .map_err(|e| (e, None))?;
                 reach.broker.set_subscribed(&channel, true);
             }
         }
@@ -199,7 +205,9 @@ fn apply(
             if shards.is_empty() {
                 holders.remove(&channel);
                 reach.broker.set_subscribed(&channel, false);
-                pubsub.unsubscribe(wire::pubsub_channel(&channel))?;
+                pubsub
+                    .unsubscribe(wire::pubsub_channel(&channel))
+                    .map_err(|e| (e, None))?;
             }
         }
         HoldJob::Position {
@@ -208,7 +216,24 @@ fn apply(
             ticket,
             since,
         } => {
-            let (position, kept) = link.position(reach, &channel, since)?;
+            let (position, kept) = match link.position(reach, &channel, since) {
+                Ok(answer) => answer,
+                // The connection is gone: asked again once it is back.
+                Err(e) if e.is_io_error() || e.is_timeout() || e.is_connection_dropped() => {
+                    let retry = HoldJob::Position {
+                        shard,
+                        channel,
+                        ticket,
+                        since,
+                    };
+                    return Err((e, Some(retry)));
+                }
+                // Redis refused the script: nothing to retry (the subscription waits).
+                Err(e) => {
+                    crate::elog!("ringpush event=broker_refused role=subscribe error={e}");
+                    return Ok(());
+                }
+            };
             let attached = ShardMsg::Attached {
                 channel,
                 ticket,
