@@ -62,5 +62,8 @@ print(l['max'], l['p50'], l['p99'], d['missing'], d['errors'])")
 done
 cat "$SUMMARY"
 
+# The delivery spectra of every run in one chart beside the summary.
+scripts/plot-runs.sh "$OUT/fanout-spectrum.svg" spectrum "$OUT/raw/loadgen-*.json" || true
+
 # Raw output stays in the run directory compressed; the summary stays readable.
 tar -C "$OUT" -cJf "$OUT/raw.tar.xz" raw && rm -rf "$OUT/raw"

@@ -187,5 +187,13 @@ print("\n".join(lines))
 PY
 
 # Raw output stays in the run directory compressed; the summary stays readable.
+# Charts beside the summary: every run of a figure, raw and JSON, in one chart.
+for figure in "${FIGURES[@]}"; do
+    case $figure in
+    idle) scripts/plot-runs.sh "$OUT/idle-rss.svg" rss "$RAW/idle-*.json" || true ;;
+    fanout) scripts/plot-runs.sh "$OUT/fanout-spectrum.svg" spectrum "$RAW/fanout-*.json" || true ;;
+    resume) scripts/plot-runs.sh "$OUT/resume-spectrum.svg" spectrum "$RAW/resume-*.json" || true ;;
+    esac
+done
 tar -C "$OUT" -cJf "$OUT/raw.tar.xz" raw && rm -rf "$RAW"
 exit "$FAILED"

@@ -147,5 +147,13 @@ open(out, "w").write("\n".join(lines) + "\n")
 print("\n".join(lines))
 PY
 
+# Charts: ringpush and the peer side by side, every run of each scenario.
+for sc in "${SCENARIOS[@]}"; do
+    case $sc in
+    idle) scripts/plot-runs.sh "$OUT/idle-rss.svg" rss "$RAW/idle-*.json" || true ;;
+    *) scripts/plot-runs.sh "$OUT/$sc-spectrum.svg" spectrum "$RAW/$sc-*.json" || true ;;
+    esac
+done
+
 # The summary is written by hand from raw/; commit raw/ compressed, not as it is.
 echo "raw output: $RAW (before committing: tar -C $OUT -cJf $OUT/raw.tar.xz raw && rm -rf $RAW)"

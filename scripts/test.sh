@@ -2,20 +2,23 @@
 # Runs every test ringpush has: formatting, lints, unit and integration tests (the real
 # binary over real sockets), the Autobahn conformance suite against /echo, and a bounded fuzz
 # run of every fuzz target (when the nightly toolchain is installed).
-# Installs what the tests need (the Autobahn runner's venv under target/, and redis-server through
-# scripts/test-deps.sh).
+# Installs what the tests need: Debian packages (scripts/deps.sh), chromium and
+# playwright-core for the JavaScript client's browser tests (scripts/browser-deps.sh), and
+# the Autobahn runner's venv under target/.
 set -euo pipefail
 cd "$(dirname "$0")/.."
 started=$(date +%s)
 
+echo "== test dependencies (Debian packages, when missing)"
+scripts/deps.sh
 echo "== cargo fmt --check"
 cargo fmt --all -- --check
 echo "== cargo clippy -D warnings"
 cargo clippy --workspace --all-targets --release -- -D warnings
 echo "== cargo build (release)"
 cargo build --workspace --release --bins
-echo "== test dependencies (redis-server)"
-scripts/test-deps.sh
+echo "== browser test dependencies (chromium, playwright-core)"
+scripts/browser-deps.sh
 echo "== cargo test"
 cargo test --workspace --release
 echo "== autobahn (all cases but compression, 12.* and 13.*)"

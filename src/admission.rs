@@ -30,8 +30,9 @@ use std::sync::Mutex;
 /// How many independently locked parts the address table has.
 pub const STRIPES: usize = 64;
 
-/// The default cap on remembered addresses (`addresses_max`): an entry is ~40 bytes, so a
-/// full table is ~40 MiB, and it only fills with that many distinct live clients.
+/// The default cap on remembered addresses (`addresses_max`): a bucket is 33 bytes and the
+/// maps keep their slack, ~66 bytes per address, so a full table is ~66 MiB
+/// (`examples/admission_cost.rs`), and it only fills with that many distinct live clients.
 pub const ADDRESSES_MAX_DEFAULT: usize = 1 << 20;
 
 /// The `Retry-After` of a refusal for the per-address cap, in seconds: the address must wait

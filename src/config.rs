@@ -1,4 +1,10 @@
-//! The node's configuration: every limit with its default, parsed from the command line.
+//! The node's configuration: every limit with its default, from the command line, the
+//! environment (`RINGPUSH_*`) or a TOML file (`--config`), in that order of precedence
+//! (`layers.rs`).
+
+mod layers;
+
+pub use layers::{env_name, key_of, print as print_effective, ENV_PREFIX};
 
 use std::net::SocketAddr;
 use std::path::PathBuf;
@@ -7,6 +13,7 @@ use std::time::Duration;
 use clap::Parser;
 
 use crate::auth::AuthMode;
+pub use crate::log::LogFormat;
 
 /// Policy for a subscriber that does not read fast enough.
 #[derive(clap::ValueEnum, Clone, Copy, Debug, PartialEq, Eq)]
@@ -17,10 +24,33 @@ pub enum SlowConsumer {
     Drop,
 }
 
+/// The version `--version` prints: the crate's, and the git revision it was built from.
+pub const VERSION: &str = concat!(
+    env!("CARGO_PKG_VERSION"),
+    " (",
+    env!("RINGPUSH_GIT_REVISION"),
+    ")"
+);
+
 /// ringpush: a WebSocket push node on io_uring.
 #[derive(Parser, Debug, Clone)]
-#[command(name = "ringpush", version, about)]
+#[command(name = "ringpush", version = VERSION, about)]
 pub struct Config {
+    /// TOML file of settings: every flag has a key, its long name with `_` for `-`
+    /// (`ping_interval = "30s"`). Precedence: flag, then environment (`RINGPUSH_` and the
+    /// key in capitals), then this file, then the default.
+    #[arg(long)]
+    pub config: Option<PathBuf>,
+
+    /// Print the effective configuration as TOML (the form --config reads, secrets
+    /// masked) and exit.
+    #[arg(long)]
+    pub print_config: bool,
+
+    /// Log line format on stderr: `text` or `json` (one object per line, for shippers).
+    #[arg(long, value_enum, default_value_t = LogFormat::Text)]
+    pub log_format: LogFormat,
+
     /// Address every shard listens on (one SO_REUSEPORT listener per shard).
     #[arg(long, default_value = "0.0.0.0:8080")]
     pub listen: SocketAddr,
@@ -42,6 +72,10 @@ pub struct Config {
     /// Address of the admin HTTP listener (publish, send, metrics, healthz).
     #[arg(long, default_value = "127.0.0.1:9090")]
     pub admin: SocketAddr,
+
+    /// Do not serve the demo page (`GET /demo` on the admin listener).
+    #[arg(long)]
+    pub no_demo: bool,
 
     /// Bearer token every admin request must carry (default: none required).
     #[arg(long)]
@@ -227,6 +261,44 @@ pub struct Config {
     /// (comma-separated names, `prefix.*` or `*`).
     #[arg(long, value_delimiter = ',')]
     pub anonymous_channels: Vec<String>,
+
+    /// Live connections one client address may hold (IPv6: per /64); beyond it 429 with
+    /// `Retry-After` (0: no cap).
+    #[arg(long, default_value_t = 0)]
+    pub max_conns_per_ip: u32,
+
+    /// New connections one client address may open per second, on average (a token
+    /// bucket); beyond it 429 with `Retry-After` (0: no limit).
+    #[arg(long, default_value_t = 0)]
+    pub connect_rate_per_ip: u32,
+
+    /// How many connections an address may open at once before --connect-rate-per-ip
+    /// applies (the bucket's depth; 0: the rate itself).
+    #[arg(long, default_value_t = 0)]
+    pub connect_burst_per_ip: u32,
+
+    /// A proxy range (CIDR or a bare address; repeatable) whose PROXY v1/v2 header or
+    /// `X-Forwarded-For` names the client address; from anyone else a PROXY header is
+    /// refused (400) and `X-Forwarded-For` ignored.
+    #[arg(long = "trusted-proxy", value_parser = parse_trusted_proxy)]
+    pub trusted_proxies: Vec<String>,
+
+    /// Control frames (ping, pong, close) one connection may send per second; beyond it
+    /// the connection is closed with 1008 "control rate" (0: no limit).
+    #[arg(long, default_value_t = 100)]
+    pub max_control_rate: u16,
+
+    /// Data messages one connection may send per second; beyond it the connection is
+    /// closed with 1008 "message rate" (0: no limit).
+    #[arg(long, default_value_t = 0)]
+    pub max_message_rate: u16,
+}
+
+/// Checks one `--trusted-proxy` value (kept as text; `TrustedProxies::parse` reads them).
+fn parse_trusted_proxy(value: &str) -> Result<String, String> {
+    crate::http::proxy::Cidr::parse(value)
+        .map(|_| value.to_owned())
+        .map_err(|e| e.to_string())
 }
 
 /// Parses `--auth`.
@@ -235,6 +307,24 @@ fn parse_auth_mode(value: &str) -> Result<AuthMode, String> {
 }
 
 impl Config {
+    /// The per-address admission limits of the flags.
+    pub fn admission(&self) -> crate::admission::AdmissionConfig {
+        crate::admission::AdmissionConfig {
+            conns_per_ip_max: self.max_conns_per_ip,
+            connect_rate_per_s: self.connect_rate_per_ip,
+            connect_burst: self.connect_burst_per_ip,
+            ..Default::default()
+        }
+    }
+
+    /// The per-connection frame rate limits of the flags.
+    pub fn rate_limits(&self) -> crate::admission::RateLimits {
+        crate::admission::RateLimits {
+            control_per_s: self.max_control_rate,
+            messages_per_s: self.max_message_rate,
+        }
+    }
+
     /// The shard count: the flag, or the number of available cores.
     pub fn shard_count(&self) -> usize {
         self.shards

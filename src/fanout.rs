@@ -499,6 +499,9 @@ impl Core {
                     (RouteKind::Json, Some(name)) => {
                         (publish.json_frame(name).clone(), &mut handed_json)
                     }
+                    (RouteKind::Json, None) => {
+                        (publish.session_json_frame().clone(), &mut handed_json)
+                    }
                     _ => continue,
                 };
                 if self.enqueue(key, frame) == crate::conn::send::Queued::Yes {

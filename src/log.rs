@@ -8,14 +8,16 @@
 //! `ringpush_log_lines_dropped_total`. Other threads (start-up, the main thread's final
 //! report, the load generator) write directly, as before.
 //!
+//! With `--log-format json` every line becomes one JSON object (`json.rs`), converted
+//! where it is written (the writer thread for a reactor's line), never on a reactor.
+//!
 //! Invariants:
 //! - A thread marked non-blocking never waits on stderr or on the queue: `try_send` only.
 //! - `QUEUED_LINES` counts lines handed to the writer and not yet written, so [`flush`] can
 //!   wait for them (bounded in time) before the process exits.
 
 use std::cell::Cell;
-use std::io::Write as _;
-use std::sync::atomic::{AtomicU64, AtomicUsize, Ordering};
+use std::sync::atomic::{AtomicBool, AtomicU64, AtomicUsize, Ordering};
 use std::sync::mpsc::{sync_channel, Receiver, SyncSender};
 use std::sync::OnceLock;
 use std::time::{Duration, Instant};
@@ -24,6 +26,21 @@ use std::time::{Duration, Instant};
 /// Shards print at most a few dozen lines a second each, so this only fills when stderr
 /// stalls.
 pub const LOG_QUEUE_LINES_MAX: usize = 1024;
+
+mod json;
+
+/// How log lines are written to stderr.
+#[derive(clap::ValueEnum, Clone, Copy, Debug, PartialEq, Eq)]
+pub enum LogFormat {
+    /// `ringpush event=name key=value ...` lines.
+    Text,
+    /// One JSON object per line: `ts`, `source`, then every `key=value` of the text line
+    /// (numbers as numbers), and any other words as `msg`.
+    Json,
+}
+
+/// Whether lines are written as JSON (set once by [`start`]).
+static JSON_LINES: AtomicBool = AtomicBool::new(false);
 
 /// Lines dropped since the process started (exported in /metrics).
 static DROPPED_LINES: AtomicU64 = AtomicU64::new(0);
@@ -40,7 +57,8 @@ thread_local! {
 /// Starts the writer thread now (from the main thread, so it is neither pinned to a
 /// shard's core nor sharing a shard's file table). Without this call it starts with the
 /// first queued line.
-pub fn start() {
+pub fn start(format: LogFormat) {
+    JSON_LINES.store(format == LogFormat::Json, Ordering::Relaxed);
     let _ = queue();
 }
 
@@ -55,7 +73,7 @@ pub fn never_block_this_thread() {
 /// node down.
 pub fn line(args: std::fmt::Arguments<'_>) {
     if !NON_BLOCKING.with(Cell::get) {
-        let _ = writeln!(std::io::stderr().lock(), "{args}");
+        write_line(&mut std::io::stderr().lock(), &args.to_string());
         return;
     }
     let Some(queue) = queue() else {
@@ -94,7 +112,7 @@ fn count_dropped() {
 fn report_dropped(out: &mut impl std::io::Write) {
     let dropped = UNREPORTED_LINES.swap(0, Ordering::Relaxed);
     if dropped > 0 {
-        let _ = writeln!(out, "ringpush event=log_dropped lines={dropped}");
+        write_line(out, &format!("ringpush event=log_dropped lines={dropped}"));
     }
 }
 
@@ -119,8 +137,17 @@ fn write_lines(lines: Receiver<String>) {
     for line in lines {
         let mut err = std::io::stderr().lock();
         report_dropped(&mut err);
-        let _ = writeln!(err, "{line}");
+        write_line(&mut err, &line);
         drop(err);
         QUEUED_LINES.fetch_sub(1, Ordering::AcqRel);
+    }
+}
+
+/// Writes one line in the configured format; a failing stderr is ignored.
+fn write_line(out: &mut impl std::io::Write, line: &str) {
+    if JSON_LINES.load(Ordering::Relaxed) {
+        let _ = writeln!(out, "{}", json::line(line, std::time::SystemTime::now()));
+    } else {
+        let _ = writeln!(out, "{line}");
     }
 }

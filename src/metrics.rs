@@ -288,6 +288,8 @@ pub fn render(shards: &[Counters], clients: usize, draining: bool) -> String {
         ("replaced", total.sessions_replaced),
         ("reassembly_budget", total.reassembly_budget_closes),
         ("token_expired", total.token_expired_closes),
+        ("control_rate", total.control_rate_closes),
+        ("message_rate", total.message_rate_closes),
     ] {
         o.sample(
             "connections_closed_total",

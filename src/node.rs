@@ -10,12 +10,14 @@ use std::sync::atomic::{AtomicBool, AtomicU64, AtomicUsize, Ordering};
 use std::sync::{mpsc, Arc, Mutex};
 use std::time::{Duration, Instant};
 
+use crate::admission::AddressTable;
 use crate::auth::setup::NodeAuth;
 use crate::auth::{AuthMode, AUTH_OFF_WARNING};
 use crate::broker::{Broker, BrokerConfig};
 use crate::config::Config;
 use crate::fanout::Peers;
 use crate::history::{History, HistoryConfig};
+use crate::http::proxy::TrustedProxies;
 use crate::ring::{sys, Ring, RingConfig};
 use crate::shard::{self, Setup, ShardKind, Shared};
 use crate::stats::{self, Counters};
@@ -70,6 +72,8 @@ pub fn run(cfg: Config) -> Result<(), String> {
         return Err("--admin-token must not be empty".to_string());
     }
     let auth = NodeAuth::load(&cfg)?;
+    let trusted_proxies =
+        TrustedProxies::parse(&cfg.trusted_proxies).map_err(|e| format!("--trusted-proxy: {e}"))?;
     if auth.mode == AuthMode::Off {
         crate::elog!("ringpush {AUTH_OFF_WARNING}");
     }
@@ -185,6 +189,8 @@ pub fn run(cfg: Config) -> Result<(), String> {
             ..HistoryConfig::default()
         })),
         auth,
+        addresses: AddressTable::new(cfg.admission()),
+        trusted_proxies,
         broker,
     });
     let cores = if cfg.no_pin {
@@ -192,7 +198,11 @@ pub fn run(cfg: Config) -> Result<(), String> {
     } else {
         core_affinity::get_core_ids().unwrap_or_default()
     };
-    let cfg = Arc::new(cfg);
+    // The shards see the bound address, so `--listen …:0` gives the demo page a real port.
+    let cfg = Arc::new(Config {
+        listen: addr,
+        ..cfg
+    });
     let (ready_tx, ready_rx) = mpsc::channel();
     let mut handles = Vec::with_capacity(total_shards);
     for (i, (ring, inbox)) in rings.into_iter().zip(receivers).enumerate() {

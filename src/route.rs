@@ -1,7 +1,8 @@
 //! Routing of upgrade requests: the one place that maps a request target to what a
 //! connection does. `/echo` (or `--echo-path`) echoes; `/ws/<channel>` subscribes, with an
 //! optional `?session=<id>&tab=<id>` binding; `/ws?format=json[&channel=…]` speaks the JSON
-//! mode (PROTOCOL.md), subscribed at once to the query's channels.
+//! mode (PROTOCOL.md), subscribed at once to the query's channels, with the same optional
+//! binding.
 
 use crate::http::handshake::HandshakeError;
 
@@ -25,6 +26,8 @@ pub enum Route {
     Json {
         /// The query's `channel` parameters, valid and distinct.
         channels: Vec<Box<str>>,
+        /// `(session, tab)` from the query, as for [`Route::Channel`].
+        session: Option<(String, String)>,
     },
 }
 
@@ -65,7 +68,10 @@ pub fn route(
     }
     if path == "/ws" {
         return match crate::json_proto::parse_query(query, subscriptions_max) {
-            Ok(Some(channels)) => Ok(Route::Json { channels }),
+            Ok(Some(channels)) => Ok(Route::Json {
+                channels,
+                session: session_of(query)?,
+            }),
             Ok(None) => Err(HandshakeError::NotFound),
             Err(e) => Err(HandshakeError::BadRequest(e.reason())),
         };
@@ -76,6 +82,14 @@ pub fn route(
     if !valid_name(channel) {
         return Err(HandshakeError::BadRequest("invalid channel name"));
     }
+    Ok(Route::Channel {
+        channel: channel.to_string(),
+        session: session_of(query)?,
+    })
+}
+
+/// The query's `session` and `tab`: both, a session alone (its default tab), or neither.
+fn session_of(query: &str) -> Result<Option<(String, String)>, HandshakeError> {
     let (mut session, mut tab) = (None, None);
     for pair in query.split('&').filter(|p| !p.is_empty()) {
         let (key, value) = pair.split_once('=').unwrap_or((pair, ""));
@@ -91,17 +105,13 @@ pub fn route(
             return Err(HandshakeError::BadRequest("repeated session or tab"));
         }
     }
-    let session = match (session, tab) {
-        (Some(s), Some(t)) => Some((s, t)),
+    match (session, tab) {
+        (Some(s), Some(t)) => Ok(Some((s, t))),
         // A session without a tab is one tab: the default one.
-        (Some(s), None) => Some((s, "default".to_string())),
-        (None, Some(_)) => return Err(HandshakeError::BadRequest("tab without session")),
-        (None, None) => None,
-    };
-    Ok(Route::Channel {
-        channel: channel.to_string(),
-        session,
-    })
+        (Some(s), None) => Ok(Some((s, "default".to_string()))),
+        (None, Some(_)) => Err(HandshakeError::BadRequest("tab without session")),
+        (None, None) => Ok(None),
+    }
 }
 
 #[cfg(test)]
@@ -155,8 +165,20 @@ mod tests {
         assert_eq!(
             route("/ws?format=json&channel=a&channel=b", "/echo", 64),
             Ok(Route::Json {
-                channels: vec!["a".into(), "b".into()]
+                channels: vec!["a".into(), "b".into()],
+                session: None,
             })
+        );
+        assert_eq!(
+            route("/ws?format=json&session=u1&tab=t2&channel=a", "/echo", 64),
+            Ok(Route::Json {
+                channels: vec!["a".into()],
+                session: Some(("u1".into(), "t2".into())),
+            })
+        );
+        assert_eq!(
+            route("/ws?format=json&tab=t2", "/echo", 64),
+            Err(HandshakeError::BadRequest("tab without session"))
         );
         assert_eq!(route("/ws", "/echo", 64), Err(HandshakeError::NotFound));
         assert_eq!(

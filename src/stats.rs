@@ -128,6 +128,12 @@ pub struct Counters {
     /// Connections closed 4003 "token expired": their token's `exp` passed without a
     /// refresh.
     pub token_expired_closes: u64,
+    /// Connections closed 1008 for sending more control frames a second than
+    /// `--max-control-rate`.
+    pub control_rate_closes: u64,
+    /// Connections closed 1008 for sending more data messages a second than
+    /// `--max-message-rate`.
+    pub message_rate_closes: u64,
 }
 
 /// Upper bounds (µs) of the Prometheus histogram buckets; the last bucket is +Inf.
@@ -240,6 +246,8 @@ impl Counters {
         self.fanout.add(&other.fanout);
         self.ping_rtt.add(&other.ping_rtt);
         self.token_expired_closes += other.token_expired_closes;
+        self.control_rate_closes += other.control_rate_closes;
+        self.message_rate_closes += other.message_rate_closes;
     }
 
     /// The one-line summary printed every --stats-interval.

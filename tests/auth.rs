@@ -1,8 +1,7 @@
 //! Issue 11, black-box, the parts wired into the node: connection tokens before the upgrade
 //! (raw and JSON mode, and JSON `subscribe` within the claims), expiry (4003) and JSON
-//! `refresh`, and the admin token scopes, against the real binary. The parts not wired yet
-//! (per-address admission, rate limits, proxies) are in `tests/auth_pending.rs`, kept out
-//! of the default run by `test = false` in Cargo.toml. The flags, labels and close codes
+//! `refresh`, and the admin token scopes, against the real binary. Per-address admission,
+//! rate limits and proxies are in `tests/admission.rs`. The flags, labels and close codes
 //! these tests use are the ones `SECURITY.md` documents.
 
 mod util;
@@ -396,4 +395,58 @@ fn issue_11_auth_off_reads_no_token_and_keeps_the_query_session() {
     );
     assert_eq!(resp.status, 200, "{}", resp.text());
     assert_eq!(client.recv(), Msg::Text("for s1".into()));
+}
+
+#[test]
+fn issue_11_echo_needs_a_token_and_a_refusal_logs_the_key_id_never_the_token() {
+    let node = required_node(&[]);
+    let (status, head) = refused(node.addr, "/echo", &[]);
+    assert_eq!(status, 401, "{head}");
+    let token = sign(&Signer::Hs("hs1.secret"), Some("hs1"), &news_claims());
+    let mut echo = upgrade(node.addr, &format!("/echo?token={token}"), &[]).unwrap();
+    echo.send(ringpush::ws::OpCode::Text, b"with a token");
+    assert_eq!(echo.recv(), Msg::Text("with a token".into()));
+
+    let forged = forge(&token, &claims("admin", &["*"], 600));
+    let (status, head) = refused(node.addr, &format!("/echo?token={forged}"), &[]);
+    assert_eq!(status, 401, "{head}");
+    let line = node.expect_log("kid=hs1");
+    assert!(line.contains("reason=token_bad_signature"), "{line}");
+    for part in forged.split('.') {
+        assert!(
+            !line.contains(part),
+            "the log line holds part of the token: {line}"
+        );
+    }
+}
+
+#[test]
+fn issue_11_json_mode_binds_the_session_from_sub_and_a_query_session_displaces_nobody() {
+    let node = required_node(&[]);
+    let tabbed = |sub: &str| {
+        let mut claims = claims(sub, &["news"], 600);
+        claims["tab"] = json!("t1");
+        sign(&Signer::Hs("hs1.secret"), None, &claims)
+    };
+    let (bob, alice) = (tabbed("bob"), tabbed("alice"));
+    let mut bob_client = upgrade(node.addr, &format!("/ws/news?token={bob}"), &[]).unwrap();
+    // Alice names Bob's session and tab in a JSON-mode query: the token's `sub` wins.
+    let mut alice_first = JsonClient::connect(
+        &node,
+        &format!("&channel=news&session=bob&tab=t1&token={alice}"),
+    )
+    .unwrap();
+    alice_first.recv_op("subscribed");
+    expect_silence(&mut bob_client, Duration::from_millis(300));
+    publish(&node, "news", "both");
+    assert_eq!(bob_client.recv(), Msg::Text("both".into()));
+    assert_eq!(alice_first.expect_message().data, b"both");
+    // The JSON connection holds (alice, t1): a newer one of the same tab replaces it, as
+    // in raw mode, and Bob is still untouched.
+    let mut alice_second = JsonClient::connect(&node, &format!("&token={alice}")).unwrap();
+    alice_first.expect_close(4001);
+    alice_second.subscribe(1, "news", None);
+    publish(&node, "news", "again");
+    assert_eq!(bob_client.recv(), Msg::Text("again".into()));
+    assert_eq!(alice_second.expect_message().data, b"again");
 }

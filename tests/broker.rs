@@ -514,3 +514,51 @@ fn issue_12_a_subscription_made_while_redis_is_down_is_answered_once_it_is_back(
     let message = client.expect_message();
     assert_eq!((message.offset, message.data), (1, b"first".to_vec()));
 }
+
+#[test]
+fn issue_12_every_broker_metric_is_documented_in_interfaces() {
+    let interfaces = include_str!("../INTERFACES.md");
+    let section = interfaces
+        .split("## Broker metrics")
+        .nth(1)
+        .expect("INTERFACES.md has a broker metrics section");
+    let documented: std::collections::BTreeSet<(String, String)> = section
+        .lines()
+        .skip_while(|line| !line.starts_with("|---"))
+        .skip(1)
+        .take_while(|line| line.starts_with('|'))
+        .filter_map(|line| {
+            let mut cells = line.trim_matches('|').split('|');
+            let name = cells.next()?.trim().trim_matches('`').to_string();
+            let kind = cells.next()?.trim().to_string();
+            Some((name, kind))
+        })
+        .collect();
+    let redis = RedisServer::start();
+    let node = broker_node(&redis, &[]);
+    let plain = Node::start(&[]);
+    let types = |node: &Node| -> std::collections::BTreeSet<(String, String)> {
+        admin(node, "GET", "/metrics", &[], b"")
+            .text()
+            .lines()
+            .filter_map(|line| line.strip_prefix("# TYPE "))
+            .filter_map(|line| {
+                let (name, kind) = line.split_once(' ')?;
+                Some((name.to_string(), kind.to_string()))
+            })
+            .collect()
+    };
+    let brokered = types(&node);
+    let without = types(&plain);
+    let added: std::collections::BTreeSet<_> = brokered.difference(&without).cloned().collect();
+    assert_eq!(
+        added, documented,
+        "the broker's metrics and INTERFACES.md's table"
+    );
+    assert!(
+        without
+            .iter()
+            .all(|(name, _)| !name.starts_with("ringpush_broker_")),
+        "a node without --broker exports no broker metric"
+    );
+}

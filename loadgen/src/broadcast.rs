@@ -380,7 +380,14 @@ impl ClientSink {
         let key = client_key(nonce);
         let mut request = Vec::new();
         let path = format!("/ws/{}", broadcast.channel);
-        ringpush::http::client::write_client_request(&mut request, &plan.host, &path, &key, &[]);
+        ringpush::http::client::write_client_request_with(
+            &mut request,
+            &plan.host,
+            &path,
+            &key,
+            &[],
+            &plan.upgrade_headers(),
+        );
         stream.write_all(&request)?;
         let expected = accept_key(key.as_bytes());
         let mut buf = Vec::new();

@@ -40,6 +40,46 @@ pub enum ScenarioCmd {
     /// through the admin API, then all reconnect at once with `since`; reports the time
     /// until every client has every missed message (contiguous, no duplicate).
     Resume(ResumeArgs),
+    /// Draws saved runs (their `--json` summaries) in one SVG chart, one line per run:
+    /// latency spectra, RSS against connections, or messages per second over time.
+    Plot(PlotArgs),
+}
+
+/// What `plot` draws.
+#[derive(ValueEnum, Clone, Copy, Debug, PartialEq, Eq)]
+pub enum ChartKind {
+    /// Latency by percentile on a log axis (50 %, 90 %, 99 %, 99.9 %, ...).
+    Spectrum,
+    /// The node's RSS against open connections (runs with --node-pid).
+    Rss,
+    /// Messages received per second over time.
+    Rate,
+}
+
+/// Options of `plot`.
+#[derive(Args, Debug)]
+pub struct PlotArgs {
+    /// The chart.
+    #[arg(long, value_enum, default_value_t = ChartKind::Spectrum)]
+    pub chart: ChartKind,
+
+    /// The latency a spectrum shows: delivery, rtt, catch_up, connect, tcp_connect
+    /// (default: the run's main one).
+    #[arg(long)]
+    pub latency: Option<String>,
+
+    /// Chart title (default: what it shows).
+    #[arg(long)]
+    pub title: Option<String>,
+
+    /// The SVG file to write.
+    #[arg(short, long)]
+    pub out: std::path::PathBuf,
+
+    /// Runs: `LABEL=FILE` or `FILE` (labelled by its name); a FILE is a JSON summary or a
+    /// saved stdout whose last JSON line is one.
+    #[arg(required = true)]
+    pub runs: Vec<String>,
 }
 
 /// The client protocol the connections speak (PROTOCOL.md).
@@ -223,6 +263,16 @@ pub struct Common {
     /// MemAvailable and Slab, which are reported without it too).
     #[arg(long)]
     pub node_pid: Option<u32>,
+
+    /// File holding a connection token (a JWT; one trailing newline stripped), sent as
+    /// `Authorization: Bearer <token>` on every upgrade, for a node with `--auth`.
+    #[arg(long)]
+    pub token_file: Option<std::path::PathBuf>,
+
+    /// Also draw this run's charts into an SVG file: its main latency spectrum, messages
+    /// received per second, and (with --node-pid) RSS against open connections.
+    #[arg(long)]
+    pub plot: Option<std::path::PathBuf>,
 }
 
 /// `connect`.

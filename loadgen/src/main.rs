@@ -25,9 +25,11 @@ mod host;
 mod json;
 mod payload;
 mod plan;
+mod plot;
 mod report;
 mod summary;
 mod target;
+mod timeline;
 mod worker;
 
 use std::io::Write as _;
@@ -49,6 +51,15 @@ const POLL: Duration = Duration::from_millis(50);
 
 fn main() -> ExitCode {
     let cli = Cli::parse();
+    if let cli::ScenarioCmd::Plot(args) = &cli.scenario {
+        return match plot::plot_command(args) {
+            Ok(()) => ExitCode::SUCCESS,
+            Err(e) => {
+                ringpush::elog!("ringpush-loadgen plot: {e}");
+                ExitCode::from(2)
+            }
+        };
+    }
     let plan = match Plan::from_cli(cli) {
         Ok(plan) => Arc::new(plan),
         Err(e) => {
@@ -202,12 +213,14 @@ fn run(plan: Arc<Plan>) -> Result<ExitCode, String> {
     };
     let mut last_line = now;
     let mut last_counters = Counters::default();
+    let mut timeline = timeline::Timeline::new(driver.started);
     loop {
         if sys::wait_signal(POLL).is_some() {
             driver.interrupt();
         }
         let sum = shared.sum();
         driver.step(&sum);
+        timeline.poll(&sum, plan.node_pid);
         if !plan.progress.is_zero() && last_line.elapsed() >= plan.progress {
             let interval = last_line.elapsed();
             last_line = Instant::now();
@@ -299,8 +312,9 @@ fn run(plan: Arc<Plan>) -> Result<ExitCode, String> {
     if let Scenario::Resume(r) = &plan.scenario {
         let _ = writeln!(out, "{}", driver.resume.line(r.messages, &counters));
     }
-    if plan.json {
+    if plan.json || plan.plot.is_some() {
         let mut json = summary.json();
+        json["timeline"] = timeline.json();
         if let Some((held, connections)) = &driver.mem_held {
             json["memory"] = host::growth(&driver.mem_before, held, *connections);
         }
@@ -312,7 +326,14 @@ fn run(plan: Arc<Plan>) -> Result<ExitCode, String> {
         if let Scenario::Resume(r) = &plan.scenario {
             json["resume"] = driver.resume.json(r.messages, &counters);
         }
-        let _ = writeln!(out, "{json}");
+        if plan.json {
+            let _ = writeln!(out, "{json}");
+        }
+        if let Some(path) = &plan.plot {
+            if let Err(e) = plot::plot_run(path, &json) {
+                ringpush::elog!("ringpush-loadgen: --plot {}: {e}", path.display());
+            }
+        }
     }
     let _ = out.flush();
     Ok(if errors > plan.max_errors {

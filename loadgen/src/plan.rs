@@ -11,7 +11,7 @@ use std::time::Duration;
 
 use crate::cli::{Cli, CloseMode, Common, Format, Publisher, ScenarioCmd};
 use crate::payload::STAMP_BYTES;
-use crate::target::{check_channel, JsonMode, Mode};
+use crate::target::{check_channel, read_token_file, JsonMode, Mode};
 
 /// What the scenario does with open connections.
 #[derive(Clone, Debug)]
@@ -113,6 +113,8 @@ pub struct Plan {
     pub host: String,
     /// Request target.
     pub path: String,
+    /// The `Authorization` header of every upgrade (`--token-file`), if any.
+    pub authorization: Option<String>,
     /// Source addresses, round-robin by connection index (empty: kernel's choice).
     pub sources: Vec<IpAddr>,
     /// Connections in total (churn: at once).
@@ -163,6 +165,8 @@ pub struct Plan {
     pub progress: Duration,
     /// The node's pid, for its RSS.
     pub node_pid: Option<u32>,
+    /// The SVG file to draw the run's charts into.
+    pub plot: Option<std::path::PathBuf>,
     /// The client protocol.
     pub mode: Mode,
 }
@@ -281,6 +285,7 @@ impl Plan {
                     &a.channel,
                 );
             }
+            ScenarioCmd::Plot(_) => return Err("plot draws saved runs; it runs no load".into()),
             ScenarioCmd::Churn(a) => {
                 if a.lifetime.is_zero() {
                     return Err("--lifetime must be positive".into());
@@ -446,6 +451,7 @@ impl Plan {
             host: host_header(&addr, &dest),
             dest,
             path,
+            authorization: c.token_file.as_deref().map(read_token_file).transpose()?,
             sources,
             connections: c.connections,
             workers,
@@ -471,8 +477,18 @@ impl Plan {
             seed,
             progress: c.progress,
             node_pid: c.node_pid,
+            plot: c.plot,
             mode,
         })
+    }
+
+    /// The extra header lines of every upgrade request (the token, if any).
+    pub fn upgrade_headers(&self) -> Vec<(&'static str, &str)> {
+        self.authorization
+            .as_deref()
+            .map(|value| ("Authorization", value))
+            .into_iter()
+            .collect()
     }
 
     /// Connections worker `w` owns: the indices `i < connections` with `i % workers == w`.

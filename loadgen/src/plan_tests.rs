@@ -127,3 +127,44 @@ fn json_targets_name_the_scenario_channel_first() {
         assert!(parse(bad).is_err(), "{bad:?}");
     }
 }
+
+#[test]
+fn a_token_file_becomes_the_authorization_of_every_upgrade() {
+    let dir = std::env::temp_dir().join(format!("loadgen-token-{}", std::process::id()));
+    std::fs::create_dir_all(&dir).unwrap();
+    let (good, bad) = (dir.join("good"), dir.join("bad"));
+    std::fs::write(&good, "aGVhZA.Ym9keQ.c2ln\n").unwrap();
+    std::fs::write(&bad, "aGVhZA.Ym9keQ.c2ln\nsecond line\n").unwrap();
+    let parse = |file: &std::path::Path| {
+        let file = file.to_str().unwrap();
+        Plan::from_cli(Cli::parse_from(["x", "connect", "--token-file", file]))
+    };
+    let plan = parse(&good).expect("plan");
+    assert_eq!(
+        plan.authorization.as_deref(),
+        Some("Bearer aGVhZA.Ym9keQ.c2ln")
+    );
+    assert_eq!(
+        plan.upgrade_headers(),
+        [("Authorization", "Bearer aGVhZA.Ym9keQ.c2ln")]
+    );
+    let mut request = Vec::new();
+    ringpush::http::client::write_client_request_with(
+        &mut request,
+        "h",
+        "/echo",
+        "k",
+        &[],
+        &plan.upgrade_headers(),
+    );
+    let request = String::from_utf8(request).unwrap();
+    assert!(
+        request.ends_with("Authorization: Bearer aGVhZA.Ym9keQ.c2ln\r\n\r\n"),
+        "{request}"
+    );
+    assert!(parse(&bad).unwrap_err().contains("not one compact JWT"));
+    assert!(parse(&dir.join("missing")).is_err());
+    let plan = Plan::from_cli(Cli::parse_from(["x", "connect"])).expect("plan");
+    assert!(plan.upgrade_headers().is_empty());
+    std::fs::remove_dir_all(&dir).unwrap();
+}

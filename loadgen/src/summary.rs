@@ -29,6 +29,16 @@ fn quantiles(h: &Histogram<u64>) -> Value {
     })
 }
 
+/// The percentile spectrum of a histogram in µs, `[[percentile, value], ...]` at
+/// HdrHistogram's usual steps (5 per halving of the distance to 100 %), for the charts.
+fn spectrum(h: &Histogram<u64>) -> Value {
+    Value::Array(
+        h.iter_quantiles(5)
+            .map(|v| json!([v.quantile_iterated_to(), v.value_iterated_to()]))
+            .collect(),
+    )
+}
+
 fn map_u16(m: &BTreeMap<u16, u64>) -> Value {
     Value::Object(
         m.iter()
@@ -189,6 +199,13 @@ impl Summary<'_> {
             .into_iter()
             .map(|(_, name, h)| (name.to_string(), quantiles(h)))
             .collect();
+        let spectra: Map<String, Value> = self
+            .hists
+            .named()
+            .into_iter()
+            .filter(|(_, _, h)| !h.is_empty())
+            .map(|(_, name, h)| (name.to_string(), spectrum(h)))
+            .collect();
         let mut v = json!({
             "scenario": self.scenario,
             "connections_target": self.target,
@@ -227,6 +244,7 @@ impl Summary<'_> {
                 "epoch_mismatches": c.epoch_mismatches,
             },
             "latency_us": latency,
+            "spectrum_us": spectra,
             "connects_per_s": self.connect_rate(),
             "ramp_s": self.ramp_span().map(|d| d.as_secs_f64()),
             "ramp_settled_s": self.ramp.map(|d| d.as_secs_f64()),

@@ -89,6 +89,27 @@ impl Plan {
     }
 }
 
+/// The `Authorization` value of `--token-file FILE`: `Bearer <token>`, the token being the
+/// file's text without one trailing newline. A token is base64url segments and dots, so
+/// anything else (spaces, line breaks, several lines) is refused before a request is sent.
+pub fn read_token_file(path: &std::path::Path) -> Result<String, String> {
+    let text = std::fs::read_to_string(path)
+        .map_err(|e| format!("--token-file {}: {e}", path.display()))?;
+    let token = text.strip_suffix('\n').unwrap_or(&text);
+    let token = token.strip_suffix('\r').unwrap_or(token);
+    let valid = !token.is_empty()
+        && token
+            .bytes()
+            .all(|b| b.is_ascii_alphanumeric() || matches!(b, b'-' | b'_' | b'.'));
+    if !valid {
+        return Err(format!(
+            "--token-file {}: not one compact JWT (base64url segments joined by dots)",
+            path.display()
+        ));
+    }
+    Ok(format!("Bearer {token}"))
+}
+
 /// A channel name the node accepts, or the error saying why not.
 pub fn check_channel(name: &str) -> Result<(), String> {
     if valid_channel(name) {

@@ -321,6 +321,9 @@ fn churn_opens_and_closes_without_leaks() {
 #[test]
 fn broadcast_through_the_admin_api_delivers_each_message_once_in_order() {
     let node = Node::start(&[]);
+    let dir = Path::new(env!("CARGO_TARGET_TMPDIR")).join("loadgen-plot");
+    std::fs::create_dir_all(&dir).unwrap();
+    let run_svg = dir.join("broadcast.svg");
     let (code, s, out) = loadgen(&[
         "broadcast",
         "--addr",
@@ -337,8 +340,38 @@ fn broadcast_through_the_admin_api_delivers_each_message_once_in_order() {
         "64",
         "--duration",
         "2s",
+        "--node-pid",
+        &node.child.id().to_string(),
+        "--plot",
+        run_svg.to_str().unwrap(),
     ]);
     assert_clean(code, &s, &out);
+    // Issue 13's charts: the run's own (spectrum, rate, RSS), and saved runs overlaid.
+    let svg = std::fs::read_to_string(&run_svg).expect("--plot wrote the chart");
+    for label in [
+        "delivery latency by percentile",
+        "99.9%",
+        "messages received per second",
+    ] {
+        assert!(svg.contains(label), "{label} missing from the run's chart");
+    }
+    assert!(svg.contains("node RSS against open connections"));
+    let saved = dir.join("broadcast.json");
+    std::fs::write(&saved, s.to_string()).unwrap();
+    let overlay = dir.join("overlay.svg");
+    let plotted = Command::new(env!("CARGO_BIN_EXE_ringpush-loadgen"))
+        .args(["plot", "--chart", "rate", "-o", overlay.to_str().unwrap()])
+        .arg(format!("first={}", saved.display()))
+        .arg(format!("second={}", saved.display()))
+        .output()
+        .unwrap();
+    assert!(plotted.status.success(), "{plotted:?}");
+    let svg = std::fs::read_to_string(&overlay).unwrap();
+    assert!(
+        svg.contains("first") && svg.contains("second"),
+        "one line per run"
+    );
+    assert!(svg.matches("<polyline").count() >= 2, "both runs drawn");
     let published = s["publish"]["published"].as_u64().unwrap_or(0);
     assert!(published >= 10, "{s}");
     assert_eq!(s["publish"]["acked"], published);

@@ -40,6 +40,7 @@ use crate::conn::end::End;
 use crate::conn::{self, Partial, State};
 use crate::fanout::{CensusOf, Pending, Publish, Target, Unsent};
 use crate::http::admin_request::{self, AdminError, AdminRequest, BodyKind};
+use crate::http::demo::{self, Demo};
 use crate::http::response::write_response;
 use crate::metrics;
 use crate::ring::sys;
@@ -159,7 +160,10 @@ impl Core {
         body: &[u8],
     ) {
         self.counters.admin_requests += 1;
-        if let Some(a) = self.admin_conns.get_mut(&key) {
+        // A demo file needs no token, so fetching one proves nothing: such a connection
+        // stays evictable like one that has not completed a request.
+        let public = matches!(request.target, admin_request::Target::Demo(_));
+        if let Some(a) = self.admin_conns.get_mut(&key).filter(|_| !public) {
             a.proven = true;
         }
         let keep_alive = request.keep_alive;
@@ -223,6 +227,14 @@ impl Core {
                 self.admin_channels(key, of, request.head_only, keep_alive);
             }
             admin_request::Target::Broadcast => self.admin_broadcast(key, body, keep_alive),
+            admin_request::Target::Demo(asset) => {
+                let ws_port = match self.admin_cfg.demo {
+                    Demo::Served { ws_port } => ws_port,
+                    // The parser routes no demo path while it is off.
+                    Demo::Off => 0,
+                };
+                demo::write(&mut response, asset, ws_port, request.head_only, keep_alive);
+            }
         }
         if !response.is_empty() {
             self.admin_slot(key, AdminSlot::Ready(Bytes::from(response), !keep_alive));

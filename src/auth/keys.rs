@@ -247,6 +247,25 @@ struct Claims {
     tab: Option<String>,
 }
 
+/// The longest key id a log line repeats, in characters.
+pub const LOG_KID_CHARS_MAX: usize = 64;
+
+/// The `kid` of a refused token's header as a log line may show it (the token itself is
+/// never logged): `None` when the header has none or cannot be read, and `"invalid"` for an
+/// id over [`LOG_KID_CHARS_MAX`] characters or outside `[A-Za-z0-9_.:-]`, since the header
+/// is the client's text.
+pub fn log_kid(token: &str) -> Option<String> {
+    if token.len() > TOKEN_BYTES_MAX || !well_formed(token) {
+        return None;
+    }
+    let kid = decode_header(token).ok()?.kid?;
+    let printable = kid.len() <= LOG_KID_CHARS_MAX
+        && kid
+            .bytes()
+            .all(|b| b.is_ascii_alphanumeric() || matches!(b, b'_' | b'.' | b':' | b'-'));
+    Some(if printable { kid } else { "invalid".to_owned() })
+}
+
 impl KeySet {
     /// A key set of `keys`, refusing empty or repeated key ids.
     pub fn new(keys: Vec<TokenKey>) -> Result<KeySet, KeyError> {

@@ -360,3 +360,22 @@ fn equal_claims_share_one_interned_scope() {
     assert!(std::sync::Arc::ptr_eq(&a.scope, &b.scope));
     assert_eq!(interner.len(), 1);
 }
+
+#[test]
+fn a_refused_tokens_kid_is_logged_only_when_printable() {
+    use base64::Engine as _;
+    let encode = |json: &str| base64::engine::general_purpose::URL_SAFE_NO_PAD.encode(json);
+    let token = |header: &str| format!("{}.{}.c2ln", encode(header), encode("{}"));
+    assert_eq!(
+        log_kid(&token(r#"{"alg":"HS256","kid":"2026-06"}"#)).as_deref(),
+        Some("2026-06")
+    );
+    assert_eq!(log_kid(&token(r#"{"alg":"HS256"}"#)), None);
+    assert_eq!(
+        log_kid(&token(r#"{"alg":"HS256","kid":"a b\nevent=forged"}"#)).as_deref(),
+        Some("invalid")
+    );
+    let long = format!(r#"{{"alg":"HS256","kid":"{}"}}"#, "k".repeat(65));
+    assert_eq!(log_kid(&token(&long)).as_deref(), Some("invalid"));
+    assert_eq!(log_kid("not a token"), None);
+}

@@ -9,8 +9,9 @@
 //!   as the next job's) and made again after a backoff wait; meanwhile jobs fail at once.
 //! - The script runs only on a connection known to work: one idle for `IDLE_CHECK_MS`, or
 //!   one older than the subscriber's last loss, answers a PING first; if it does not, the
-//!   connection is made again at once for the job at hand. So a Redis restart costs no
-//!   publish that comes after it.
+//!   connection is made again at once for the job at hand, as it is when a job finds no
+//!   connection while the subscriber thread has one (Redis is back before the backoff
+//!   ended). So a Redis restart costs no publish that comes after it.
 
 use std::sync::atomic::Ordering;
 use std::sync::mpsc::{Receiver, RecvTimeoutError};
@@ -69,7 +70,10 @@ pub(super) fn run(mut reach: Reach, jobs: Receiver<PublishJob>) {
         broker.publishes_queued.fetch_sub(1, Ordering::Relaxed);
         // A connection that may have gone stale is checked first (PING is harmless to
         // repeat; the script is not), and made again at once if it has.
-        if link.check(&broker, job.deadline) && link.con.is_none() {
+        let lost_now = link.check(&broker, job.deadline);
+        // Redis answers the subscriber again: no need to wait out the backoff for this job.
+        let back = link.con.is_none() && stats.subscriber_up.load(Ordering::Relaxed);
+        if link.con.is_none() && (lost_now || back) {
             link.connect(&broker);
         }
         let outcome = match link.con.as_mut() {

@@ -18,6 +18,7 @@ use std::time::{SystemTime, UNIX_EPOCH};
 
 use bytes::Bytes;
 
+use crate::auth::keys::log_kid;
 use crate::auth::{admit, find_credential, Access, AuthMode, Refusal, SUBPROTOCOL};
 use crate::conn::end::End;
 use crate::conn::{self, State};
@@ -69,6 +70,14 @@ pub(crate) fn route_upgrade(
     )
 }
 
+/// The (session, tab) binding of a route that can carry one (raw and JSON mode).
+fn route_session(route: &mut Route) -> Option<&mut Option<(String, String)>> {
+    match route {
+        Route::Channel { session, .. } | Route::Json { session, .. } => Some(session),
+        Route::Echo => None,
+    }
+}
+
 impl Core {
     /// Admits an accepted upgrade under `--auth`, or refuses it (answered, counted, logged,
     /// and the connection ended) and returns false. On admission the upgrade is adjusted:
@@ -84,22 +93,30 @@ impl Core {
         let query = upgrade.path.split_once('?').map_or("", |(_, query)| query);
         let channels: Vec<&str> = match &upgrade.route {
             Route::Channel { channel, .. } => vec![channel.as_str()],
-            Route::Json { channels } => channels.iter().map(|channel| &**channel).collect(),
+            Route::Json { channels, .. } => channels.iter().map(|channel| &**channel).collect(),
             Route::Echo => Vec::new(),
         };
         let headers = &upgrade.headers;
         let scopes = &mut self.scopes;
+        // The refused token's key id, for the log line (never the token).
+        let mut kid = None;
         let decided = find_credential(query, &headers.subprotocols, &headers.authorization)
             .and_then(|credential| {
                 let echo = credential.and_then(|credential| credential.echo());
-                let verify = |token: &str| auth.keys.verify(token, unix_now_s(), scopes);
+                let verify = |token: &str| {
+                    let verdict = auth.keys.verify(token, unix_now_s(), scopes);
+                    if verdict.is_err() {
+                        kid = log_kid(token);
+                    }
+                    verdict
+                };
                 let access = admit(auth.mode, &auth.anonymous, credential, verify, &channels)?;
                 Ok((access, echo))
             });
         let (access, echo) = match decided {
             Ok(decided) => decided,
             Err(refusal) => {
-                self.refuse_token(key, refusal);
+                self.refuse_token(key, refusal, kid.as_deref());
                 return false;
             }
         };
@@ -110,20 +127,13 @@ impl Core {
         match &access {
             Access::Open => return true,
             Access::Anonymous(_) => {
-                if let Route::Channel { session, .. } = &mut upgrade.route {
+                if let Some(session) = route_session(&mut upgrade.route) {
                     *session = None;
                 }
             }
             Access::Token(grant) => {
-                if let Route::Channel { session, .. } = &mut upgrade.route {
-                    // Without a `tab` claim the connection is a tab of its own: same-session
-                    // connections of one user must not replace each other, and the query
-                    // may not name a tab to displace.
-                    let tab = match &grant.tab {
-                        Some(tab) => tab.to_string(),
-                        None => format!("~{}.{key}.{}", self.index, self.conns[key].gen),
-                    };
-                    *session = Some((grant.session.to_string(), tab));
+                if let Some(session) = route_session(&mut upgrade.route) {
+                    *session = Some(self.token_session(key, grant));
                 }
             }
         }
@@ -131,18 +141,30 @@ impl Core {
         true
     }
 
+    /// The (session, tab) a token binds connection `key` to: its `sub`, and its `tab`
+    /// claim or, without one, a tab of its own, so same-session connections of one user do
+    /// not replace each other and no query can name a tab to displace.
+    fn token_session(&self, key: usize, grant: &crate::auth::Grant) -> (String, String) {
+        let tab = match &grant.tab {
+            Some(tab) => tab.to_string(),
+            None => format!("~{}.{key}.{}", self.index, self.conns[key].gen),
+        };
+        (grant.session.to_string(), tab)
+    }
+
     /// Answers a token refusal before the upgrade: its status and challenge, counted by its
     /// label, logged within the shard's token log budget.
-    fn refuse_token(&mut self, key: usize, refusal: Refusal) {
+    fn refuse_token(&mut self, key: usize, refusal: Refusal, kid: Option<&str>) {
         let err = handshake_error(refusal);
         self.counters.refused[err.slot()] += 1;
         if let Some(suppressed) = self.token_log.admit(unix_now_s() as u32) {
             crate::elog!(
-                "ringpush shard={} event=handshake_refused status={} reason={} \
+                "ringpush shard={} event=handshake_refused status={} reason={} kid={} \
                  suppressed={suppressed}",
                 self.index,
                 refusal.status(),
-                refusal.label()
+                refusal.label(),
+                kid.unwrap_or("none")
             );
         }
         let mut response = Vec::with_capacity(256);
@@ -267,7 +289,7 @@ mod tests {
     use crate::auth::refusal::ALL_LABELS;
     use crate::auth::AuthMode;
     use crate::auth::Refusal;
-    use crate::http::handshake::{ALL_REASONS, TOKEN_REASONS_START};
+    use crate::http::handshake::{ADMISSION_REASONS_START, ALL_REASONS, TOKEN_REASONS_START};
     use crate::route::Route;
 
     #[test]
@@ -296,7 +318,10 @@ mod tests {
 
     #[test]
     fn a_token_refusal_keeps_its_label_status_and_challenge_in_the_handshake() {
-        assert_eq!(&ALL_REASONS[TOKEN_REASONS_START..], ALL_LABELS);
+        assert_eq!(
+            &ALL_REASONS[TOKEN_REASONS_START..ADMISSION_REASONS_START],
+            ALL_LABELS
+        );
         let all = [
             Refusal::Missing,
             Refusal::Malformed,

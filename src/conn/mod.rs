@@ -19,6 +19,7 @@ use crate::channels::{SessionTag, Subscription};
 use crate::timer::Deadline;
 use crate::ws::Decoder;
 
+pub mod admission;
 pub mod auth;
 pub mod end;
 pub mod json;

@@ -10,6 +10,7 @@
 
 use bytes::{Bytes, BytesMut};
 
+use crate::admission::{ConnRate, Traffic};
 use crate::conn::end::End;
 use crate::conn::{self, json, Partial, State};
 use crate::http::handshake::{self, HandshakeError};
@@ -77,8 +78,6 @@ impl Core {
         let mut slot = self.conns[key].partial.take();
         let was_partial = slot.is_some();
         let mut new_head = None;
-        let echo_path = &self.cfg.echo_path;
-        let subscriptions_max = self.cfg.max_subscriptions as usize;
         let buf: &mut [u8] = match slot.as_deref_mut() {
             Some(Partial::Head(head)) => {
                 head.extend_from_slice(data);
@@ -86,17 +85,42 @@ impl Core {
             }
             _ => data,
         };
+        // A trusted proxy's PROXY header comes before the request; anyone else's is refused.
+        let skip = match self.read_proxy_header(key, buf) {
+            Ok(Some(skip)) => skip,
+            Ok(None) => {
+                if !was_partial {
+                    self.conns[key].partial = Some(Box::new(Partial::Head(buf.to_vec())));
+                } else {
+                    self.conns[key].partial = slot;
+                }
+                return;
+            }
+            Err((err, detail)) => {
+                let label = detail.map_or("untrusted_peer", |detail| detail.label());
+                self.refuse_logged(key, &err, Some(format_args!("proxy_error={label}")));
+                return;
+            }
+        };
+        let buf = &mut buf[skip..];
+        let echo_path = &self.cfg.echo_path;
+        let subscriptions_max = self.cfg.max_subscriptions as usize;
         let mode = self.shared.auth.mode;
         let parsed = handshake::parse_request(buf, &self.hs_cfg, |path| {
             crate::conn::auth::route_upgrade(mode, path, echo_path, subscriptions_max)
         });
         match parsed {
             Ok(None) => {
-                if !was_partial {
+                // A head kept after its PROXY header is kept without it.
+                if !was_partial || skip > 0 {
                     new_head = Some(buf.to_vec());
                 }
             }
             Ok(Some(mut upgrade)) => {
+                if let Err(err) = self.admit_proxied(key, &upgrade.headers) {
+                    self.refuse(key, &err);
+                    return;
+                }
                 if !self.admit_upgrade(key, &mut upgrade) {
                     return;
                 }
@@ -124,9 +148,12 @@ impl Core {
                             self.bind_session(key, session, tab);
                         }
                     }
-                    Route::Json { channels } => {
+                    Route::Json { channels, session } => {
                         self.conns[key].route = RouteKind::Json as u8;
                         self.json_open(key, channels);
+                        if let Some((session, tab)) = session {
+                            self.bind_session(key, session, tab);
+                        }
                     }
                 }
                 self.arm(key, now + self.ticks_ping);
@@ -148,13 +175,30 @@ impl Core {
         };
     }
 
-    fn refuse(&mut self, key: usize, err: &HandshakeError) {
+    /// Answers `err` before the upgrade (counted, logged within the shard's log budget)
+    /// and ends the connection once the answer is sent.
+    pub(crate) fn refuse(&mut self, key: usize, err: &HandshakeError) {
+        self.refuse_logged(key, err, None);
+    }
+
+    /// As [`Core::refuse`], with `detail` at the end of the log line.
+    pub(crate) fn refuse_logged(
+        &mut self,
+        key: usize,
+        err: &HandshakeError,
+        detail: Option<std::fmt::Arguments<'_>>,
+    ) {
         self.counters.refused[err.slot()] += 1;
         let status = err.status();
-        self.log(format_args!(
-            "event=handshake_refused status={status} reason={}",
-            err.reason()
-        ));
+        let reason = err.reason();
+        match detail {
+            Some(detail) => self.log(format_args!(
+                "event=handshake_refused status={status} reason={reason} {detail}"
+            )),
+            None => self.log(format_args!(
+                "event=handshake_refused status={status} reason={reason}"
+            )),
+        }
         let mut response = Vec::with_capacity(256);
         err.write_refusal(&mut response);
         self.push_frame(key, Bytes::from(response));
@@ -162,6 +206,18 @@ impl Core {
     }
 
     pub(crate) fn on_frames(&mut self, key: usize, data: &mut [u8]) {
+        // Frame rates: counted in a copy of the connection's window, stored back after. A
+        // connection that is closing is not counted: it is on its way out already.
+        let limits = self.rate_limits;
+        let counted = (limits.control_per_s > 0 || limits.messages_per_s > 0)
+            && !self.conns[key].has(conn::CLOSE_SENT);
+        let rate_before = if counted {
+            self.load_rate(key)
+        } else {
+            ConnRate::default()
+        };
+        let mut rate = rate_before;
+        let now_s = self.rate_now_s();
         let client_publish = self.client_may_publish(key);
         let now = self.wheel.now();
         let now_us = self.now_us();
@@ -193,7 +249,29 @@ impl Core {
         let client_frames = &mut self.client_frames;
         let json_commands = &mut self.json_commands;
         let mut peer_close = None;
+        let mut over_rate = None;
+        let mut allow = |traffic: Traffic| {
+            if over_rate.is_some() {
+                return false;
+            }
+            let within = !counted || rate.allow(traffic, now_s, &limits);
+            if !within {
+                over_rate = Some(traffic);
+            }
+            within
+        };
         let result = decoder.feed_with(data, &self.limits, mode, |event| {
+            let traffic = match event {
+                Event::Text(_) | Event::Binary(_) => Some(Traffic::Message),
+                Event::Ping(_) | Event::Pong(_) => Some(Traffic::Control),
+                // A close ends the connection anyway.
+                Event::Close(..) => None,
+            };
+            // Past a limit the rest of the receive is still decoded, so the stream stays in
+            // step for the close that follows, but nothing in it is acted on.
+            if traffic.is_some_and(|traffic| !allow(traffic)) {
+                return std::ops::ControlFlow::Continue(());
+            }
             match event {
                 Event::Text(payload) | Event::Binary(payload) => {
                     counters.messages_in += 1;
@@ -240,6 +318,11 @@ impl Core {
             }
             std::ops::ControlFlow::Continue(())
         });
+        // Stored only when a frame was counted: a connection that only ever sends a close
+        // (or nothing) never grows the side table.
+        if counted && rate != rate_before {
+            self.store_rate(key, rate);
+        }
         let held_after = decoder.buffered_bytes();
         let idle = decoder.is_idle();
         self.conns[key].partial = Partial::keep_frames(slot, local, idle);
@@ -267,6 +350,12 @@ impl Core {
         }
         if let Some(code) = peer_close {
             self.end(key, End::PeerClose(code));
+            return;
+        }
+        match over_rate {
+            Some(Traffic::Control) => self.end(key, End::ControlRate),
+            Some(Traffic::Message) => self.end(key, End::MessageRate),
+            None => {}
         }
     }
 

@@ -8,6 +8,8 @@ use std::sync::mpsc::Sender;
 use std::sync::{Arc, OnceLock};
 use std::time::Instant;
 
+use base64::engine::general_purpose::STANDARD as BASE64;
+use base64::Engine as _;
 use bytes::Bytes;
 
 use crate::history::{PayloadKind, Position};
@@ -73,6 +75,28 @@ impl Publish {
         self.json.get_or_init(|| {
             let offset = self.position.map_or(0, |p| p.offset);
             crate::json_proto::message_frame(channel, offset, &frame_payload(&self.frame))
+        })
+    }
+
+    /// The JSON-mode frame of this session send (encoded on first use):
+    /// `{"session":"S","data":"…"}`, or `data_b64` for a payload that is not UTF-8. A session
+    /// send has no channel and no offset, so it is told apart from a channel message by its
+    /// missing `channel`.
+    pub(crate) fn session_json_frame(&self) -> &Bytes {
+        self.json.get_or_init(|| {
+            let session = match &self.target {
+                Target::Session(session) => &**session,
+                Target::Channel(channel) => channel,
+            };
+            let payload = frame_payload(&self.frame);
+            let object = match std::str::from_utf8(&payload) {
+                Ok(text) => serde_json::json!({ "session": session, "data": text }),
+                Err(_) => {
+                    serde_json::json!({ "session": session, "data_b64": BASE64.encode(&payload) })
+                }
+            };
+            let text = serde_json::to_vec(&object).expect("a JSON value always serializes");
+            crate::ws::frame::encode(crate::ws::OpCode::Text, &text)
         })
     }
 }

@@ -3,11 +3,11 @@
 //!
 //! This file owns what the admin listener accepts: the endpoints (`POST /publish/<channel>`,
 //! `POST /send/<session>`, `POST /broadcast`, `GET`/`HEAD` `/metrics`, `/healthz`,
-//! `/history/<channel>`, `/channels` and `/channels/<channel>`), their query parameters, the
-//! bearer-token check, the framing of request bodies, and the text/binary choice for a
-//! published message. [`parse`]
-//! either asks for more bytes (`Ok(None)`), returns one [`AdminRequest`] with the number of bytes
-//! it used, or refuses with an [`AdminError`] that knows its status, its metrics label and how
+//! `/history/<channel>`, `/channels` and `/channels/<channel>`, and the demo's files unless
+//! `--no-demo`), their query parameters, the bearer-token check, the framing of request
+//! bodies, and the text/binary choice for a published message. [`parse`] either asks for
+//! more bytes (`Ok(None)`), returns one [`AdminRequest`] with the number of bytes it used,
+//! or refuses with an [`AdminError`] that knows its status, its metrics label and how
 //! to write its own response. [`write_json_ok`] writes the 200 for a publish or a send.
 //! [`head_complete`] tells the caller when a request's head is in, so its body can get a
 //! deadline of its own; [`AdminError::RequestTimeout`] (408) is the one refusal the caller's
@@ -41,12 +41,14 @@
 //!   so neither the first differing byte nor a length mismatch ends the comparison early
 //!   (`admin_scope::AdminTokens`). A wrong token is refused (401) before routing; the
 //!   publish-only token on an endpoint outside its scope is refused 403 once it is routed.
+//!   The demo's files (`http::demo`) are public and the one exception: they skip the check.
 
 use std::ops::Range;
 
 use httparse::Status;
 
 use crate::http::admin_scope::AdminTokens;
+use crate::http::demo::{Demo, DemoAsset};
 use crate::http::handshake::HEADER_LINES_MAX;
 use crate::http::headers::{has_token, single_value, trim_whitespace, values};
 use crate::http::response::write_response;
@@ -85,6 +87,8 @@ pub struct AdminConfig {
     /// every request is accepted; with one, each request must carry a configured token, and
     /// the publish-only one reaches only its endpoints (`AdminScope::allows`).
     pub tokens: AdminTokens,
+    /// Whether `GET /demo` is served (`--no-demo` turns it off), and the port its page uses.
+    pub demo: Demo,
 }
 
 /// Which endpoint a request is for, with its validated name where the path carries one.
@@ -123,6 +127,8 @@ pub enum Target {
     /// `POST /broadcast`: one payload to several channels, named in the JSON body (read by
     /// the admin service, not here).
     Broadcast,
+    /// `GET /demo` and the files it loads, when the demo is served.
+    Demo(DemoAsset),
 }
 
 /// Which WebSocket message a body becomes.
@@ -196,11 +202,17 @@ pub fn parse(buf: &[u8], cfg: &AdminConfig) -> Result<Option<(AdminRequest, usiz
     debug_assert!(head_bytes <= cfg.head_bytes_max);
 
     let head = Head::read(&request)?;
-    let scope = cfg
-        .tokens
-        .scope(single_value(request.headers, "Authorization"))
-        .map_err(|_| AdminError::Unauthorized)?;
-    let (endpoint, name) = route(head.path).ok_or(AdminError::NotFound)?;
+    let routed = route(head.path, cfg.demo);
+    // The demo's files are public (they hold no secret), so they alone skip the token check.
+    let scope = match routed {
+        Some((Endpoint::Demo(_), _)) => None,
+        _ => Some(
+            cfg.tokens
+                .scope(single_value(request.headers, "Authorization"))
+                .map_err(|_| AdminError::Unauthorized)?,
+        ),
+    };
+    let (endpoint, name) = routed.ok_or(AdminError::NotFound)?;
     let head_only = match (endpoint.is_post(), head.method) {
         (true, "POST") | (false, "GET") => false,
         (false, "HEAD") => true,
@@ -239,8 +251,9 @@ pub fn parse(buf: &[u8], cfg: &AdminConfig) -> Result<Option<(AdminRequest, usiz
         }
         Endpoint::Channel => Target::Channel(name.to_owned()),
         Endpoint::Broadcast => Target::Broadcast,
+        Endpoint::Demo(asset) => Target::Demo(asset),
     };
-    if !scope.allows(&target) {
+    if scope.is_some_and(|scope| !scope.allows(&target)) {
         return Err(AdminError::Forbidden);
     }
     if head.transfer_encoding {
@@ -403,6 +416,7 @@ enum Endpoint {
     Channels,
     Channel,
     Broadcast,
+    Demo(DemoAsset),
 }
 
 impl Endpoint {
@@ -424,7 +438,11 @@ impl Endpoint {
 /// Maps a path (query already removed) to its endpoint and the name it carries (empty for the
 /// endpoints without one), or `None` for an unknown path. The name is not judged here, so
 /// `/publish/` with a bad name is a known path with a bad name (400), not an unknown path.
-fn route(path: &str) -> Option<(Endpoint, &str)> {
+/// The demo's paths are unknown when the demo is off.
+fn route(path: &str, demo: Demo) -> Option<(Endpoint, &str)> {
+    if let (Demo::Served { .. }, Some(asset)) = (demo, crate::http::demo::route(path)) {
+        return Some((Endpoint::Demo(asset), ""));
+    }
     if let Some(name) = path.strip_prefix("/publish/") {
         return Some((Endpoint::Publish, name));
     }

@@ -29,6 +29,7 @@ fn config() -> AdminConfig {
         head_bytes_max: 1024,
         body_bytes_max: 64,
         tokens: AdminTokens::new(Some(TOKEN.as_bytes().into()), None).unwrap(),
+        demo: Demo::Served { ws_port: 8080 },
     }
 }
 
@@ -932,5 +933,41 @@ fn the_publish_only_token_is_refused_403_outside_its_scope() {
     assert!(
         response.starts_with("HTTP/1.1 403 Forbidden\r\n"),
         "{response}"
+    );
+}
+
+#[test]
+fn the_demo_files_need_no_token_and_vanish_with_no_demo() {
+    let cfg = config();
+    let bare = |line: &str| format!("{line}\r\nHost: a\r\n\r\n").into_bytes();
+    let (page, _) = accepted(&bare("GET /demo HTTP/1.1"), &cfg);
+    assert_eq!(page.target, Target::Demo(DemoAsset::Page));
+    let (client, _) = accepted(&bare("HEAD /demo/ringpush.js?v=1 HTTP/1.1"), &cfg);
+    assert_eq!(client.target, Target::Demo(DemoAsset::Client));
+    assert!(client.head_only);
+    assert_eq!(
+        refused(&bare("POST /demo HTTP/1.1"), &cfg),
+        AdminError::MethodNotAllowed("GET, HEAD")
+    );
+    // Everything else still needs the token, however close its path is to the demo's.
+    assert_eq!(
+        refused(&bare("GET /demo/x.js HTTP/1.1"), &cfg),
+        AdminError::Unauthorized
+    );
+    assert_eq!(
+        refused(&bare("GET /metrics HTTP/1.1"), &cfg),
+        AdminError::Unauthorized
+    );
+    let off = AdminConfig {
+        demo: Demo::Off,
+        ..config()
+    };
+    assert_eq!(
+        refused(&bare("GET /demo HTTP/1.1"), &off),
+        AdminError::Unauthorized
+    );
+    assert_eq!(
+        refused(&request("GET /demo HTTP/1.1", &[], b""), &off),
+        AdminError::NotFound
     );
 }

@@ -82,6 +82,20 @@ pub fn write_client_request(
     key: &str,
     subprotocols: &[&str],
 ) {
+    write_client_request_with(dst, host, path, key, subprotocols, &[]);
+}
+
+/// As [`write_client_request`], with extra header lines (`name`, `value`) before the blank
+/// line, e.g. an `Authorization` carrying a connection token. The values must hold no
+/// CR or LF.
+pub fn write_client_request_with(
+    dst: &mut Vec<u8>,
+    host: &str,
+    path: &str,
+    key: &str,
+    subprotocols: &[&str],
+    headers: &[(&str, &str)],
+) {
     debug_assert!(path.starts_with('/') && !path.bytes().any(|b| b.is_ascii_whitespace()));
     dst.extend_from_slice(b"GET ");
     dst.extend_from_slice(path.as_bytes());
@@ -99,6 +113,10 @@ pub fn write_client_request(
             dst.extend_from_slice(subprotocol.as_bytes());
         }
         dst.extend_from_slice(b"\r\n");
+    }
+    for (name, value) in headers {
+        debug_assert!(!value.bytes().any(|b| b == b'\r' || b == b'\n'));
+        push_header(dst, name, value);
     }
     dst.extend_from_slice(b"\r\n");
 }

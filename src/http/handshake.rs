@@ -78,7 +78,17 @@ pub const ALL_REASONS: &[&str] = &[
     "token_not_yet_valid",
     "channel_not_allowed",
     "token_session_mismatch",
+    // The per-address admission refusals and the PROXY header refusals.
+    "too_many_per_ip",
+    "connect_rate_per_ip",
+    "address_table_full",
+    "proxy_header_untrusted",
+    "proxy_header_invalid",
 ];
+
+/// Where the per-address and PROXY header refusals start in [`ALL_REASONS`] (right after
+/// the token refusals).
+pub const ADMISSION_REASONS_START: usize = 24;
 
 /// Where the token refusals start in [`ALL_REASONS`].
 pub const TOKEN_REASONS_START: usize = 15;
@@ -179,6 +189,26 @@ pub enum HandshakeError {
     /// The connection token is missing or refused (401), or the request is outside it
     /// (403); decided by the caller after the parse, before the 101.
     Token(TokenRefusal),
+    /// The client address holds `--max-conns-per-ip` connections already (429, with
+    /// `Retry-After`).
+    TooManyPerIp {
+        /// Seconds after which a retry can succeed.
+        retry_after_s: u32,
+    },
+    /// The client address opened connections faster than `--connect-rate-per-ip` (429,
+    /// with `Retry-After`).
+    ConnectRatePerIp {
+        /// Seconds after which the address's bucket holds a token again.
+        retry_after_s: u32,
+    },
+    /// The per-address table cannot remember another address (503).
+    AddressTableFull,
+    /// A PROXY protocol header from a peer outside `--trusted-proxy` (400): anyone can
+    /// write one, so it is refused rather than believed or skipped.
+    ProxyHeaderUntrusted,
+    /// A trusted peer's PROXY header that breaks the protocol; the text names the rule
+    /// (400).
+    ProxyHeaderInvalid(&'static str),
 }
 
 impl HandshakeError {
@@ -208,6 +238,11 @@ impl HandshakeError {
             Self::Overloaded => 13,
             Self::ShuttingDown => 14,
             Self::Token(refusal) => TOKEN_REASONS_START + refusal.index as usize,
+            Self::TooManyPerIp { .. } => ADMISSION_REASONS_START,
+            Self::ConnectRatePerIp { .. } => ADMISSION_REASONS_START + 1,
+            Self::AddressTableFull => ADMISSION_REASONS_START + 2,
+            Self::ProxyHeaderUntrusted => ADMISSION_REASONS_START + 3,
+            Self::ProxyHeaderInvalid(_) => ADMISSION_REASONS_START + 4,
         }
     }
 
@@ -220,13 +255,16 @@ impl HandshakeError {
             | Self::MissingHost
             | Self::NotWebSocketUpgrade
             | Self::MissingConnectionUpgrade
-            | Self::BadKey => 400,
+            | Self::BadKey
+            | Self::ProxyHeaderUntrusted
+            | Self::ProxyHeaderInvalid(_) => 400,
             Self::OriginNotAllowed => 403,
             Self::NotFound => 404,
             Self::MethodNotAllowed => 405,
             Self::UnsupportedVersion => 426,
             Self::HeaderTooLarge | Self::TooManyHeaders => 431,
-            Self::Overloaded | Self::ShuttingDown => 503,
+            Self::TooManyPerIp { .. } | Self::ConnectRatePerIp { .. } => 429,
+            Self::Overloaded | Self::ShuttingDown | Self::AddressTableFull => 503,
             Self::Token(refusal) => refusal.status,
         }
     }
@@ -249,7 +287,12 @@ impl HandshakeError {
             Self::OriginNotAllowed => "origin_not_allowed",
             Self::Overloaded => "overloaded",
             Self::ShuttingDown => "shutting_down",
-            Self::Token(_) => ALL_REASONS[self.slot()],
+            Self::Token(_)
+            | Self::TooManyPerIp { .. }
+            | Self::ConnectRatePerIp { .. }
+            | Self::AddressTableFull
+            | Self::ProxyHeaderUntrusted
+            | Self::ProxyHeaderInvalid(_) => ALL_REASONS[self.slot()],
         }
     }
 
@@ -272,6 +315,11 @@ impl HandshakeError {
             Self::Overloaded => "server at its connection limit; retry later",
             Self::ShuttingDown => "server shutting down; retry later",
             Self::Token(refusal) => refusal.message,
+            Self::TooManyPerIp { .. } => "too many connections from this address; retry later",
+            Self::ConnectRatePerIp { .. } => "connecting too fast from this address; retry later",
+            Self::AddressTableFull => "server tracks too many client addresses; retry later",
+            Self::ProxyHeaderUntrusted => "PROXY protocol header from an untrusted peer",
+            Self::ProxyHeaderInvalid(detail) => detail,
         }
     }
 
@@ -279,10 +327,17 @@ impl HandshakeError {
     /// text body, and `Connection: close`, since the connection is not worth keeping.
     pub fn write_refusal(&self, dst: &mut Vec<u8>) {
         let challenge;
+        let retry_after;
+        let retry_header;
         let extra_headers: &[(&str, &str)] = match self {
             Self::Token(refusal) => {
                 challenge = [("WWW-Authenticate", refusal.challenge)];
                 &challenge
+            }
+            Self::TooManyPerIp { retry_after_s } | Self::ConnectRatePerIp { retry_after_s } => {
+                retry_after = retry_after_s.max(&1).to_string();
+                retry_header = [("Retry-After", retry_after.as_str())];
+                &retry_header
             }
             Self::MethodNotAllowed => &[("Allow", "GET")],
             Self::UnsupportedVersion => &[("Sec-WebSocket-Version", "13")],

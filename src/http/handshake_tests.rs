@@ -129,7 +129,14 @@ fn every_error() -> Vec<HandshakeError> {
             challenge: "Bearer realm=\"ringpush\"",
         })
     }));
-    let all: Vec<HandshakeError> = all.collect();
+    let admission = [
+        HandshakeError::TooManyPerIp { retry_after_s: 5 },
+        HandshakeError::ConnectRatePerIp { retry_after_s: 1 },
+        HandshakeError::AddressTableFull,
+        HandshakeError::ProxyHeaderUntrusted,
+        HandshakeError::ProxyHeaderInvalid("bad PROXY protocol header"),
+    ];
+    let all: Vec<HandshakeError> = all.chain(admission).collect();
     for error in &all {
         match error {
             HandshakeError::Malformed
@@ -147,7 +154,12 @@ fn every_error() -> Vec<HandshakeError> {
             | HandshakeError::OriginNotAllowed
             | HandshakeError::Overloaded
             | HandshakeError::ShuttingDown
-            | HandshakeError::Token(_) => {}
+            | HandshakeError::Token(_)
+            | HandshakeError::TooManyPerIp { .. }
+            | HandshakeError::ConnectRatePerIp { .. }
+            | HandshakeError::AddressTableFull
+            | HandshakeError::ProxyHeaderUntrusted
+            | HandshakeError::ProxyHeaderInvalid(_) => {}
         }
     }
     all
@@ -648,6 +660,9 @@ fn every_refusal_is_complete_and_closes() {
         );
         let expect_allow = error == HandshakeError::MethodNotAllowed;
         assert_eq!(header("Allow").is_some(), expect_allow, "{error:?}");
+        // A 429 says when to retry: the per-address limits' promise to the client.
+        let expect_retry = error.status() == 429;
+        assert_eq!(header("Retry-After").is_some(), expect_retry, "{error:?}");
     }
 }
 
@@ -658,7 +673,7 @@ fn statuses_per_variant() {
         statuses,
         [
             400, 431, 431, 405, 400, 404, 400, 400, 400, 400, 426, 400, 403, 503, 503, 401, 401,
-            401, 401, 401, 401, 401, 403, 403
+            401, 401, 401, 401, 401, 403, 403, 429, 429, 503, 400, 400
         ]
     );
 }

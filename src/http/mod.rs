@@ -8,6 +8,7 @@ pub mod admin_error;
 pub mod admin_request;
 pub mod admin_scope;
 pub mod client;
+pub mod demo;
 pub mod handshake;
 mod headers;
 pub use headers::trim_whitespace;

@@ -98,6 +98,29 @@ impl ProxyError {
     }
 }
 
+impl ProxyError {
+    /// The refusal's body for a person: which rule the header broke.
+    pub fn message(self) -> &'static str {
+        match self {
+            Self::NotProxyProtocol => "bad PROXY protocol header: not a PROXY header",
+            Self::V1LineTooLong => "bad PROXY protocol header: v1 line over 107 bytes",
+            Self::V1Syntax => "bad PROXY protocol header: v1 syntax",
+            Self::V1Address => "bad PROXY protocol header: v1 address",
+            Self::V1Port => "bad PROXY protocol header: v1 port",
+            Self::V2Version => "bad PROXY protocol header: v2 version",
+            Self::V2Command => "bad PROXY protocol header: v2 command",
+            Self::V2TooLong => "bad PROXY protocol header: v2 body too long",
+            Self::V2AddressTooShort => "bad PROXY protocol header: v2 addresses too short",
+        }
+    }
+}
+
+/// Whether `buf` starts like a PROXY header (v1 `PROXY ` or the whole v2 signature): what
+/// a peer outside `--trusted-proxy` is refused for.
+pub fn looks_like_proxy_header(buf: &[u8]) -> bool {
+    buf.starts_with(V1_PREFIX) || buf.starts_with(&V2_SIGNATURE)
+}
+
 impl fmt::Display for ProxyError {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
         write!(f, "bad PROXY protocol header: {}", self.label())

@@ -180,6 +180,16 @@ pub fn local_addr(fd: RawFd) -> io::Result<SocketAddr> {
     addr_from_storage(&storage)
 }
 
+/// The address of a connected socket's peer (a multishot accept gives none).
+pub fn peer_addr(fd: RawFd) -> io::Result<SocketAddr> {
+    // SAFETY: all-zero sockaddr_storage is valid.
+    let mut storage: libc::sockaddr_storage = unsafe { std::mem::zeroed() };
+    let mut len = std::mem::size_of::<libc::sockaddr_storage>() as libc::socklen_t;
+    // SAFETY: `storage` and `len` outlive the call; the kernel writes at most `len` bytes.
+    cvt(unsafe { libc::getpeername(fd, std::ptr::addr_of_mut!(storage).cast(), &mut len) })?;
+    addr_from_storage(&storage)
+}
+
 /// Closes a descriptor of this thread's file table; errors are irrelevant after the fact.
 pub fn close(fd: RawFd) {
     // SAFETY: close(2) takes no pointers; the caller owns `fd` and forgets it.

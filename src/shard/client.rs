@@ -47,7 +47,10 @@ impl Role for WebSocket {
             core.refuse_socket(fd, Refusal::AtCapacity);
             return None;
         }
+        // Decided before the slot exists, so a refused address never holds one of its own.
+        let verdict = core.address_at_accept(fd);
         let key = core.admit(fd, State::Handshake, core.ticks_handshake);
+        core.settle_address(key, verdict);
         Some(core.owner(key))
     }
 
@@ -138,6 +141,7 @@ fn expire(core: &mut Core, key: usize, now: u32) {
 fn stepped(core: &mut Core, now: u32) {
     if core.index == 0 && now % HISTORY_SWEEP_TICKS == 0 {
         core.shared.history.sweep(std::time::Instant::now());
+        core.sweep_addresses();
     }
     abort_at_drain_deadline(core, now);
 }

@@ -32,10 +32,12 @@ use std::time::Duration;
 use hdrhistogram::Histogram;
 
 use crate::admin_service::AdminService;
+use crate::admission::AddressTable;
 use crate::auth::setup::NodeAuth;
 use crate::config::Config;
 use crate::fanout::{Peers, ShardMsg};
 use crate::history::History;
+use crate::http::proxy::TrustedProxies;
 use crate::reactor::Reactor;
 use crate::ring::driver::Driver;
 use crate::ring::{sys, Ring, QUIESCE_MS};
@@ -95,6 +97,11 @@ pub struct Shared {
     pub history: Arc<History>,
     /// The admin tokens and the connection-token configuration, loaded at start-up.
     pub auth: NodeAuth,
+    /// The node-wide per-address admission table (`--max-conns-per-ip`,
+    /// `--connect-rate-per-ip`); never touched while both are off.
+    pub addresses: AddressTable,
+    /// The `--trusted-proxy` ranges.
+    pub trusted_proxies: TrustedProxies,
     /// The Redis broker joining this node to others (`--broker`), if any.
     pub broker: Option<Arc<crate::broker::Broker>>,
 }

@@ -92,6 +92,7 @@ impl Core {
         let mut conn = Conn::new(fd, gen, self.now_us(), now);
         conn.state = state;
         let key = self.conns.insert(conn);
+        self.reset_rate(key);
         self.counters.open += 1;
         self.arm(key, now + ticks);
         key

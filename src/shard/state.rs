@@ -20,16 +20,19 @@ use hdrhistogram::Histogram;
 use slab::Slab;
 
 use crate::admin_service::{AdminConn, BroadcastWait, Query};
+use crate::admission::{ConnRate, RateLimits};
 use crate::auth::refusal::LOG_LINES_PER_S_DEFAULT;
 use crate::auth::{Access, LogBudget, ScopeInterner};
 use crate::channels::Channels;
 use crate::config::Config;
+use crate::conn::admission::ProxyWait;
 use crate::conn::end::End;
 use crate::conn::json::JsonConn;
 use crate::conn::{self, Conn, State};
 use crate::fanout::{Fanout, Peers, Pending, PublishWindow, ShardMsg};
 use crate::history::Position;
 use crate::http::admin_request::AdminConfig;
+use crate::http::demo::Demo;
 use crate::http::handshake::{self, HandshakeError};
 use crate::json_proto::{Command, CommandError};
 use crate::reactor::Conns;
@@ -144,6 +147,18 @@ pub(crate) struct Core {
     pub(crate) scopes: ScopeInterner,
     /// The token refusals' log lines (at most a few a second).
     pub(crate) token_log: LogBudget,
+    /// Client shards, with a per-address limit on: the address slot each connection holds
+    /// in `Shared::addresses`, by slab key (`conn::admission::NO_ADDRESS` for none); given
+    /// back when the slot is freed.
+    pub(crate) admitted: Vec<u128>,
+    /// Client shards: connections from a `--trusted-proxy` peer whose client is not
+    /// decided yet (by slab key).
+    pub(crate) proxied: HashMap<usize, ProxyWait>,
+    /// Client shards: each connection's control-frame and message counts in the current
+    /// second, by slab key (grown when a connection first sends a counted frame).
+    pub(crate) conn_rates: Vec<ConnRate>,
+    /// `--max-control-rate` and `--max-message-rate`.
+    pub(crate) rate_limits: RateLimits,
 }
 
 fn ticks(d: Duration) -> u32 {
@@ -169,6 +184,13 @@ impl Core {
             head_bytes_max: cfg.max_header_bytes,
             body_bytes_max: cfg.max_message,
             tokens: shared.auth.admin_tokens.clone(),
+            demo: if cfg.no_demo {
+                Demo::Off
+            } else {
+                Demo::Served {
+                    ws_port: cfg.listen.port(),
+                }
+            },
         };
         let mut refusal_busy = Vec::new();
         HandshakeError::Overloaded.write_refusal(&mut refusal_busy);
@@ -233,6 +255,10 @@ impl Core {
             access: HashMap::new(),
             scopes: ScopeInterner::default(),
             token_log: LogBudget::new(LOG_LINES_PER_S_DEFAULT),
+            admitted: Vec::new(),
+            proxied: HashMap::new(),
+            conn_rates: Vec::new(),
+            rate_limits: cfg.rate_limits(),
             cfg,
             shared,
         }
@@ -350,6 +376,7 @@ impl Core {
         if !self.json_conns.is_empty() {
             self.json_conns.remove(&key);
         }
+        self.release_address(key);
         let mut c = self.conns.remove(key);
         for frame in c.queue.take_all() {
             self.retire(&frame);
@@ -435,6 +462,11 @@ impl Core {
     /// Closes every socket and the listener. Runs after the shard's quiesce, so no operation
     /// of ours refers to them any more, and each socket was shut down before its close.
     pub(super) fn close_everything(&mut self) {
+        for address in std::mem::take(&mut self.admitted) {
+            if address != crate::conn::admission::NO_ADDRESS {
+                self.shared.addresses.release_key(address);
+            }
+        }
         for c in self.conns.drain() {
             sys::shutdown(c.fd, libc::SHUT_RDWR);
             sys::close(c.fd);

@@ -82,6 +82,9 @@ pub(super) fn shard_harness<R: TestRole>(
         counters: (0..shards).map(|_| Mutex::new(Counters::new())).collect(),
         history: Arc::new(History::new(HistoryConfig::default())),
         auth: NodeAuth::load(&cfg).expect("the test's auth flags load"),
+        addresses: AddressTable::new(cfg.admission()),
+        trusted_proxies: TrustedProxies::parse(&cfg.trusted_proxies)
+            .expect("the test's proxy flags parse"),
         broker: None,
     });
     let (senders, mut receivers): (Vec<_>, Vec<_>) = (0..shards)

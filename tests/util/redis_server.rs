@@ -1,5 +1,5 @@
 //! Redis for the broker tests: each test starts its own `redis-server` (Debian's, installed
-//! by `scripts/test-deps.sh`) on a free loopback port, with no persistence, and kills it
+//! by `scripts/deps.sh`) on a free loopback port, with no persistence, and kills it
 //! when dropped. A missing `redis-server` fails the test with a message; nothing skips.
 
 use std::io::{Read, Write};
@@ -80,7 +80,7 @@ impl RedisServer {
             .unwrap_or_else(|e| {
                 panic!(
                     "cannot start redis-server ({e}): the broker tests need Debian's \
-                     redis-server; run scripts/test-deps.sh (scripts/test.sh does)"
+                     redis-server; run scripts/deps.sh (scripts/test.sh does)"
                 )
             });
         self.child = Some(child);

@@ -75,12 +75,13 @@ impl Core {
         let target = self.plan.target(c.index, self.resuming());
         let key = client_key(c.nonce);
         let mut request = Vec::with_capacity(128 + target.len() + self.plan.host.len());
-        ringpush::http::client::write_client_request(
+        ringpush::http::client::write_client_request_with(
             &mut request,
             &self.plan.host,
             &target,
             &key,
             &[],
+            &self.plan.upgrade_headers(),
         );
         Bytes::from(request)
     }
