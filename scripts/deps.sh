@@ -10,6 +10,7 @@ need() { # need COMMAND PACKAGE
 }
 
 need systemd-analyze systemd   # tests/contrib.rs verifies contrib/systemd/ringpush.service
+need redis-server redis-server # tests/broker.rs starts its own instances on free ports
 
 if ((${#missing[@]})); then
     sudo=()

@@ -315,6 +315,14 @@ impl<M: Mark> Channels<M> {
         }
     }
 
+    /// Takes `key` out of channel `id`'s waiters without freeing the channel (the caller
+    /// has just joined it, or waits again).
+    pub fn unwait(&mut self, key: u32, id: u32) {
+        if let Some(channel) = self.channels.get_mut(id as usize) {
+            channel.waiting.retain(|&(waiter, _)| waiter != key);
+        }
+    }
+
     /// Whether channel `id` has waiters.
     pub fn has_waiting(&self, id: u32) -> bool {
         self.channels

@@ -195,6 +195,25 @@ pub struct Config {
     #[arg(long, default_value = "64MiB", value_parser = parse_bytes)]
     pub history_memory: usize,
 
+    /// Join other nodes through Redis: `redis://HOST:PORT` (one Redis). Publishes go to
+    /// Redis, which assigns offsets and epochs and keeps the history; each node subscribes
+    /// to the channels its clients hold (default: none, the node stands alone).
+    #[arg(long)]
+    pub broker: Option<String>,
+
+    /// File holding the broker's password (its first line; AUTH before anything else).
+    #[arg(long)]
+    pub broker_password_file: Option<PathBuf>,
+
+    /// Environment variable holding the broker's password.
+    #[arg(long)]
+    pub broker_password_env: Option<String>,
+
+    /// Longest a publish waits for the broker before it is answered 503; also the connect,
+    /// read and write timeout of every broker connection.
+    #[arg(long, default_value = "2s", value_parser = parse_duration)]
+    pub broker_timeout: Duration,
+
     /// Share the client and admin ports with other processes that already listen on them
     /// (SO_REUSEPORT across processes, e.g. an overlapping restart). Without it the node
     /// refuses to start when another process listens on either address.

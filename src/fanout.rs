@@ -14,6 +14,15 @@
 //! (`Publish::json`); raw subscribers get the bare frame, and a raw-only audience never
 //! encodes JSON.
 //!
+//! With `--broker` (broker/), channel publishes do not take a local offset: they are queued
+//! for the broker's publisher thread (`broker_publish`), and the subscriber thread hands
+//! every message Redis publishes to the holding shards' inboxes as a `brokered` `Publish`
+//! carrying Redis' position. A shard holds a channel (`attach` → `HoldJob::Hold`) from its
+//! first local subscriber until the channel is freed (`detach_freed` → `Release`); its
+//! watermark starts `Position::UNKNOWN` and takes the epoch of the first message (or of a
+//! JSON subscription's `Attached`), and a brokered message of another epoch starts it again
+//! (Redis lost the channel's keys). Sessions (`/send`, claims) stay local to the node.
+//!
 //! Back-pressure: publishes and claims are counted per inbox (`Peers::queued`) and refused
 //! past `--max-shard-inbox`. A publish reserves a place in every target inbox before it
 //! sends to any, so it reaches all client shards or none: the admin publisher gets 503,
@@ -47,6 +56,7 @@ use std::time::Instant;
 
 use bytes::Bytes;
 
+use crate::broker::{HoldJob, PublishJob};
 use crate::channels::{Audience, Moved, SessionTag, Subscription};
 use crate::conn::end::End;
 use crate::conn::json::JsonConn;
@@ -94,10 +104,21 @@ impl Core {
         if let Some(mark) = *self.channels.mark(id) {
             return mark;
         }
-        let mark = self
-            .shared
-            .history
-            .attach(self.channels.name(id), Instant::now());
+        let mark = match &self.shared.broker {
+            // Redis keeps the position: this shard delivers every message the broker hands
+            // it from now on, the first one setting the epoch.
+            Some(broker) => {
+                broker.hold(HoldJob::Hold {
+                    shard: self.index,
+                    channel: self.channels.name(id).into(),
+                });
+                Position::UNKNOWN
+            }
+            None => self
+                .shared
+                .history
+                .attach(self.channels.name(id), Instant::now()),
+        };
         *self.channels.mark(id) = Some(mark);
         mark
     }
@@ -109,7 +130,13 @@ impl Core {
         }
         let now = Instant::now();
         for name in self.channels.take_freed() {
-            self.shared.history.detach(&name, now);
+            match &self.shared.broker {
+                Some(broker) => broker.hold(HoldJob::Release {
+                    shard: self.index,
+                    channel: name,
+                }),
+                None => self.shared.history.detach(&name, now),
+            }
         }
     }
 
@@ -173,6 +200,7 @@ impl Core {
                     origin,
                     position: Some(position),
                     json: OnceLock::new(),
+                    brokered: false,
                 })
             });
         if let (Some((_, id)), Ok((position, ()))) = (origin, &sent) {
@@ -186,6 +214,34 @@ impl Core {
             self.drain_inbox();
         }
         sent.map(|(position, ())| position)
+    }
+
+    /// Queues a publish of `frame` to channel `name` for the broker (`--broker`): Redis takes
+    /// its offset and hands it to every node, this one included. `reply` is the sequence
+    /// number under which the outcome comes back (`ShardMsg::Brokered`), if anyone waits.
+    pub(crate) fn broker_publish(
+        &mut self,
+        name: Box<str>,
+        frame: Bytes,
+        reply: Option<u32>,
+    ) -> Result<(), Unsent> {
+        let broker = self.shared.broker.as_ref().expect("called with --broker");
+        let job = PublishJob {
+            channel: name,
+            payload: frame_payload(&frame),
+            kind: frame_kind(&frame),
+            deadline: Instant::now() + broker.config.timeout,
+            reply: reply.map(|seq| (self.index, seq)),
+        };
+        if !broker.publish(job) {
+            self.counters.shard_inbox_full += 1;
+            self.log(format_args!(
+                "event=shard_inbox_full target=broker msg=publish"
+            ));
+            return Err(Unsent::Full);
+        }
+        self.counters.publishes += 1;
+        Ok(())
     }
 
     /// Binds `key` to (session, tab): older holders here are replaced now, holders on
@@ -322,7 +378,12 @@ impl Core {
                 self.end_logged(key, End::PublishRate, Some(detail));
                 break;
             }
-            let sent = self.publish_channel(name.clone(), frame.clone(), None);
+            let sent = if self.shared.broker.is_some() {
+                self.broker_publish(name.clone(), frame.clone(), None)
+            } else {
+                self.publish_channel(name.clone(), frame.clone(), None)
+                    .map(|_| ())
+            };
             if sent == Err(Unsent::Full) {
                 self.end(key, End::PublishQueueFull);
                 break;
@@ -370,6 +431,21 @@ impl Core {
                 ShardMsg::Publish(publish) => self.deliver(&publish),
                 ShardMsg::Claim(claim) => self.apply_claim(&claim),
                 ShardMsg::Reply { id, from, count } => self.admin_reply(id, from, count),
+                ShardMsg::Brokered { seq, outcome } if self.index < self.peers.clients => {
+                    self.json_brokered(seq, outcome)
+                }
+                ShardMsg::Brokered { seq, outcome } => self.brokered(seq, outcome),
+                ShardMsg::Attached {
+                    channel,
+                    ticket,
+                    position,
+                    kept,
+                } => self.broker_attached(&channel, ticket, position, kept),
+                ShardMsg::BrokerReply { seq, from, count } => {
+                    if let Some(&id) = self.broker_waits.get(&seq) {
+                        self.admin_reply(id, from, count);
+                    }
+                }
                 ShardMsg::Census(census) => self.answer_census(&census),
                 ShardMsg::CensusReply {
                     id,
@@ -396,6 +472,12 @@ impl Core {
                 match self.channels.mark(id) {
                     Some(mark) if mark.epoch == position.epoch && position.offset > mark.offset => {
                         mark.offset = position.offset;
+                        sequenced = Some(id);
+                    }
+                    // Redis started a new epoch (the first message since the hold, or its
+                    // keys expired or were lost): its messages come in its publish order.
+                    Some(mark) if publish.brokered && mark.epoch != position.epoch => {
+                        *mark = position;
                         sequenced = Some(id);
                     }
                     // Published before this shard attached: its subscribers came later.
@@ -468,8 +550,17 @@ impl Core {
         if let Some((origin, id)) = publish.origin {
             let from = self.index;
             let count = u64::from(handed);
+            let reply = if publish.brokered {
+                ShardMsg::BrokerReply {
+                    seq: id,
+                    from,
+                    count,
+                }
+            } else {
+                ShardMsg::Reply { id, from, count }
+            };
             // A gone admin shard has no one left to answer: nothing to do.
-            let _ = self.send_to(origin, ShardMsg::Reply { id, from, count });
+            let _ = self.send_to(origin, reply);
         }
     }
 }

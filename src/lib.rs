@@ -16,6 +16,7 @@ macro_rules! elog {
 pub mod admin_service;
 pub mod admission;
 pub mod auth;
+pub mod broker;
 pub mod channels;
 pub mod config;
 pub mod conn;

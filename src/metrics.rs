@@ -68,6 +68,64 @@ impl Out {
     }
 }
 
+/// Appends the broker families (`--broker`, issue 12) to an exposition from `render`.
+pub fn render_broker(text: &mut String, stats: &crate::broker::BrokerStats) {
+    use std::sync::atomic::Ordering::Relaxed;
+    let mut o = Out {
+        text: std::mem::take(text),
+    };
+    let up = stats.publisher_up.load(Relaxed) && stats.subscriber_up.load(Relaxed);
+    let families = [
+        (
+            "broker_up",
+            "gauge",
+            "1 while both broker connections (publish, subscribe) are up.",
+            u64::from(up),
+        ),
+        (
+            "broker_subscriptions",
+            "gauge",
+            "Channels this node is subscribed to on the broker.",
+            stats.subscriptions.load(Relaxed),
+        ),
+        (
+            "broker_reconnects_total",
+            "counter",
+            "Broker connections made again after one was lost.",
+            stats.reconnects.load(Relaxed),
+        ),
+        (
+            "broker_publishes_total",
+            "counter",
+            "Publishes the broker accepted.",
+            stats.publishes.load(Relaxed),
+        ),
+        (
+            "broker_publish_failures_total",
+            "counter",
+            "Publishes that did not reach the broker (answered 503, or dropped for clients).",
+            stats.publish_failures.load(Relaxed),
+        ),
+        (
+            "broker_messages_total",
+            "counter",
+            "Messages received from the broker.",
+            stats.messages.load(Relaxed),
+        ),
+        (
+            "broker_unreadable_total",
+            "counter",
+            "Messages received from the broker that were not ringpush's (not delivered).",
+            stats.unreadable.load(Relaxed),
+        ),
+    ];
+    for (name, kind, help, value) in families {
+        o.family(name, kind, help);
+        o.sample(name, "", value);
+    }
+    *text = o.text;
+}
+
 /// Appends the node-wide history families (issue 10) to an exposition from `render`.
 pub fn render_history(text: &mut String, stats: &HistoryStats) {
     let mut o = Out {

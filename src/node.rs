@@ -13,6 +13,7 @@ use std::time::{Duration, Instant};
 use crate::admission::AddressTable;
 use crate::auth::setup::NodeAuth;
 use crate::auth::{AuthMode, AUTH_OFF_WARNING};
+use crate::broker::{Broker, BrokerConfig};
 use crate::config::Config;
 use crate::fanout::Peers;
 use crate::history::{History, HistoryConfig};
@@ -82,6 +83,7 @@ pub fn run(cfg: Config) -> Result<(), String> {
             cfg.recv_buffers
         ));
     }
+    let broker = broker_config(&cfg)?;
     let shards = cfg.shard_count();
     let nofile = sys::nofile_limit();
     let (per_shard, clamped) = conns_per_shard(cfg.max_conns, shards, nofile);
@@ -128,6 +130,14 @@ pub fn run(cfg: Config) -> Result<(), String> {
         };
         rings.push(Ring::new(rc).map_err(|e| format!("shard {i}: {e}"))?);
     }
+    // The broker threads' doorbell rings: created with the others, before any unshare.
+    let broker_rings = match &broker {
+        Some(_) => {
+            let make = || Ring::new(&BROKER_RING).map_err(|e| format!("broker: {e}"));
+            Some([make()?, make()?])
+        }
+        None => None,
+    };
     let mut listeners = Vec::with_capacity(total_shards);
     let mut addr = cfg.listen;
     for i in 0..shards {
@@ -158,6 +168,13 @@ pub fn run(cfg: Config) -> Result<(), String> {
         queued: (0..total_shards).map(|_| AtomicUsize::new(0)).collect(),
         inbox_max: cfg.max_shard_inbox as usize,
     });
+    let (broker, broker_queues) = match broker {
+        Some(config) => {
+            let (broker, queues) = Broker::new(config, cfg.max_shard_inbox as usize);
+            (Some(Arc::new(broker)), Some(queues))
+        }
+        None => (None, None),
+    };
     let shared = Arc::new(Shared {
         shutdown: AtomicBool::new(false),
         exited: (0..total_shards).map(|_| AtomicBool::new(false)).collect(),
@@ -174,6 +191,7 @@ pub fn run(cfg: Config) -> Result<(), String> {
         auth,
         addresses: AddressTable::new(cfg.admission()),
         trusted_proxies,
+        broker,
     });
     let cores = if cfg.no_pin {
         Vec::new()
@@ -217,6 +235,13 @@ pub fn run(cfg: Config) -> Result<(), String> {
     }
     drop(ready_tx);
     let mut failure = None;
+    if let (Some(queues), Some(rings)) = (broker_queues, broker_rings) {
+        // Before the listeners and rings are closed here: each broker thread copies this
+        // file table (every ring fd) when it starts.
+        if let Err(e) = crate::broker::spawn(&shared, &peers, queues, rings, &listeners) {
+            failure = Some(e);
+        }
+    }
     for _ in 0..total_shards {
         match ready_rx.recv() {
             Ok(Ok(())) => {}
@@ -349,6 +374,57 @@ pub fn run(cfg: Config) -> Result<(), String> {
         return Err(format!("shards {left:?} did not finish their drain"));
     }
     Ok(())
+}
+
+/// The broker threads' rings: doorbells only.
+const BROKER_RING: RingConfig = RingConfig {
+    sq_entries: 64,
+    cq_entries: 256,
+};
+
+/// The broker's settings from `--broker*` and the history flags, checked before anything
+/// starts; `None` without `--broker`.
+fn broker_config(cfg: &Config) -> Result<Option<BrokerConfig>, String> {
+    let Some(url) = &cfg.broker else {
+        if cfg.broker_password_file.is_some() || cfg.broker_password_env.is_some() {
+            return Err("--broker-password-file/-env need --broker".to_string());
+        }
+        return Ok(None);
+    };
+    crate::broker::check_url(url)?;
+    let password = match (&cfg.broker_password_file, &cfg.broker_password_env) {
+        (Some(_), Some(_)) => {
+            return Err("give --broker-password-file or --broker-password-env, not both".into())
+        }
+        (Some(path), None) => {
+            let text = std::fs::read_to_string(path)
+                .map_err(|e| format!("--broker-password-file {}: {e}", path.display()))?;
+            Some(text.lines().next().unwrap_or("").to_string())
+        }
+        (None, Some(var)) => Some(
+            std::env::var(var)
+                .map_err(|_| format!("--broker-password-env {var}: the variable is not set"))?,
+        ),
+        (None, None) => None,
+    };
+    if password.as_deref() == Some("") {
+        return Err("the broker password is empty".to_string());
+    }
+    if cfg.broker_timeout.is_zero() {
+        return Err("--broker-timeout must be above 0".to_string());
+    }
+    let key_ttl_ms = cfg
+        .history_ttl
+        .map_or(crate::broker::KEY_TTL_DEFAULT_MS, |ttl| {
+            (ttl.as_millis() as u64).max(1)
+        });
+    Ok(Some(BrokerConfig {
+        url: url.clone(),
+        password,
+        timeout: cfg.broker_timeout,
+        history_size: cfg.history_size,
+        key_ttl_ms,
+    }))
 }
 
 /// How long shutdown waits for the shards beyond --drain-timeout before giving up on them.

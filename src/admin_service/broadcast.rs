@@ -195,14 +195,19 @@ impl Core {
                 count: 0,
                 keep_alive,
                 position: None,
+                broker: None,
             }) as u32;
             // Before the publish: a gone shard's count is taken at once, inside it.
             self.broadcast_parts.insert(part, (id, at));
-            // Each channel takes its next offset, as any channel publish does.
+            // Each channel takes its next offset, as any channel publish does (with
+            // `--broker`, in Redis: a channel Redis does not take is reported refused).
             let origin = Some((self.index, part));
-            let sent = self
-                .publish_channel(name, frame.clone(), origin)
-                .map(|_| ());
+            let sent = if self.shared.broker.is_some() {
+                self.admin_broker_publish(part, name, frame.clone())
+            } else {
+                self.publish_channel(name, frame.clone(), origin)
+                    .map(|_| ())
+            };
             if sent == Err(Unsent::Full) {
                 self.pending.remove(part as usize);
                 self.broadcast_parts.remove(&part);
@@ -228,6 +233,19 @@ impl Core {
             return false;
         };
         self.broadcast_part(broadcast, at, count);
+        true
+    }
+
+    /// If pending publish `id` is part of a broadcast, records it there as refused (with
+    /// `--broker`: Redis did not take it) and returns true.
+    pub(super) fn broadcast_refused(&mut self, id: u32) -> bool {
+        let Some((broadcast, at)) = self.broadcast_parts.remove(&id) else {
+            return false;
+        };
+        if let Some(b) = self.broadcasts.get_mut(broadcast as usize) {
+            b.refused[at] = true;
+        }
+        self.broadcast_part(broadcast, at, 0);
         true
     }
 

@@ -218,6 +218,20 @@ impl Core {
         head_only: bool,
         keep_alive: bool,
     ) {
+        if self.shared.broker.is_some() {
+            // With the broker the history is in Redis; this view does not read it yet.
+            let mut response = Vec::new();
+            let body: &[u8] = if head_only {
+                b""
+            } else {
+                b"not available with --broker yet: the history is in Redis \
+                  (XRANGE ringpush:{<channel>}:log)\n"
+            };
+            let media = Some("text/plain; charset=utf-8");
+            write_response(&mut response, 501, &[], media, body, keep_alive);
+            self.admin_slot(key, AdminSlot::Ready(Bytes::from(response), !keep_alive));
+            return;
+        }
         let page = self
             .shared
             .history

@@ -48,6 +48,7 @@ use crate::shard::Core;
 use crate::ws::{frame, OpCode};
 
 mod broadcast;
+mod brokered;
 mod channels;
 mod conns;
 mod service;
@@ -181,10 +182,12 @@ impl Core {
                 );
             }
             admin_request::Target::Healthz => {
-                let (status, body): (u16, &[u8]) = if self.draining.is_some() {
-                    (503, b"draining\n")
-                } else {
-                    (200, b"ok\n")
+                let broker_up = self.shared.broker.as_ref().map(|b| b.up());
+                let (status, body): (u16, &[u8]) = match (self.draining.is_some(), broker_up) {
+                    (true, _) => (503, b"draining\n"),
+                    (false, None) => (200, b"ok\n"),
+                    (false, Some(true)) => (200, b"ok broker=up\n"),
+                    (false, Some(false)) => (503, b"broker=down\n"),
                 };
                 let body = if request.head_only { &b""[..] } else { body };
                 write_response(
@@ -264,6 +267,7 @@ impl Core {
             count: 0,
             keep_alive,
             position: None,
+            broker: None,
         }) as u32;
         self.admin_slot(key, AdminSlot::Waiting(id));
         let origin = Some((self.index, id));
@@ -275,10 +279,15 @@ impl Core {
                 origin,
                 position: None,
                 json: Default::default(),
+                brokered: false,
             })
         } else {
             // The channel's next offset, kept in the pending request for the answer.
-            self.publish_channel(name, frame, origin).map(|_| ())
+            if self.shared.broker.is_some() {
+                self.admin_broker_publish(id, name, frame)
+            } else {
+                self.publish_channel(name, frame, origin).map(|_| ())
+            }
         };
         if sent == Err(Unsent::Full) {
             // Nothing was sent to any shard: answer now, keeping the connection.
@@ -333,10 +342,19 @@ impl Core {
         }
         p.count += count;
         p.waiting -= 1;
-        if p.waiting > 0 {
+        // A brokered publish is answered once Redis has accepted it, too.
+        if p.waiting > 0 || (p.broker.is_some() && p.position.is_none()) {
             return;
         }
+        self.answer_publish(id);
+    }
+
+    /// Answers waiting publish `id` with its counts so far and its position.
+    pub(super) fn answer_publish(&mut self, id: u32) {
         let p = self.pending.remove(id as usize);
+        if let Some((seq, _)) = p.broker {
+            self.broker_waits.remove(&seq);
+        }
         if self.broadcast_counted(id, p.count) {
             return;
         }
@@ -419,6 +437,9 @@ impl Core {
         }
         let mut text = metrics::render(&shards, self.peers.clients, self.draining.is_some());
         metrics::render_history(&mut text, &self.shared.history.stats());
+        if let Some(broker) = &self.shared.broker {
+            metrics::render_broker(&mut text, &broker.stats);
+        }
         text
     }
 }

@@ -23,7 +23,7 @@ use std::time::Instant;
 
 use bytes::BytesMut;
 
-use crate::channels::Subscription;
+use crate::channels::{Subscription, WAITING};
 use crate::conn::end::End;
 use crate::conn::{self, State};
 use crate::history::Replay;
@@ -173,6 +173,10 @@ impl Core {
             self.json_error(id, ErrorCode::TooMany, "too many subscriptions");
             return;
         }
+        if self.shared.broker.is_some() {
+            self.json_subscribe_brokered(key, id, name, since);
+            return;
+        }
         let cid = self.channels.open(name);
         let mark = self.attach(cid);
         let epoch = mark.epoch.text();
@@ -245,6 +249,9 @@ impl Core {
         else {
             return;
         };
+        if token.slot == WAITING {
+            self.forget_broker_join(key, token.channel);
+        }
         self.unsubscribe_token(key, token);
         self.detach_freed();
         self.json_answer(|out| proto::encode_unsubscribed(out, id, name));
@@ -269,6 +276,10 @@ impl Core {
             Payload::Text(bytes) => frame::encode(OpCode::Text, bytes),
             Payload::Binary(bytes) => frame::encode(OpCode::Binary, bytes),
         };
+        if self.shared.broker.is_some() {
+            self.json_publish_brokered(key, id, name, frame);
+            return;
+        }
         match self.publish_channel(name.clone(), frame, None) {
             Ok(position) => {
                 let epoch = position.epoch.text();

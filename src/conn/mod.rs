@@ -23,6 +23,7 @@ pub mod admission;
 pub mod auth;
 pub mod end;
 pub mod json;
+pub mod json_broker;
 pub mod protocol;
 pub mod send;
 

@@ -64,6 +64,9 @@ pub struct Publish {
     /// The JSON-mode message frame, encoded by the first shard with a JSON subscriber and
     /// shared by all of them.
     pub json: OnceLock<Bytes>,
+    /// Received from the broker (`--broker`): its position is Redis', and the count goes
+    /// back as `ShardMsg::BrokerReply` under the origin's publish sequence number.
+    pub brokered: bool,
 }
 
 impl Publish {
@@ -151,6 +154,23 @@ pub enum ShardMsg {
     },
     /// The admin shard asks for this shard's subscriber counts (`GET /channels`).
     Census(Arc<Census>),
+    /// The broker's answer to a publish this shard queued (`--broker`), by its sequence
+    /// number: the position Redis gave it, or why it did not get there.
+    Brokered {
+        seq: u32,
+        outcome: crate::broker::Outcome,
+    },
+    /// The broker's answer to `HoldJob::Position` (ticket `ticket`): `channel`'s position
+    /// read after this node's subscription was confirmed, and the kept messages after the
+    /// asked offset (none unless asked).
+    Attached {
+        channel: Box<str>,
+        ticket: u64,
+        position: Position,
+        kept: Vec<crate::broker::Kept>,
+    },
+    /// A shard's delivery count for the brokered publish of sequence number `seq`.
+    BrokerReply { seq: u32, from: usize, count: u64 },
     /// A shard's answer to a `Census`.
     CensusReply {
         /// Query id in the admin shard's `queries` slab.
@@ -168,7 +188,14 @@ impl ShardMsg {
     /// Whether the message takes a place in the target's inbox bound (`--max-shard-inbox`):
     /// requests do; answers to the admin shard never do, so they can always be sent.
     pub fn bounded(&self) -> bool {
-        !matches!(self, ShardMsg::Reply { .. } | ShardMsg::CensusReply { .. })
+        !matches!(
+            self,
+            ShardMsg::Reply { .. }
+                | ShardMsg::CensusReply { .. }
+                | ShardMsg::Brokered { .. }
+                | ShardMsg::Attached { .. }
+                | ShardMsg::BrokerReply { .. }
+        )
     }
 }
 
@@ -216,6 +243,10 @@ pub struct Pending {
     pub keep_alive: bool,
     /// A channel publish's position, for the answer's `epoch` and `offset`.
     pub position: Option<Position>,
+    /// A brokered publish (`--broker`): its sequence number and the time by which it is
+    /// answered with the counts so far. Answered once Redis accepted it and every client
+    /// shard counted.
+    pub broker: Option<(u32, Instant)>,
 }
 
 /// A publishing connection's current one-second window (`--client-publish-rate`).

@@ -87,6 +87,15 @@ pub struct Position {
     pub offset: u64,
 }
 
+impl Position {
+    /// No position known yet: a shard holding a channel through the broker before its first
+    /// message (epoch 0 is never one Redis gives).
+    pub const UNKNOWN: Position = Position {
+        epoch: Epoch(0),
+        offset: 0,
+    };
+}
+
 /// The frame kind a publish had, kept for raw subscribers' replays.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 pub enum PayloadKind {

@@ -102,6 +102,8 @@ pub struct Shared {
     pub addresses: AddressTable,
     /// The `--trusted-proxy` ranges.
     pub trusted_proxies: TrustedProxies,
+    /// The Redis broker joining this node to others (`--broker`), if any.
+    pub broker: Option<Arc<crate::broker::Broker>>,
 }
 
 /// What a shard hands back when it exits.

@@ -129,6 +129,15 @@ pub(crate) struct Core {
     /// Admin shard: (request, shard) counts of gone shards met under the history's lock,
     /// answered once it is released (`fanout.rs`).
     pub(crate) gone_counts: Vec<(u32, usize)>,
+    /// Admin shard, with `--broker`: the `pending` id of each brokered publish by its
+    /// sequence number (the id the broker's messages carry back).
+    pub(crate) broker_waits: HashMap<u32, u32>,
+    /// Client shards, with `--broker`: JSON subscriptions waiting for their channel's
+    /// position, by ticket (`conn/json_broker.rs`), and the next ticket.
+    pub(crate) broker_joins: HashMap<u64, crate::conn::json_broker::BrokerJoin>,
+    pub(crate) broker_tickets: u64,
+    /// Client shards, with `--broker`: JSON publishes waiting for Redis, by sequence number.
+    pub(crate) broker_publishes: HashMap<u32, crate::conn::json_broker::BrokerPublish>,
     /// Test hook: leave the loop on the next tick, as on a ring error.
     pub(super) test_exit: TestExit,
     /// Client shards, with auth on: what each live connection may do (its token's grant or
@@ -238,6 +247,10 @@ impl Core {
             json_conns: HashMap::new(),
             json_commands: Vec::new(),
             gone_counts: Vec::new(),
+            broker_waits: HashMap::new(),
+            broker_joins: HashMap::new(),
+            broker_tickets: 0,
+            broker_publishes: HashMap::new(),
             test_exit: TestExit::No,
             access: HashMap::new(),
             scopes: ScopeInterner::default(),

@@ -85,6 +85,7 @@ pub(super) fn shard_harness<R: TestRole>(
         addresses: AddressTable::new(cfg.admission()),
         trusted_proxies: TrustedProxies::parse(&cfg.trusted_proxies)
             .expect("the test's proxy flags parse"),
+        broker: None,
     });
     let (senders, mut receivers): (Vec<_>, Vec<_>) = (0..shards)
         .map(|_| {
@@ -434,6 +435,7 @@ fn a_doorbell_delivers_a_publish_to_the_channel_subscribers_only() {
         origin: None,
         position: None,
         json: Default::default(),
+        brokered: false,
     };
     h.shard.service.core.peers.queued[0].fetch_add(1, Ordering::Relaxed);
     h.inbox
