@@ -8,6 +8,7 @@ use std::collections::BTreeSet;
 use std::path::Path;
 use std::process::Command;
 
+use util::redis_server::RedisServer;
 use util::{http_raw, Node};
 
 const DASHBOARD: &str = include_str!("../contrib/grafana/ringpush.json");
@@ -55,7 +56,9 @@ fn issue_13_the_dashboard_names_only_metrics_the_node_exports() {
             used.extend(names);
         }
     }
-    let node = Node::start(&[]);
+    // A node with --broker exports every metric, the broker's included.
+    let redis = RedisServer::start();
+    let node = Node::start(&["--broker", redis.url().as_str()]);
     let metrics = http_raw(
         node.admin,
         b"GET /metrics HTTP/1.1\r\nHost: x\r\nConnection: close\r\n\r\n",
@@ -79,6 +82,7 @@ fn issue_13_the_dashboard_names_only_metrics_the_node_exports() {
         "ringpush_fanout_latency_seconds",
         "ringpush_slow_consumer_closes_total",
         "ringpush_pings_lost_total",
+        "ringpush_broker_up",
     ] {
         assert!(used.contains(wanted), "the dashboard lacks {wanted}");
     }
