@@ -66,7 +66,11 @@ fn issue_8_item_1_handshake_deadline_keeps_wall_clock_time_in_both_tick_modes() 
     for node in [&oneshot, &probed] {
         // A shard publishes its counters at the end of each 50 ms tick, so the count may
         // trail the dropped connection by a tick (more on a loaded machine): wait for it.
-        wait_metric(node, "ringpush_handshake_failures_total{reason=\"timeout\"}", 1);
+        wait_metric(
+            node,
+            "ringpush_handshake_failures_total{reason=\"timeout\"}",
+            1,
+        );
         assert_eq!(metric(node, "ringpush_tick_errors_total{shard=\"0\"}"), 0);
     }
 }

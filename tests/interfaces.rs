@@ -1,7 +1,8 @@
 //! Issue 13, stable interfaces: INTERFACES.md against the real binary. Every flag, metric,
 //! admin path and JSON op the node has is listed there, and every name listed there still
-//! works, or is a deprecated alias with a CHANGELOG line. (Close codes are checked against
-//! the node's End table in `src/conn/end.rs`.)
+//! works, or is a deprecated alias with a CHANGELOG line; the broker's metrics are exported
+//! by a node with `--broker` only. (Close codes are checked against the node's End table in
+//! `src/conn/end_tests.rs`.)
 
 mod util;
 
@@ -10,6 +11,7 @@ use std::process::Command;
 
 use serde_json::json;
 use util::json_client::JsonClient;
+use util::redis_server::RedisServer;
 use util::{http_raw, Node};
 
 const INTERFACES: &str = include_str!("../INTERFACES.md");
@@ -102,19 +104,8 @@ fn issue_13_every_flag_is_documented_and_every_documented_flag_still_works() {
 #[test]
 fn issue_13_every_metric_is_documented_with_its_type_and_none_disappeared() {
     let node = Node::start(&[]);
-    let text = http_raw(
-        node.admin,
-        b"GET /metrics HTTP/1.1\r\nHost: x\r\nConnection: close\r\n\r\n",
-    );
-    let exported: BTreeSet<(String, String)> = text
-        .lines()
-        .filter_map(|line| line.strip_prefix("# TYPE "))
-        .filter_map(|line| {
-            let (name, kind) = line.split_once(' ')?;
-            Some((name.to_string(), kind.to_string()))
-        })
-        .collect();
-    assert!(exported.len() > 10, "{text}");
+    let exported = metric_types(&node);
+    assert!(exported.len() > 10, "{exported:?}");
     let documented: BTreeSet<(String, String)> = rows("Metrics")
         .into_iter()
         .map(|row| (row[0].clone(), row[1].clone()))
@@ -132,6 +123,47 @@ fn issue_13_every_metric_is_documented_with_its_type_and_none_disappeared() {
     assert!(
         gone.is_empty(),
         "metrics gone without a deprecation: {gone:?}"
+    );
+}
+
+/// Every `(metric, type)` a node exports, from its `# TYPE` lines.
+fn metric_types(node: &Node) -> BTreeSet<(String, String)> {
+    let text = http_raw(
+        node.admin,
+        b"GET /metrics HTTP/1.1\r\nHost: x\r\nConnection: close\r\n\r\n",
+    );
+    text.lines()
+        .filter_map(|line| line.strip_prefix("# TYPE "))
+        .filter_map(|line| {
+            let (name, kind) = line.split_once(' ')?;
+            Some((name.to_string(), kind.to_string()))
+        })
+        .collect()
+}
+
+#[test]
+fn issue_12_every_broker_metric_is_documented_and_only_a_broker_node_exports_them() {
+    let documented: BTreeSet<(String, String)> = rows("Broker metrics")
+        .into_iter()
+        .map(|row| (row[0].clone(), row[1].clone()))
+        .collect();
+    let redis = RedisServer::start();
+    let brokered = Node::start(&["--broker", redis.url().as_str(), "--shards", "2"]);
+    let plain = Node::start(&[]);
+    let without = metric_types(&plain);
+    let added: BTreeSet<_> = metric_types(&brokered)
+        .difference(&without)
+        .cloned()
+        .collect();
+    assert_eq!(
+        added, documented,
+        "the broker's metrics and INTERFACES.md's table"
+    );
+    assert!(
+        without
+            .iter()
+            .all(|(name, _)| !name.starts_with("ringpush_broker_")),
+        "a node without --broker exports no broker metric"
     );
 }
 
