@@ -488,16 +488,25 @@ impl Core {
         };
         let (mut handed, mut handed_json) = (0u32, 0u32);
         let mut sequenced = None;
+        // A brokered message that does not follow the watermark (the subscriber connection
+        // was down, or Redis lost the channel) tells JSON subscribers before it arrives.
+        let mut gap = None;
         if let (Some(name), Some(position)) = (channel, publish.position) {
             if let Some(id) = self.channels.id(name) {
                 match self.channels.mark(id) {
                     Some(mark) if mark.epoch == position.epoch && position.offset > mark.offset => {
+                        if publish.brokered && position.offset > mark.offset + 1 {
+                            gap = Some(gap_frame(name, position));
+                        }
                         mark.offset = position.offset;
                         sequenced = Some(id);
                     }
                     // Redis started a new epoch (the first message since the hold, or its
                     // keys expired or were lost): its messages come in its publish order.
                     Some(mark) if publish.brokered && mark.epoch != position.epoch => {
+                        if *mark != Position::UNKNOWN {
+                            gap = Some(gap_frame(name, position));
+                        }
                         *mark = position;
                         sequenced = Some(id);
                     }
@@ -518,6 +527,9 @@ impl Core {
                 let (frame, count) = match (RouteKind::from_u8(self.conns[key].route), channel) {
                     (RouteKind::Channel, _) => (publish.frame.clone(), &mut handed),
                     (RouteKind::Json, Some(name)) => {
+                        if let Some(gap) = &gap {
+                            let _ = self.enqueue(key, gap.clone());
+                        }
                         (publish.json_frame(name).clone(), &mut handed_json)
                     }
                     (RouteKind::Json, None) => {
