@@ -16,6 +16,12 @@
 //!   `ShardMsg::Attached`, is read on a second connection of this thread after the
 //!   subscription is confirmed and pushed in order with the channel's messages.
 //!
+//! Sessions span nodes through one node-wide pub/sub channel (`wire::SESSIONS_CHANNEL`):
+//! a `/send` and each session-bound connect's claim are published there by the publisher
+//! thread (`Broker::publish_session`), and the subscriber thread hands other nodes' to every
+//! client shard. One channel, not one per session: a node would otherwise SUBSCRIBE and
+//! UNSUBSCRIBE per session connect and leave, Redis traffic per connection.
+//!
 //! Both reconnect on any failure with exponential backoff and full jitter
 //! (`Backoff`), and the subscriber then subscribes again to everything held.
 //!

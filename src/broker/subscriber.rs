@@ -2,6 +2,10 @@
 //! which channel (`holders`), subscribes while any shard holds a channel and unsubscribes
 //! when the last one lets go, and hands each message to the shards that should see it.
 //!
+//! It also holds `wire::SESSIONS_CHANNEL` for the connection's whole life: other nodes'
+//! `/send` bodies and (session, tab) claims go to every client shard (`forward_session`),
+//! and a claim moves the node's claim clock past its order first.
+//!
 //! Invariants:
 //! - Redis is subscribed to a channel exactly while `holders` has an entry for it (after a
 //!   reconnect, every held channel is subscribed again before any message is read).
