@@ -21,7 +21,12 @@
 //! first local subscriber until the channel is freed (`detach_freed` → `Release`); its
 //! watermark starts `Position::UNKNOWN` and takes the epoch of the first message (or of a
 //! JSON subscription's `Attached`), and a brokered message of another epoch starts it again
-//! (Redis lost the channel's keys). Sessions (`/send`, claims) stay local to the node.
+//! (Redis lost the channel's keys). Sessions span nodes through one node-wide pub/sub
+//! channel (`wire::SESSIONS_CHANNEL`, subscribed while the subscriber connection is up):
+//! `/send` delivers locally and publishes the body there, and `bind_session` publishes its
+//! claim there; the subscriber thread hands other nodes' sends and claims to every client
+//! shard's inbox. A brokered claim order is a Lamport clock with the node's tag in its low
+//! bits (`Broker::next_claim_seq`), so every node ranks two claims alike.
 //!
 //! Back-pressure: publishes and claims are counted per inbox (`Peers::queued`) and refused
 //! past `--max-shard-inbox`. A publish reserves a place in every target inbox before it
@@ -47,7 +52,8 @@
 //!   no doorbell): delivering one at once while an older one of the same channel still
 //!   waits in the inbox would move the watermark past it and skip it.
 //! - A (session, tab) is held by at most one live connection node-wide: the newest claim
-//!   (highest `Shared::session_seq`) wins and older holders are closed with 4001.
+//!   (highest `Shared::session_seq`) wins and older holders are closed with 4001. Under
+//!   `--broker` the same holds across nodes once each node has read the others' claims.
 
 use std::collections::HashMap;
 use std::sync::atomic::Ordering;
@@ -56,7 +62,8 @@ use std::time::Instant;
 
 use bytes::Bytes;
 
-use crate::broker::{HoldJob, PublishJob};
+use crate::broker::wire::SessionNote;
+use crate::broker::{HoldJob, JobTo, PublishJob};
 use crate::channels::{Audience, Moved, SessionTag, Subscription};
 use crate::conn::end::End;
 use crate::conn::json::JsonConn;
@@ -227,6 +234,7 @@ impl Core {
     ) -> Result<(), Unsent> {
         let broker = self.shared.broker.as_ref().expect("called with --broker");
         let job = PublishJob {
+            to: JobTo::Channel,
             channel: name,
             payload: frame_payload(&frame),
             kind: frame_kind(&frame),
@@ -247,12 +255,25 @@ impl Core {
     /// Binds `key` to (session, tab): older holders here are replaced now, holders on
     /// other shards when our claim reaches them.
     pub(crate) fn bind_session(&mut self, key: usize, session: String, tab: String) {
-        let seq = self.shared.session_seq.fetch_add(1, Ordering::Relaxed) + 1;
+        let seq = match &self.shared.broker {
+            Some(broker) => broker.next_claim_seq(&self.shared.session_seq),
+            None => self.shared.session_seq.fetch_add(1, Ordering::Relaxed) + 1,
+        };
         let claim = Arc::new(Claim {
             session: session.into(),
             tab: tab.into(),
             seq,
         });
+        if let Some(broker) = &self.shared.broker {
+            // Other nodes close their older holders when the claim reaches them: one
+            // message per session-bound connect, none when it leaves.
+            broker.publish_session(&SessionNote::Claim {
+                node: broker.node,
+                session: claim.session.clone(),
+                tab: claim.tab.clone(),
+                seq,
+            });
+        }
         self.apply_claim(&claim);
         let owner = self.owner(key);
         self.channels.bind(&claim.session, &claim.tab, owner, seq);
@@ -467,16 +488,25 @@ impl Core {
         };
         let (mut handed, mut handed_json) = (0u32, 0u32);
         let mut sequenced = None;
+        // A brokered message that does not follow the watermark (the subscriber connection
+        // was down, or Redis lost the channel) tells JSON subscribers before it arrives.
+        let mut gap = None;
         if let (Some(name), Some(position)) = (channel, publish.position) {
             if let Some(id) = self.channels.id(name) {
                 match self.channels.mark(id) {
                     Some(mark) if mark.epoch == position.epoch && position.offset > mark.offset => {
+                        if publish.brokered && position.offset > mark.offset + 1 {
+                            gap = Some(gap_frame(name, position));
+                        }
                         mark.offset = position.offset;
                         sequenced = Some(id);
                     }
                     // Redis started a new epoch (the first message since the hold, or its
                     // keys expired or were lost): its messages come in its publish order.
                     Some(mark) if publish.brokered && mark.epoch != position.epoch => {
+                        if *mark != Position::UNKNOWN {
+                            gap = Some(gap_frame(name, position));
+                        }
                         *mark = position;
                         sequenced = Some(id);
                     }
@@ -497,6 +527,9 @@ impl Core {
                 let (frame, count) = match (RouteKind::from_u8(self.conns[key].route), channel) {
                     (RouteKind::Channel, _) => (publish.frame.clone(), &mut handed),
                     (RouteKind::Json, Some(name)) => {
+                        if let Some(gap) = &gap {
+                            let _ = self.enqueue(key, gap.clone());
+                        }
                         (publish.json_frame(name).clone(), &mut handed_json)
                     }
                     (RouteKind::Json, None) => {

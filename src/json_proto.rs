@@ -455,6 +455,18 @@ pub fn encode_error(out: &mut BytesMut, id: Option<u64>, code: ErrorCode, reason
     out.put_u8(b'}');
 }
 
+/// Appends `{"op":"gap","channel":"A","epoch":"E","offset":K}`: messages of `A` before
+/// offset `K` of epoch `E` (the message that follows) may never arrive (`--broker`).
+pub fn encode_gap(out: &mut BytesMut, channel: &str, epoch: &str, offset: u64) {
+    out.put_slice(br#"{"op":"gap","channel":"#);
+    put_string(out, channel.as_bytes());
+    out.put_slice(br#","epoch":"#);
+    put_string(out, epoch.as_bytes());
+    out.put_slice(br#","offset":"#);
+    put_u64(out, offset);
+    out.put_u8(b'}');
+}
+
 /// Appends the application-level heartbeat `{"op":"ping"}`.
 pub fn encode_ping(out: &mut BytesMut) {
     out.put_slice(br#"{"op":"ping"}"#);

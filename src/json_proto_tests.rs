@@ -255,6 +255,12 @@ fn node_objects_are_the_documented_json() {
         json!({"op":"unsubscribed","id":4,"channel":"a"})
     );
     out.clear();
+    encode_gap(&mut out, "a\"b", "e", 7);
+    assert_eq!(
+        json_of(&out),
+        json!({"op":"gap","channel":"a\"b","epoch":"e","offset":7})
+    );
+    out.clear();
     encode_published(&mut out, u64::MAX, "a", "e", 5);
     assert_eq!(
         json_of(&out),

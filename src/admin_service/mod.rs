@@ -36,9 +36,10 @@ use std::time::Instant;
 
 use bytes::Bytes;
 
+use crate::broker::wire::SessionNote;
 use crate::conn::end::End;
 use crate::conn::{self, Partial, State};
-use crate::fanout::{CensusOf, Pending, Publish, Target, Unsent};
+use crate::fanout::{frame_kind, frame_payload, CensusOf, Pending, Publish, Target, Unsent};
 use crate::http::admin_request::{self, AdminError, AdminRequest, BodyKind};
 use crate::http::demo::{self, Demo};
 use crate::http::response::write_response;
@@ -272,6 +273,16 @@ impl Core {
         self.admin_slot(key, AdminSlot::Waiting(id));
         let origin = Some((self.index, id));
         let sent = if session {
+            if let Some(broker) = &self.shared.broker {
+                // The other nodes' connections of the session get it through Redis; the
+                // answer counts this node's (the only ones known here).
+                broker.publish_session(&SessionNote::Send {
+                    node: broker.node,
+                    session: name.clone(),
+                    kind: frame_kind(&frame),
+                    payload: frame_payload(&frame),
+                });
+            }
             self.publish_to_clients(Publish {
                 target: Target::Session(name),
                 frame,

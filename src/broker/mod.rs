@@ -16,6 +16,12 @@
 //!   `ShardMsg::Attached`, is read on a second connection of this thread after the
 //!   subscription is confirmed and pushed in order with the channel's messages.
 //!
+//! Sessions span nodes through one node-wide pub/sub channel (`wire::SESSIONS_CHANNEL`):
+//! a `/send` and each session-bound connect's claim are published there by the publisher
+//! thread (`Broker::publish_session`), and the subscriber thread hands other nodes' to every
+//! client shard. One channel, not one per session: a node would otherwise SUBSCRIBE and
+//! UNSUBSCRIBE per session connect and leave, Redis traffic per connection.
+//!
 //! Both reconnect on any failure with exponential backoff and full jitter
 //! (`Backoff`), and the subscriber then subscribes again to everything held.
 //!
@@ -49,6 +55,10 @@ pub mod wire;
 pub const BACKOFF_BASE_MS: u64 = 50;
 /// Longest wait between two reconnect attempts (the backoff's cap).
 pub const BACKOFF_MAX_MS: u64 = 2_000;
+/// Low bits of a brokered claim order that hold the claiming node's tag.
+const CLAIM_NODE_BITS: u32 = 16;
+const CLAIM_NODE_MASK: u64 = (1 << CLAIM_NODE_BITS) - 1;
+
 /// Key TTL when `--history-ttl` is not set: a channel nobody published to for a day starts
 /// a new epoch.
 pub const KEY_TTL_DEFAULT_MS: u64 = 24 * 3600 * 1000;
@@ -90,8 +100,19 @@ impl BrokerFault {
     }
 }
 
+/// Where a publish job goes.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum JobTo {
+    /// Channel `channel`, through the publish script (offset, history, pub/sub).
+    Channel,
+    /// `wire::SESSIONS_CHANNEL`: `payload` is a whole `wire::session_message`, published
+    /// as it is (no offset, no history).
+    Sessions,
+}
+
 /// One publish for the publisher thread.
 pub struct PublishJob {
+    pub to: JobTo,
     pub channel: Box<str>,
     pub payload: Bytes,
     pub kind: PayloadKind,
@@ -210,6 +231,36 @@ impl Broker {
     /// Tells the subscriber thread about a hold or a release (never blocks).
     pub fn hold(&self, job: HoldJob) {
         let _ = lock(&self.holds).send(job);
+    }
+
+    /// Queues a session message (`/send` or a claim) for every other node; nobody waits
+    /// for it. False when it could not be queued (counted as a publish failure).
+    pub fn publish_session(&self, note: &wire::SessionNote) -> bool {
+        let queued = self.publish(PublishJob {
+            to: JobTo::Sessions,
+            channel: "".into(),
+            payload: wire::session_message(note),
+            kind: PayloadKind::Binary,
+            deadline: Instant::now() + self.config.timeout,
+            reply: None,
+        });
+        if !queued {
+            self.stats.publish_failures.fetch_add(1, Ordering::Relaxed);
+        }
+        queued
+    }
+
+    /// The claim order of a (session, tab) bound on this node now: a Lamport clock over
+    /// the claims of every node (`seen_claim` moves it past others'), with this node's tag
+    /// in the low 16 bits, so claims of two nodes never tie and every node ranks them alike.
+    pub fn next_claim_seq(&self, clock: &AtomicU64) -> u64 {
+        let tick = clock.fetch_add(1, Ordering::Relaxed) + 1;
+        (tick << CLAIM_NODE_BITS) | (self.node & CLAIM_NODE_MASK)
+    }
+
+    /// Moves the claim clock past another node's claim `seq`.
+    pub fn seen_claim(clock: &AtomicU64, seq: u64) {
+        clock.fetch_max(seq >> CLAIM_NODE_BITS, Ordering::Relaxed);
     }
 
     /// Whether the subscriber connection is subscribed to `channel` now.

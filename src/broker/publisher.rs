@@ -1,6 +1,9 @@
 //! The publisher thread: runs the publish script for each `PublishJob`, in queue order, on
 //! its own Redis connection, and answers the asking shard with `ShardMsg::Brokered`.
 //!
+//! Session messages (`JobTo::Sessions`: `/send` bodies and claims) are a plain PUBLISH on
+//! `wire::SESSIONS_CHANNEL`, in the same queue order.
+//!
 //! Invariants:
 //! - A job is answered exactly once when it asks for an answer: the position Redis gave,
 //!   or a `BrokerFault` no later than its deadline (a job found past its deadline is failed
@@ -21,7 +24,7 @@ use std::time::{Duration, Instant};
 use redis::{Connection, RedisError, Script};
 
 use super::wire::{self, OriginTag};
-use super::{connect, random_u64, Backoff, Broker, BrokerFault, Outcome, PublishJob, Reach};
+use super::{connect, random_u64, Backoff, Broker, BrokerFault, JobTo, Outcome, PublishJob, Reach};
 use crate::fanout::ShardMsg;
 use crate::history::{Epoch, Position};
 
@@ -188,6 +191,16 @@ fn publish(con: &mut Connection, script: &Script, reach: &Reach, job: &PublishJo
     }
     let _ = con.set_read_timeout(Some(left));
     let _ = con.set_write_timeout(Some(left));
+    if job.to == JobTo::Sessions {
+        let answer: Result<i64, RedisError> = redis::cmd("PUBLISH")
+            .arg(wire::SESSIONS_CHANNEL)
+            .arg(&job.payload[..])
+            .query(con);
+        return match answer {
+            Ok(_) => Ok(Position::UNKNOWN),
+            Err(e) => Err(fault_of(&e)),
+        };
+    }
     let config = &reach.broker.config;
     // Only the admin shard (after the client shards) waits for the local counts; a JSON
     // publisher waits for the position alone.
@@ -215,11 +228,18 @@ fn publish(con: &mut Connection, script: &Script, reach: &Reach, job: &PublishJo
             Some(epoch) => Ok(Position { epoch, offset }),
             None => Err(BrokerFault::Refused),
         },
-        Err(e) if e.is_timeout() => Err(BrokerFault::Timeout),
-        Err(e) if e.is_io_error() || e.is_connection_dropped() => Err(BrokerFault::Unreachable),
-        Err(e) => {
-            crate::elog!("ringpush event=broker_refused error={e}");
-            Err(BrokerFault::Refused)
-        }
+        Err(e) => Err(fault_of(&e)),
+    }
+}
+
+/// What a failed exchange means for the job and the connection.
+fn fault_of(e: &RedisError) -> BrokerFault {
+    if e.is_timeout() {
+        BrokerFault::Timeout
+    } else if e.is_io_error() || e.is_connection_dropped() {
+        BrokerFault::Unreachable
+    } else {
+        crate::elog!("ringpush event=broker_refused error={e}");
+        BrokerFault::Refused
     }
 }

@@ -2,6 +2,10 @@
 //! which channel (`holders`), subscribes while any shard holds a channel and unsubscribes
 //! when the last one lets go, and hands each message to the shards that should see it.
 //!
+//! It also holds `wire::SESSIONS_CHANNEL` for the connection's whole life: other nodes'
+//! `/send` bodies and (session, tab) claims go to every client shard (`forward_session`),
+//! and a claim moves the node's claim clock past its order first.
+//!
 //! Invariants:
 //! - Redis is subscribed to a channel exactly while `holders` has an entry for it (after a
 //!   reconnect, every held channel is subscribed again before any message is read).
@@ -20,9 +24,9 @@ use std::time::{Duration, Instant};
 use bytes::Bytes;
 use redis::{Connection, PubSub, Script};
 
-use super::wire::{self, Delivered};
-use super::{connect, random_u64, Backoff, HoldJob, Kept, Reach};
-use crate::fanout::{Publish, ShardMsg, Target};
+use super::wire::{self, Delivered, SessionNote};
+use super::{connect, random_u64, Backoff, Broker, HoldJob, Kept, Reach};
+use crate::fanout::{Claim, Publish, ShardMsg, Target};
 use crate::history::{PayloadKind, Position};
 use crate::ws::{frame, OpCode};
 
@@ -121,14 +125,14 @@ fn session(
 ) -> Ended {
     let timeout = reach.broker.config.timeout;
     let mut pubsub = con.as_pubsub();
-    let held: Vec<String> = holders.keys().map(|c| wire::pubsub_channel(c)).collect();
-    if !held.is_empty() {
-        if let Err(e) = pubsub.subscribe(&held) {
-            return Ended::Lost(e);
-        }
-        for channel in holders.keys() {
-            reach.broker.set_subscribed(channel, true);
-        }
+    let mut held: Vec<String> = holders.keys().map(|c| wire::pubsub_channel(c)).collect();
+    // Session traffic has one node-wide channel, held for the connection's whole life.
+    held.push(wire::SESSIONS_CHANNEL.to_string());
+    if let Err(e) = pubsub.subscribe(&held) {
+        return Ended::Lost(e);
+    }
+    for channel in holders.keys() {
+        reach.broker.set_subscribed(channel, true);
     }
     reach
         .broker
@@ -165,7 +169,11 @@ fn session(
             Ok(message) => {
                 let channel = message.get_channel_name().to_string();
                 let payload = Bytes::copy_from_slice(message.get_payload_bytes());
-                forward(reach, holders, &channel, payload);
+                if channel == wire::SESSIONS_CHANNEL {
+                    forward_session(reach, payload);
+                } else {
+                    forward(reach, holders, &channel, payload);
+                }
                 reach.ring_doorbells();
             }
             Err(e) if e.is_timeout() => {}
@@ -342,5 +350,58 @@ fn forward(reach: &mut Reach, holders: &Holders, pubsub_channel: &str, message: 
     };
     for target in targets {
         let _ = reach.push(target, ShardMsg::Publish(Arc::clone(&publish)));
+    }
+}
+
+/// Hands another node's `/send` or claim to every client shard (this node's own were
+/// applied when they were made).
+fn forward_session(reach: &mut Reach, message: Bytes) {
+    let stats = &reach.broker.stats;
+    stats.messages.fetch_add(1, Ordering::Relaxed);
+    let Some(note) = wire::parse_session_message(message) else {
+        stats.unreadable.fetch_add(1, Ordering::Relaxed);
+        return;
+    };
+    let (publish, claim) = match note {
+        SessionNote::Send { node, .. } | SessionNote::Claim { node, .. }
+            if node == reach.broker.node =>
+        {
+            return;
+        }
+        SessionNote::Send {
+            session,
+            kind,
+            payload,
+            ..
+        } => {
+            let opcode = match kind {
+                PayloadKind::Text => OpCode::Text,
+                PayloadKind::Binary => OpCode::Binary,
+            };
+            let publish = Arc::new(Publish {
+                target: Target::Session(session),
+                frame: frame::encode(opcode, &payload),
+                accepted: Instant::now(),
+                origin: None,
+                position: None,
+                json: OnceLock::new(),
+                brokered: false,
+            });
+            (Some(publish), None)
+        }
+        SessionNote::Claim {
+            session, tab, seq, ..
+        } => {
+            Broker::seen_claim(&reach.shared.session_seq, seq);
+            (None, Some(Arc::new(Claim { session, tab, seq })))
+        }
+    };
+    for target in 0..reach.peers.clients {
+        let msg = match (&publish, &claim) {
+            (Some(publish), _) => ShardMsg::Publish(Arc::clone(publish)),
+            (None, Some(claim)) => ShardMsg::Claim(Arc::clone(claim)),
+            (None, None) => return,
+        };
+        let _ = reach.push(target, msg);
     }
 }

@@ -217,6 +217,100 @@ pub fn parse_message(message: Bytes) -> Option<Delivered> {
     })
 }
 
+/// The one pub/sub channel every node subscribes to under `--broker` for session traffic:
+/// `/send` bodies and (session, tab) claims. Outside the `{C}` names, so no channel can
+/// take it.
+pub const SESSIONS_CHANNEL: &str = "ringpush:sessions";
+
+/// One message on `SESSIONS_CHANNEL`, as `session_message` writes it and
+/// `parse_session_message` reads it back.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub enum SessionNote {
+    /// `/send/<session>` on node `node`: deliver `payload` to the session's connections.
+    Send {
+        node: u64,
+        session: Box<str>,
+        kind: PayloadKind,
+        payload: Bytes,
+    },
+    /// A connection of (session, tab) opened on node `node` with claim order `seq`.
+    Claim {
+        node: u64,
+        session: Box<str>,
+        tab: Box<str>,
+        seq: u64,
+    },
+}
+
+/// Writes a session message: `s <node> <kind> <session bytes>\n<session><payload>` or
+/// `c <node> <seq> <session bytes>\n<session><tab>`. Lengths, not separators, split the
+/// names, so no session or tab text can be misread.
+pub fn session_message(note: &SessionNote) -> Bytes {
+    let mut out = Vec::new();
+    match note {
+        SessionNote::Send {
+            node,
+            session,
+            kind,
+            payload,
+        } => {
+            let head = format!("s {node:016x} {} {}\n", kind_code(*kind), session.len());
+            out.extend_from_slice(head.as_bytes());
+            out.extend_from_slice(session.as_bytes());
+            out.extend_from_slice(payload);
+        }
+        SessionNote::Claim {
+            node,
+            session,
+            tab,
+            seq,
+        } => {
+            let head = format!("c {node:016x} {seq} {}\n", session.len());
+            out.extend_from_slice(head.as_bytes());
+            out.extend_from_slice(session.as_bytes());
+            out.extend_from_slice(tab.as_bytes());
+        }
+    }
+    Bytes::from(out)
+}
+
+/// Reads a session message back; `None` for anything else.
+pub fn parse_session_message(message: Bytes) -> Option<SessionNote> {
+    let head_len = message.iter().position(|&b| b == b'\n')?;
+    let head = std::str::from_utf8(&message[..head_len]).ok()?;
+    let fields: Vec<&str> = head.split(' ').collect();
+    let [verb, node, third, session_len] = fields[..] else {
+        return None;
+    };
+    let node = u64::from_str_radix(node, 16).ok()?;
+    let session_len: usize = session_len.parse().ok()?;
+    let body = message.slice(head_len + 1..);
+    if body.len() < session_len {
+        return None;
+    }
+    let session: Box<str> = std::str::from_utf8(&body[..session_len]).ok()?.into();
+    let rest = body.slice(session_len..);
+    match verb {
+        "s" => Some(SessionNote::Send {
+            node,
+            session,
+            kind: match third {
+                "t" => PayloadKind::Text,
+                "b" => PayloadKind::Binary,
+                _ => return None,
+            },
+            payload: rest,
+        }),
+        "c" => Some(SessionNote::Claim {
+            node,
+            session,
+            tab: std::str::from_utf8(&rest).ok()?.into(),
+            seq: third.parse().ok()?,
+        }),
+        _ => None,
+    }
+}
+
 /// An epoch candidate for the script (used only when the channel has none): 16 hex digits
 /// that are never all zero, which `Attached`'s "no epoch yet" uses.
 pub fn epoch_candidate(random: u64) -> String {
@@ -288,6 +382,36 @@ mod tests {
         );
         assert!(parse_position(Array(vec![Int(1)])).is_none());
         assert!(parse_position(Int(1)).is_none());
+    }
+
+    #[test]
+    fn session_messages_read_back_whatever_their_names_hold() {
+        let notes = [
+            SessionNote::Send {
+                node: 7,
+                session: "a b\nc".into(),
+                kind: PayloadKind::Binary,
+                payload: Bytes::from_static(b"\x00\n x"),
+            },
+            SessionNote::Claim {
+                node: u64::MAX,
+                session: "s 1".into(),
+                tab: "t\n2".into(),
+                seq: (9 << 16) | 3,
+            },
+        ];
+        for note in notes {
+            let wire = session_message(&note);
+            assert_eq!(parse_session_message(wire), Some(note));
+        }
+        assert_eq!(
+            parse_session_message(Bytes::from_static(b"s 1 t 9\nab")),
+            None
+        );
+        assert_eq!(
+            parse_session_message(Bytes::from_static(b"x 1 t 0\n")),
+            None
+        );
     }
 
     #[test]

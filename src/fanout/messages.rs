@@ -258,3 +258,11 @@ pub struct PublishWindow {
     /// Publishes in the window.
     pub count: u32,
 }
+
+/// The JSON `gap` notice sent before the brokered message at `position` of `channel`.
+pub(crate) fn gap_frame(channel: &str, position: Position) -> Bytes {
+    let mut text = bytes::BytesMut::with_capacity(96);
+    let epoch = position.epoch.text();
+    crate::json_proto::encode_gap(&mut text, channel, epoch.as_str(), position.offset);
+    crate::ws::frame::encode(crate::ws::OpCode::Text, &text)
+}
