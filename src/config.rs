@@ -140,9 +140,15 @@ pub struct Config {
     #[arg(long, default_value = "5s", value_parser = parse_duration)]
     pub close_timeout: Duration,
 
-    /// Time shutdown waits for clients to answer close 1001.
+    /// Time shutdown waits for clients to answer close 1001 (with --drain-spread, counted
+    /// from the end of the spread).
     #[arg(long, default_value = "10s", value_parser = parse_duration)]
     pub drain_timeout: Duration,
+
+    /// Window over which shutdown closes the open connections in an even trickle, each with
+    /// 4002 "reconnect elsewhere" (0: all at once with 1001, as before).
+    #[arg(long, default_value = "0s", value_parser = parse_duration)]
+    pub drain_spread: Duration,
 
     /// Interval between stats lines on stdout (0 disables them).
     #[arg(long, default_value = "10s", value_parser = parse_duration)]
@@ -434,6 +440,7 @@ mod tests {
         assert_eq!(cfg.ping_interval, Duration::from_secs(30));
         assert_eq!(cfg.idle_timeout, Duration::from_secs(75));
         assert_eq!(cfg.drain_timeout, Duration::from_secs(10));
+        assert_eq!(cfg.drain_spread, Duration::ZERO);
         assert_eq!(cfg.admin_request_timeout, Duration::from_secs(10));
     }
 }

@@ -579,5 +579,17 @@ pub fn render(shards: &[Counters], clients: usize, draining: bool) -> String {
     o.sample("log_lines_dropped_total", "", crate::log::dropped_lines());
     o.family("draining", "gauge", "1 while the node drains for shutdown.");
     o.sample("draining", "", u64::from(draining));
+    o.family(
+        "drain_closes_total",
+        "counter",
+        "Connections closed 4002 (reconnect elsewhere) by a --drain-spread drain.",
+    );
+    o.sample("drain_closes_total", "", total.drain_closes);
+    o.family(
+        "drain_left_connections",
+        "gauge",
+        "Open connections a --drain-spread drain has yet to close.",
+    );
+    o.sample("drain_left_connections", "", total.drain_left);
     o.text
 }

@@ -259,7 +259,7 @@ pub fn run(cfg: Config) -> Result<(), String> {
         crate::elog!("ringpush: a shard failed to start; stopping the others");
         shared.shutdown.store(true, Ordering::Relaxed);
         let deadline = Instant::now() + SHUTDOWN_GRACE;
-        let _ = join_within(handles, deadline);
+        let _ = join_within(handles, deadline, || {});
         return Err(e);
     }
     say!(
@@ -273,8 +273,7 @@ pub fn run(cfg: Config) -> Result<(), String> {
     let _ = std::io::stdout().flush();
 
     let started = Instant::now();
-    let mut last_stats = Instant::now();
-    let mut last_deliveries = 0u64;
+    let mut stats_line = StatsLine::new(started);
     let poll = if cfg.stats_interval.is_zero() {
         Duration::from_secs(1)
     } else {
@@ -284,35 +283,29 @@ pub fn run(cfg: Config) -> Result<(), String> {
         if let Some(sig) = sys::wait_signal(poll) {
             break sig;
         }
-        if !cfg.stats_interval.is_zero() && last_stats.elapsed() >= cfg.stats_interval {
-            last_stats = Instant::now();
-            let mut sum = Counters::new();
-            for c in &shared.counters {
-                sum.add(&c.lock().map(|c| c.clone()).unwrap_or_default());
-            }
-            let secs = cfg.stats_interval.as_secs_f64();
-            let rate = sum.deliveries.saturating_sub(last_deliveries) as f64 / secs;
-            last_deliveries = sum.deliveries;
-            say!(
-                "stats t={}s rss_bytes={} deliveries_per_s={rate:.0} {}",
-                started.elapsed().as_secs(),
-                sys::rss_bytes(),
-                sum.line()
-            );
-            let _ = std::io::stdout().flush();
-        }
+        stats_line.maybe_say(&cfg, &shared, Phase::Running);
     };
-    say!(
-        "ringpush signal={signal} draining (timeout {:?})",
-        cfg.drain_timeout
-    );
+    if cfg.drain_spread.is_zero() {
+        say!(
+            "ringpush signal={signal} draining (timeout {:?})",
+            cfg.drain_timeout
+        );
+    } else {
+        say!(
+            "ringpush signal={signal} draining (spread {:?}, then timeout {:?})",
+            cfg.drain_spread,
+            cfg.drain_timeout
+        );
+    }
     let _ = std::io::stdout().flush();
     shared.shutdown.store(true, Ordering::Relaxed);
 
-    // Every shard ends by --drain-timeout plus about a second (`DRAIN_REAP_TICKS`); the
-    // deadline here is a backstop, and a second signal cuts the wait short.
-    let deadline = Instant::now() + cfg.drain_timeout + SHUTDOWN_GRACE;
-    let (reports, left) = match join_within(handles, deadline) {
+    // Every shard ends by --drain-spread plus --drain-timeout plus about a second
+    // (`DRAIN_REAP_TICKS`); the deadline here is a backstop, and a second signal cuts the
+    // wait short. The stats lines go on during the drain, with its close rate.
+    let deadline = Instant::now() + cfg.drain_spread + cfg.drain_timeout + SHUTDOWN_GRACE;
+    let during_drain = || stats_line.maybe_say(&cfg, &shared, Phase::Draining);
+    let (reports, left) = match join_within(handles, deadline, during_drain) {
         Joined::All(reports) => (reports, Vec::new()),
         Joined::Signal(sig, left) => {
             say!(
@@ -440,10 +433,71 @@ enum Joined {
     Late(Vec<shard::Report>, Vec<usize>),
 }
 
-/// Joins the shard threads until `deadline`, polling so that a second signal is seen.
+/// Whether the node runs or drains, for the stats line.
+#[derive(Clone, Copy, PartialEq, Eq)]
+enum Phase {
+    Running,
+    Draining,
+}
+
+/// The stats line printed every --stats-interval, with the rates since the previous one.
+struct StatsLine {
+    started: Instant,
+    last_at: Instant,
+    last_deliveries: u64,
+    last_drain_closes: u64,
+}
+
+impl StatsLine {
+    fn new(started: Instant) -> StatsLine {
+        StatsLine {
+            started,
+            last_at: started,
+            last_deliveries: 0,
+            last_drain_closes: 0,
+        }
+    }
+
+    /// Prints the line if --stats-interval has passed since the last one. While draining
+    /// it ends with the drain's close rate (`drain_closes_per_s`), its closes so far and
+    /// the connections a spread has yet to close.
+    fn maybe_say(&mut self, cfg: &Config, shared: &Shared, phase: Phase) {
+        if cfg.stats_interval.is_zero() || self.last_at.elapsed() < cfg.stats_interval {
+            return;
+        }
+        let secs = self.last_at.elapsed().as_secs_f64();
+        self.last_at = Instant::now();
+        let mut sum = Counters::new();
+        for c in &shared.counters {
+            sum.add(&c.lock().map(|c| c.clone()).unwrap_or_default());
+        }
+        let rate = sum.deliveries.saturating_sub(self.last_deliveries) as f64 / secs;
+        self.last_deliveries = sum.deliveries;
+        let mut drain = String::new();
+        if phase == Phase::Draining {
+            let closes = sum.drain_closes.saturating_sub(self.last_drain_closes) as f64 / secs;
+            drain = format!(
+                " drain_closes_per_s={closes:.0} drain_closes={} drain_left={}",
+                sum.drain_closes, sum.drain_left
+            );
+        }
+        self.last_drain_closes = sum.drain_closes;
+        say!(
+            "stats t={}s rss_bytes={} deliveries_per_s={rate:.0} {}{drain}",
+            self.started.elapsed().as_secs(),
+            sys::rss_bytes(),
+            sum.line()
+        );
+        let _ = std::io::stdout().flush();
+    }
+}
+
+/// Joins the shard threads until `deadline`, polling so that a second signal is seen and
+/// calling `between` after each poll.
 fn join_within(
     mut handles: Vec<std::thread::JoinHandle<Option<shard::Report>>>,
     deadline: Instant,
+    mut between: impl FnMut(),
 ) -> Joined {
     let mut reports = Vec::with_capacity(handles.len());
     let mut running: Vec<usize> = (0..handles.len()).collect();
@@ -467,6 +521,7 @@ fn join_within(
         if let Some(sig) = sys::wait_signal(Duration::from_millis(50)) {
             return Joined::Signal(sig, running);
         }
+        between();
     }
 }
 

@@ -134,6 +134,10 @@ pub struct Counters {
     /// Connections closed 1008 for sending more data messages a second than
     /// `--max-message-rate`.
     pub message_rate_closes: u64,
+    /// Connections closed 4002 "reconnect elsewhere" by a `--drain-spread` drain.
+    pub drain_closes: u64,
+    /// Open connections a `--drain-spread` drain has yet to close (a gauge).
+    pub drain_left: u64,
 }
 
 /// Upper bounds (µs) of the Prometheus histogram buckets; the last bucket is +Inf.
@@ -248,6 +252,8 @@ impl Counters {
         self.token_expired_closes += other.token_expired_closes;
         self.control_rate_closes += other.control_rate_closes;
         self.message_rate_closes += other.message_rate_closes;
+        self.drain_closes += other.drain_closes;
+        self.drain_left += other.drain_left;
     }
 
     /// The one-line summary printed every --stats-interval.

@@ -5,10 +5,11 @@ export declare const CloseCode: Readonly<{
   GOING_AWAY: 1001;
   SERVICE_RESTART: 1012;
   REPLACED: 4001;
+  RECONNECT_ELSEWHERE: 4002;
   TOKEN_EXPIRED: 4003;
 }>;
 
-/** Codes after which the client reconnects at once (within `nowJitterMs`). */
+/** Codes after which the client reconnects at once (within `nowJitterMs`): 1001, 1012, 4002. */
 export declare const RECONNECT_NOW_CODES: readonly number[];
 
 /** The `sessionStorage` key holding this tab's id. */
@@ -114,7 +115,7 @@ export interface Options extends Partial<Backoff> {
   channels?: string[];
   /** A connection up this long resets the backoff (default 10000 ms). */
   resetAfterMs?: number;
-  /** "Reconnect now" closes (1001, 1012, 4001) wait uniform [0, nowJitterMs) (default 250). */
+  /** "Reconnect now" closes (1001, 1012, 4001, 4002) wait uniform [0, nowJitterMs) (default 250). */
   nowJitterMs?: number;
   /**
    * The longest silence of the node on a healthy connection (default 45000 ms: with the

@@ -21,12 +21,18 @@ export const CloseCode = Object.freeze({
   SERVICE_RESTART: 1012,
   /** A newer connection of the same (session, tab) replaced this one. */
   REPLACED: 4001,
+  /** The node drains with --drain-spread: reconnect now (a load balancer picks another node). */
+  RECONNECT_ELSEWHERE: 4002,
   /** The connection's token expired: reconnect only with a fresh token. */
   TOKEN_EXPIRED: 4003,
 });
 
 /** Codes after which the client reconnects at once (within `nowJitterMs`), not after a backoff. */
-export const RECONNECT_NOW_CODES = Object.freeze([CloseCode.GOING_AWAY, CloseCode.SERVICE_RESTART]);
+export const RECONNECT_NOW_CODES = Object.freeze([
+  CloseCode.GOING_AWAY,
+  CloseCode.SERVICE_RESTART,
+  CloseCode.RECONNECT_ELSEWHERE,
+]);
 
 /** The `sessionStorage` key that holds this tab's id. */
 export const TAB_STORAGE_KEY = "ringpush.tab";

@@ -36,6 +36,9 @@ pub(crate) enum End {
     DrainAbort,
     /// The node drains for shutdown while this connection is still in its handshake.
     DrainHandshake,
+    /// The node drains with `--drain-spread`: this open connection's turn in the trickle
+    /// came, and it hears 4002 "reconnect elsewhere" (reconnect now, to another node).
+    DrainSpread,
     /// The peer let `--max-pending` bytes pile up unread (`--slow-consumer close`).
     SlowConsumer,
     /// A newer connection claimed this connection's (session, tab): 4001.
@@ -144,6 +147,8 @@ pub(crate) enum Counter {
     ControlRateCloses,
     /// `message_rate_closes`.
     MessageRateCloses,
+    /// `drain_closes`.
+    DrainCloses,
 }
 
 impl Counter {
@@ -162,6 +167,7 @@ impl Counter {
             Self::TokenExpiredCloses => &mut counters.token_expired_closes,
             Self::ControlRateCloses => &mut counters.control_rate_closes,
             Self::MessageRateCloses => &mut counters.message_rate_closes,
+            Self::DrainCloses => &mut counters.drain_closes,
         }
     }
 }
@@ -238,6 +244,14 @@ impl End {
             ),
             Self::DrainAbort => bare(Abort, None, "drain_abort", IfUpgraded),
             Self::DrainHandshake => bare(Abort, None, "drain_handshake", IfUpgraded),
+            Self::DrainSpread => frame(
+                CloseCode::RECONNECT_ELSEWHERE,
+                "reconnect elsewhere",
+                Graceful,
+                Some(C::DrainCloses),
+                "drain_spread",
+                Never,
+            ),
             Self::SlowConsumer => frame(
                 policy,
                 "slow consumer",

@@ -9,6 +9,7 @@ fn every_end() -> Vec<End> {
         End::Shutdown,
         End::DrainAbort,
         End::DrainHandshake,
+        End::DrainSpread,
         End::SlowConsumer,
         End::Replaced,
         End::ReassemblyBudget,
@@ -40,6 +41,7 @@ fn every_end() -> Vec<End> {
             | End::Shutdown
             | End::DrainAbort
             | End::DrainHandshake
+            | End::DrainSpread
             | End::SlowConsumer
             | End::Replaced
             | End::ProtocolError(_)
@@ -103,6 +105,7 @@ fn the_wire_and_log_names_are_the_ones_shipped() {
         End::TokenExpired,
         End::ControlRate,
         End::MessageRate,
+        End::DrainSpread,
     ]
     .iter()
     .map(|e| (e.spec().code.unwrap().0, e.spec().reason))
@@ -120,6 +123,7 @@ fn the_wire_and_log_names_are_the_ones_shipped() {
             (4003, "token expired"),
             (1008, "control rate"),
             (1008, "message rate"),
+            (4002, "reconnect elsewhere"),
         ]
     );
     assert_eq!(
@@ -172,6 +176,7 @@ fn each_counter_is_its_own_field() {
         Counter::TokenExpiredCloses,
         Counter::ControlRateCloses,
         Counter::MessageRateCloses,
+        Counter::DrainCloses,
     ];
     let mut counters = Counters::new();
     for (i, counter) in all.iter().enumerate() {

@@ -3,7 +3,8 @@
 //! from `--listen` gets a slot and a handshake deadline; its bytes go to `Core::on_data`
 //! (`conn/protocol.rs`: upgrade, then frames on the route it upgraded on); its open
 //! connection is kept alive by ping after silence and closed after idling; the drain closes
-//! every connection with 1001 and aborts what is left at the deadline.
+//! every connection with 1001 (or, with `--drain-spread`, 4002 in a trickle over the
+//! window: `spread.rs`) and aborts what is left at the deadline.
 //!
 //! This is the place for what is per WebSocket connection: a new protocol mode (a route
 //! with its own framing or commands) is a `RouteKind` chosen at the upgrade and a branch
@@ -70,6 +71,8 @@ impl Role for WebSocket {
         core.drain_inbox();
         if core.tick_end() {
             start_drain(core);
+        } else {
+            core.spread_step();
         }
     }
 
@@ -87,12 +90,17 @@ fn start_drain(core: &mut Core) {
     }
     // Otherwise the listener stays open until the shard exits: a client that connects
     // during the drain hears 503 "shutting down" (`accepted`), not a reset.
+    let spread_ticks = core.spread_ticks();
     for key in core.conns.keys() {
         match core.conns[key].state {
-            State::Open => core.end(key, End::Shutdown),
+            State::Open if spread_ticks == 0 => core.end(key, End::Shutdown),
             State::Handshake => core.end(key, End::DrainHandshake),
             _ => {}
         }
+    }
+    if spread_ticks > 0 {
+        // The open connections are closed 4002 in an even trickle over the window.
+        core.spread_start(spread_ticks);
     }
 }
 

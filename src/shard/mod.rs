@@ -273,6 +273,7 @@ mod admin_tests;
 mod client;
 mod ring_events;
 mod service;
+mod spread;
 mod state;
 #[cfg(test)]
 mod tests;

@@ -87,7 +87,11 @@ pub(crate) struct Core {
     pub(crate) refusal_busy: Vec<u8>,
     /// The 503 a socket accepted during the drain gets (`HandshakeError::ShuttingDown`).
     pub(crate) refusal_shutdown: Vec<u8>,
+    /// The drain's deadline tick: with `--drain-spread`, the end of the spread plus
+    /// `--drain-timeout`; without, the drain's start plus `--drain-timeout`.
     pub(crate) draining: Option<u32>,
+    /// A `--drain-spread` drain's progress (`spread.rs`).
+    pub(crate) spread: super::spread::Spread,
     pub(crate) ticks_handshake: u32,
     pub(crate) ticks_ping: u32,
     pub(crate) ticks_idle: u32,
@@ -222,6 +226,7 @@ impl Core {
             refusal_busy,
             refusal_shutdown,
             draining: None,
+            spread: super::spread::Spread::default(),
             ticks_handshake: ticks(cfg.handshake_timeout),
             ticks_ping: ticks(cfg.ping_interval),
             ticks_idle: ticks(cfg.idle_timeout),
@@ -270,6 +275,15 @@ impl Core {
         self.peers = peers;
         self.inbox = Some(inbox);
         self
+    }
+
+    /// The `--drain-spread` window in ticks; 0 without a spread.
+    pub(crate) fn spread_ticks(&self) -> u32 {
+        if self.cfg.drain_spread.is_zero() {
+            0
+        } else {
+            ticks(self.cfg.drain_spread)
+        }
     }
 
     pub(crate) fn now_us(&self) -> u32 {
@@ -409,7 +423,9 @@ impl Core {
         self.publish();
         if self.draining.is_none() && self.shared.shutdown.load(Ordering::Relaxed) {
             let now = self.wheel.now();
-            self.draining = Some(now + ticks(self.cfg.drain_timeout));
+            // --drain-timeout counts from the end of the spread: every connection closed
+            // in the trickle has the whole timeout for its close handshake.
+            self.draining = Some(now + self.spread_ticks() + ticks(self.cfg.drain_timeout));
             return true;
         }
         false

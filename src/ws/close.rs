@@ -37,6 +37,9 @@ impl CloseCode {
     pub const INTERNAL: CloseCode = CloseCode(1011);
     /// 4001 (private range): another connection took over this session.
     pub const REPLACED: CloseCode = CloseCode(4001);
+    /// 4002 (private range): the node is draining (`--drain-spread`); reconnect now, and a
+    /// load balancer will send the client to another node.
+    pub const RECONNECT_ELSEWHERE: CloseCode = CloseCode(4002);
 
     /// Whether this code may be sent in a close frame (§7.4.1, §7.4.2 and the IANA
     /// registry): 1000-1003, 1007-1014 and the 3000-4999 ranges for libraries and

@@ -126,6 +126,36 @@ test("the node restarted under two tabs: jittered reconnects, recovery failure r
     assert.notDeepEqual(delays[0], delays[1], "full jitter: the two tabs did not retry in lockstep");
   }));
 
+test("a spread drain's 4002 sends the client at once to another node", { timeout: 30_000 }, () =>
+  withContext(async (context, defer) => {
+    const draining = await Node.start({ args: ["--drain-spread", "1s"] });
+    defer(() => draining.stop());
+    const other = await Node.start();
+    defer(() => other.stop());
+    const port = (node) => Number(node.ws.split(":").pop());
+    const balancer = await tcpProxy(port(draining));
+    defer(() => balancer.close());
+    // A backoff would wait seconds: only a "reconnect now" close comes back within 1 s.
+    const options = { channels: ["news"], baseMs: 5000, ceilingMs: 5000, nowJitterMs: 250 };
+    const page = await clientPage(context, draining, `ws://127.0.0.1:${balancer.port}/ws`, options);
+    await waitEvents(page, "subscribed", 1);
+
+    // The load balancer takes the draining node out, then the node drains.
+    balancer.retarget(port(other));
+    const exited = draining.stop();
+    const [closed] = await waitEvents(page, "state", 1, { 0: "reconnecting", 1: { code: 4002 } });
+    assert.equal(closed.args[1].reason, "reconnect elsewhere");
+    assert.ok(closed.args[1].delayMs < 250, `delay ${closed.args[1].delayMs}: not at once`);
+    const [, reopened] = await waitEvents(page, "state", 2, OPEN, 3000);
+    assert.ok(reopened.at - closed.at < 1000, `back after ${reopened.at - closed.at} ms`);
+    await waitEvents(page, "subscribed", 2);
+    const published = await other.post("/publish/news", "from the other node");
+    assert.equal(published.subscribers, 1, "the client is subscribed on the other node");
+    await waitEvents(page, "message", 1, { 0: { data: "from the other node" } }, 5000);
+    assert.deepEqual(await exited, { code: 0, signal: null });
+    assert.ok(draining.lines.some((l) => l.includes("event=drain_spread_start connections=1")));
+  }));
+
 test("a dropped connection resumes with no gap and no duplicate", { timeout: 30_000 }, () =>
   withContext(async (context, defer) => {
     const node = await Node.start({ args: ["--history-size", "100"] });

@@ -121,7 +121,8 @@ export class Node {
 /**
  * A TCP proxy to `port` on loopback. `cut()` resets every connection through it,
  * `refuse(true)` closes new ones at once, `blackhole()` keeps the current ones open but
- * forwards nothing more either way (a NAT that forgot them).
+ * forwards nothing more either way (a NAT that forgot them), and `retarget(port)` sends new
+ * connections to another port (a load balancer that took a draining node out).
  */
 export async function tcpProxy(port) {
   const pairs = new Set();
@@ -158,6 +159,9 @@ export async function tcpProxy(port) {
     },
     refuse(on) {
       refusing = on;
+    },
+    retarget(other) {
+      port = other;
     },
     blackhole() {
       for (const pair of pairs) pair.hole = true;

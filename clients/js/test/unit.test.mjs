@@ -139,6 +139,20 @@ test("a drain close reconnects within nowJitterMs; a failure backs off", async (
   client.close();
 });
 
+test("a spread drain's 4002 reconnects within nowJitterMs, as 1001 does", async () => {
+  const { client, states } = fakeClient({ nowJitterMs: 100, baseMs: 1000, random: () => 0.5 });
+  await tick();
+  FakeSocket.made[0].open();
+  FakeSocket.made[0].drop(4002, "reconnect elsewhere");
+  const retry = states.at(-1);
+  assert.equal(retry[0], "reconnecting");
+  assert.equal(retry[1].code, 4002);
+  assert.equal(retry[1].delayMs, 50, "half of nowJitterMs, not a backoff");
+  await tick(60);
+  assert.equal(FakeSocket.made.length, 2);
+  client.close();
+});
+
 test("no frame for interval plus grace: the socket is abandoned and replaced", async () => {
   const { client, states } = fakeClient({ pingIntervalMs: 200, pingGraceMs: 100, baseMs: 10 });
   await tick();
