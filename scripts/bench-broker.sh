@@ -18,7 +18,8 @@
 # subscribe only (`broadcast --publisher none --count K`); the script waits until the
 # nodes count their subscribers and Redis counts both nodes' pub/sub subscriptions, then
 # starts the first node's load generator, which connects its share and publishes through
-# that node's admin API. Each load generator judges what its own subscribers received.
+# that node (admin API for the latency; SUS_PUBLISHER for the sustained runs). Each load
+# generator judges what its own subscribers received.
 # The 3-node figures: last delivery is the largest of the three; p50 and p99 are merged
 # from the three delivery spectra (each weighted by its deliveries; exact to the
 # spectrum's step, HdrHistogram's 5 steps per halving), and each node's own p50 / p99 /
@@ -34,20 +35,27 @@
 # hardware and measures what the broker path adds (Redis, a hop through each node's broker
 # thread, three reactors instead of one), not what spreading over machines would gain.
 #
-# Environment: N [10000] (latency, in all), N_SUSTAINED [10000] (sustained, per node),
-# RATES ["5 10 20 40 80 160"] (climbed in order; a rate that loses deliveries ends the
-# climb of its run, the higher ones are not run), SUSTAIN_S [10], P99_MAX_MS [1000] (a rate
-# is kept up when every delivery arrived, >= 95 % of the rate was published and the delivery
-# p99 stays under this), SUS_PUBLISHER [client]: who publishes in the sustained runs: `client`, one
-# WebSocket on node a sending data messages (nodes with --client-publish), open loop, so
-# the rate is what the nodes and Redis take; or `admin`, POST /publish on node a's admin
-# API, which waits for each answer (it comes once Redis took the publish and it came back
-# to node a), so the rate is capped near 1 / round trip. Both go through the same
-# publish script in Redis. REPS [5], SRC_BASE [100] (second octet of the first source block),
-# OUT [benches/runs/<date>-<host>-broker], NODE [target/release/ringpush], REDIS_SERVER
-# [redis-server]. The full run (about 15 minutes on a 2-core box):
+# Environment:
+#   N [10000]            latency: subscribers in all
+#   N_SUSTAINED [10000]  sustained: subscribers per node
+#   RATES ["5 10 20 40 80 160"]  publishes/s, climbed in order; a rate that loses
+#                        deliveries ends the climb of its run (the higher ones are not run)
+#   SUSTAIN_S [10]       seconds of publishing per rate
+#   P99_MAX_MS [1000]    a rate is kept up when every delivery arrived, >= 95 % of it was
+#                        published and the delivery p99 stays under this
+#   SUS_PUBLISHER [client]  who publishes in the sustained runs: `client`, one WebSocket on
+#                        node a sending data messages (nodes get --client-publish), open
+#                        loop, so the rate is what the nodes and Redis take; or `admin`,
+#                        POST /publish on node a, which waits for each answer (given once
+#                        Redis took the publish and it came back to node a), so the rate is
+#                        capped near 1 / round trip. Both run the same publish script in Redis.
+#   REPS [5], SRC_BASE [100] (second octet of the first source block),
+#   OUT [benches/runs/<date>-<host>-broker], NODE [target/release/ringpush],
+#   REDIS_SERVER [redis-server]
+# The full run (about 15 minutes on a 2-core box):
 #   scripts/bench-broker.sh
-# A smoke run: N=300 N_SUSTAINED=300 REPS=1 RATES="100 1000" SUSTAIN_S=2 scripts/bench-broker.sh
+# A smoke run (seconds):
+#   N=300 N_SUSTAINED=300 REPS=1 RATES="100 1000" SUSTAIN_S=2 scripts/bench-broker.sh
 set -euo pipefail
 cd "$(dirname "$0")/.."
 FIGURES=("$@")
@@ -509,7 +517,9 @@ if "sustained" in figures:
     lines += ["", f"Sustained (the highest rate kept up in most runs: every delivery arrived, "
               f">= 95 % of the rate published, p99 <= {p99_max_ms} ms): "
               + (f"**{best} publishes/s** ({best * subs:,} deliveries/s)" if best
-                 else "none of the rates"),
+                 else "none of the rates")
+              + (" (the top of RATES: the ceiling is higher; raise RATES)"
+                 if best == rates[-1] else ""),
               "", "CPU over the publishing window (node a's load generator in its run phase): "
               "nodes and Redis share core 0, the load generators core 1. The bottleneck is the "
               "largest consumer of a core that is >= 90 % busy; with neither core saturated and "
