@@ -60,6 +60,8 @@ pub fn spawn(
                         sink.publish(body, report)
                     });
                 }
+                // The main thread starts no publisher for a subscribe-only run.
+                Publisher::None => {}
                 Publisher::Client => match ClientSink::connect(&plan, &broadcast, plan.seed) {
                     Ok(mut sink) => {
                         pace(&broadcast, &shared, &mut report, |body, report| {

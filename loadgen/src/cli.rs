@@ -118,6 +118,10 @@ pub enum Publisher {
     Admin,
     /// One extra WebSocket on /ws/<channel> sending data messages (node --client-publish).
     Client,
+    /// Nobody in this process: the subscribers wait for --count messages published by
+    /// another process with the same stamps (another load generator on another node of a
+    /// --broker group), up to --drain-timeout.
+    None,
 }
 
 /// Options every scenario takes.

@@ -16,7 +16,8 @@
 //! - Only the main thread changes the phase (and the resume step), and neither goes
 //!   backwards.
 //! - The broadcast publisher has returned before `Close`, so `Shared::published` is final
-//!   when the workers count what never arrived.
+//!   when the workers count what never arrived. With `--publisher none` no publisher runs
+//!   and `Shared::published` holds the --count expected from elsewhere from `Run` on.
 
 mod broadcast;
 mod cli;
@@ -444,6 +445,15 @@ impl Driver {
                     self.shared.set_resume_step(ResumeStep::Disconnect);
                 }
                 if let Scenario::Broadcast(b) = &self.plan.scenario {
+                    if b.publisher == cli::Publisher::None {
+                        // Subscribe only: another process publishes the --count messages,
+                        // which the drain phase waits for and the close counts as missing.
+                        let expected = b.count.unwrap_or(0);
+                        self.shared
+                            .published
+                            .store(expected, std::sync::atomic::Ordering::Release);
+                        return;
+                    }
                     self.publisher = Some(broadcast::spawn(
                         Arc::clone(&self.plan),
                         b.clone(),
@@ -482,7 +492,12 @@ impl Driver {
                 let complete = match &self.plan.scenario {
                     Scenario::Echo(_) => sum.msgs_in >= sum.msgs_out,
                     Scenario::Broadcast(_) | Scenario::Resume(_) => {
-                        let published = self.publish.as_ref().map_or(0, |p| p.published);
+                        // The publisher has been joined (or, subscribing only, the expected
+                        // count stored), so this is final.
+                        let published = self
+                            .shared
+                            .published
+                            .load(std::sync::atomic::Ordering::Acquire);
                         sum.msgs_in >= published * self.subscribers
                     }
                     _ => true,

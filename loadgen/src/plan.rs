@@ -234,6 +234,11 @@ impl Plan {
                     return Err("--msg-rate must be a positive number".into());
                 }
                 check_channel(&a.channel)?;
+                if a.publisher == Publisher::None && a.count.is_none() {
+                    return Err("--publisher none needs --count: the number of messages \
+                                another process publishes"
+                        .into());
+                }
                 let admin = resolve(&a.admin).map_err(|e| format!("--admin: {e}"))?;
                 let path = format!("/ws/{}", a.channel);
                 let plan = BroadcastPlan {

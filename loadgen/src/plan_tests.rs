@@ -168,3 +168,18 @@ fn a_token_file_becomes_the_authorization_of_every_upgrade() {
     assert!(plan.upgrade_headers().is_empty());
     std::fs::remove_dir_all(&dir).unwrap();
 }
+
+#[test]
+fn a_subscribe_only_broadcast_needs_the_count_published_elsewhere() {
+    let parse = |args: &[&str]| Plan::from_cli(Cli::parse_from(args));
+    let error = parse(&["x", "broadcast", "--publisher", "none"]).expect_err("no --count");
+    assert!(error.contains("--count"), "{error}");
+    let plan = parse(&["x", "broadcast", "--publisher", "none", "--count", "3"]).expect("plan");
+    match plan.scenario {
+        Scenario::Broadcast(b) => {
+            assert_eq!(b.publisher, Publisher::None);
+            assert_eq!(b.count, Some(3));
+        }
+        other => panic!("not a broadcast plan: {other:?}"),
+    }
+}

@@ -592,3 +592,109 @@ fn resume_replays_every_missed_message_to_every_client() {
     assert_eq!(s["resume"]["caught_up"], 0, "{s}");
     assert_eq!(s["missing"], 200 * 10, "{s}");
 }
+
+/// Subscribers of `channel` on the node whose admin API is `admin` (`GET /channels/<c>`).
+fn channel_subscribers(admin: &str, channel: &str) -> u64 {
+    use std::io::{Read as _, Write as _};
+    let Ok(mut stream) = std::net::TcpStream::connect(admin) else {
+        return 0;
+    };
+    let request =
+        format!("GET /channels/{channel} HTTP/1.1\r\nHost: {admin}\r\nConnection: close\r\n\r\n");
+    let mut answer = String::new();
+    if stream.write_all(request.as_bytes()).is_err() || stream.read_to_string(&mut answer).is_err()
+    {
+        return 0;
+    }
+    let body = answer.split("\r\n\r\n").nth(1).unwrap_or_default();
+    serde_json::from_str::<Value>(body)
+        .ok()
+        .and_then(|v| v["subscribers"].as_u64())
+        .unwrap_or(0)
+}
+
+#[test]
+fn a_subscribe_only_run_judges_messages_another_process_publishes() {
+    let node = Node::start(&[]);
+    let channel = "loadgen-elsewhere";
+    let subscriber = {
+        let addr = node.addr.clone();
+        std::thread::spawn(move || {
+            loadgen(&[
+                "broadcast",
+                "--addr",
+                &addr,
+                "--publisher",
+                "none",
+                "--channel",
+                channel,
+                "-n",
+                "1000",
+                "--count",
+                "20",
+                "--size",
+                "64",
+                "--drain-timeout",
+                "60s",
+            ])
+        })
+    };
+    let deadline = Instant::now() + START_WAIT;
+    while channel_subscribers(&node.admin, channel) < 1000 {
+        assert!(
+            Instant::now() < deadline,
+            "the subscribe-only run never connected"
+        );
+        std::thread::sleep(Duration::from_millis(50));
+    }
+    let (code, publisher, out) = loadgen(&[
+        "broadcast",
+        "--addr",
+        &node.addr,
+        "--admin",
+        &node.admin,
+        "--channel",
+        channel,
+        "-n",
+        "10",
+        "--count",
+        "20",
+        "--msg-rate",
+        "200",
+        "--size",
+        "64",
+    ]);
+    assert_clean(code, &publisher, &out);
+    assert_eq!(publisher["publish"]["subscribers_reported"], 20 * 1010);
+    let (code, s, out) = subscriber.join().expect("the subscriber thread");
+    assert_clean(code, &s, &out);
+    assert_eq!(s["publish"], Value::Null, "{s}");
+    assert_eq!(s["deliveries_expected"], 20 * 1000, "{s}");
+    assert_eq!(s["messages_received"], 20 * 1000, "{s}");
+    assert_eq!(s["missing"], 0);
+    assert_eq!(s["out_of_order"], 0);
+    assert_eq!(s["latency_us"]["delivery"]["count"], 20 * 1000, "{s}");
+}
+
+#[test]
+fn a_subscribe_only_run_that_receives_nothing_fails() {
+    let node = Node::start(&[]);
+    let (code, s, _) = loadgen(&[
+        "broadcast",
+        "--addr",
+        &node.addr,
+        "--publisher",
+        "none",
+        "--channel",
+        "loadgen-nobody",
+        "-n",
+        "100",
+        "--count",
+        "3",
+        "--drain-timeout",
+        "500ms",
+    ]);
+    assert_eq!(s["messages_received"], 0, "{s}");
+    assert_eq!(s["missing"], 3 * 100, "{s}");
+    assert_eq!(code, Some(1), "{s}");
+}

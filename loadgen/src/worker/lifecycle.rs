@@ -21,9 +21,10 @@ use ringpush::timer::{Deadline, NEVER};
 use ringpush::ws::{frame, CloseCode};
 
 use super::{ticks, Core, Phase, Traffic, CLOSE_GRACE};
-use crate::cli::CloseMode;
+use crate::cli::{CloseMode, Publisher};
 use crate::conn::{self, Partial, State};
 use crate::payload::{self, SeqTracker};
+use crate::plan::Scenario;
 use crate::report::{self, Failure};
 
 impl Core {
@@ -417,9 +418,17 @@ impl Core {
         if matches!(self.traffic, Traffic::Broadcast | Traffic::Resume { .. }) {
             // Messages published after a subscriber's last one never arrived.
             let published = self.shared.published.load(Ordering::Acquire);
+            // Subscribing only, the other process is started once every connection here is
+            // open, so one that saw nothing missed every message.
+            let subscribe_only = matches!(
+                &self.plan.scenario,
+                Scenario::Broadcast(b) if b.publisher == Publisher::None
+            );
             for (_, c) in self.conns.iter().filter(|(_, c)| c.state == State::Open) {
-                if let Some(next) = c.seq_in.next() {
-                    self.counters.missing += published.saturating_sub(next);
+                match c.seq_in.next() {
+                    Some(next) => self.counters.missing += published.saturating_sub(next),
+                    None if subscribe_only => self.counters.missing += published,
+                    None => {}
                 }
             }
         }
