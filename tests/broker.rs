@@ -8,7 +8,7 @@ use std::time::{Duration, Instant};
 
 use util::json_client::{JsonClient, Publisher};
 use util::redis_server::RedisServer;
-use util::{admin, Client, Msg, Node, WAIT};
+use util::{admin, expect_no_more, next_text, Client, Msg, Node, WAIT};
 
 /// Starts a node joined to `redis` with two shards and `extra` flags.
 fn broker_node(redis: &RedisServer, extra: &[&str]) -> Node {
@@ -37,30 +37,6 @@ fn eventually(what: &str, mut check: impl FnMut() -> bool) {
         std::thread::sleep(Duration::from_millis(20));
     }
     panic!("never happened: {what}");
-}
-
-/// The next data message a client gets (pings skipped).
-fn next_text(client: &mut Client) -> String {
-    loop {
-        match client.recv() {
-            Msg::Text(text) => return text,
-            Msg::Ping(_) => continue,
-            other => panic!("expected a message, got {other:?}"),
-        }
-    }
-}
-
-/// Fails if a data message arrives within `quiet`.
-fn expect_no_more(client: &mut Client, quiet: Duration) {
-    client.stream.set_read_timeout(Some(quiet)).unwrap();
-    loop {
-        match client.try_recv() {
-            Ok(Msg::Ping(_)) => continue,
-            Ok(other) => panic!("nothing more expected, got {other:?}"),
-            Err(_) => break,
-        }
-    }
-    client.stream.set_read_timeout(Some(WAIT)).unwrap();
 }
 
 /// The offset of an admin publish answer.

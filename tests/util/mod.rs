@@ -513,3 +513,27 @@ pub fn rss_kib(pid: u32) -> u64 {
 pub fn rss_bytes(pid: u32) -> usize {
     rss_kib(pid) as usize * 1024
 }
+
+/// The next data message a client gets as text (pings skipped); panics on anything else.
+pub fn next_text(client: &mut Client) -> String {
+    loop {
+        match client.recv() {
+            Msg::Text(text) => return text,
+            Msg::Ping(_) => continue,
+            other => panic!("expected a message, got {other:?}"),
+        }
+    }
+}
+
+/// Fails if a data message (or a close) arrives within `quiet`; pings are skipped.
+pub fn expect_no_more(client: &mut Client, quiet: Duration) {
+    client.stream.set_read_timeout(Some(quiet)).unwrap();
+    loop {
+        match client.try_recv() {
+            Ok(Msg::Ping(_)) => continue,
+            Ok(other) => panic!("nothing more expected, got {other:?}"),
+            Err(_) => break,
+        }
+    }
+    client.stream.set_read_timeout(Some(WAIT)).unwrap();
+}
