@@ -3,7 +3,7 @@
 
 use std::fmt;
 
-use crate::http::response::write_response;
+use crate::http::response::write_refusal;
 
 /// Why the parser refused a request. Each variant maps to one status and one metrics label.
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -167,14 +167,7 @@ impl AdminError {
             Self::Unauthorized => &[("WWW-Authenticate", "Bearer")],
             _ => &[],
         };
-        write_response(
-            dst,
-            self.status(),
-            extra_headers,
-            Some("text/plain; charset=utf-8"),
-            self.message().as_bytes(),
-            false,
-        );
+        write_refusal(dst, self.status(), extra_headers, self.message());
     }
 }
 

@@ -32,7 +32,7 @@ pub use crate::http::client::{
     RESPONSE_HEADER_BYTES_MAX,
 };
 use crate::http::headers::{has_token, single_value, tokens, trim_whitespace};
-use crate::http::response::{push_header, write_response};
+use crate::http::response::{push_header, write_refusal};
 use crate::http::upgrade_headers::UpgradeHeaders;
 
 /// The GUID appended to the client's key before hashing (RFC 6455 §1.3).
@@ -343,14 +343,7 @@ impl HandshakeError {
             Self::UnsupportedVersion => &[("Sec-WebSocket-Version", "13")],
             _ => &[],
         };
-        write_response(
-            dst,
-            self.status(),
-            extra_headers,
-            Some("text/plain; charset=utf-8"),
-            self.message().as_bytes(),
-            false,
-        );
+        write_refusal(dst, self.status(), extra_headers, self.message());
     }
 }
 

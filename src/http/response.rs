@@ -47,6 +47,24 @@ pub fn reason_phrase(status: u16) -> &'static str {
     }
 }
 
+/// Appends a refusal: `status`, `extra_headers`, the one-line plain-text `message` as the
+/// body, and `Connection: close` (a refused peer is never kept).
+pub fn write_refusal(
+    dst: &mut Vec<u8>,
+    status: u16,
+    extra_headers: &[(&str, &str)],
+    message: &str,
+) {
+    write_response(
+        dst,
+        status,
+        extra_headers,
+        Some("text/plain; charset=utf-8"),
+        message.as_bytes(),
+        false,
+    );
+}
+
 /// Appends a complete HTTP/1.1 response to `dst`.
 ///
 /// The head is the status line with its standard reason phrase, then `extra_headers` in order,
