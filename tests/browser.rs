@@ -8,7 +8,8 @@
 //!
 //! `scripts/browser-deps.sh` installs node, chromium and playwright-core, and
 //! `scripts/deps.sh` redis-server; `scripts/test.sh` calls both first. Without them this
-//! test fails and says so: it never skips. The demo page's screenshot is kept in `target/tmp/browser/demo.png`.
+//! test fails and says so: it never skips. The demo page's screenshot is kept in
+//! `target/tmp/browser/demo.png`.
 
 mod util;
 
