@@ -54,6 +54,12 @@ fn issue_12_history_through_another_node_reads_redis() {
         json!({"channel":"news","epoch":epoch,"offset":5,"oldest_offset":1,
             "messages":[],"truncated":false})
     );
+    // `limit=0` still says whether messages follow `since`, as the node's own store does.
+    assert_eq!(
+        get_json(&b, "/history/news?since=4&limit=0"),
+        json!({"channel":"news","epoch":epoch,"offset":5,"oldest_offset":1,
+            "messages":[],"truncated":true})
+    );
     let none = admin(&b, "GET", "/history/nothing", &[], b"");
     assert_eq!(none.status, 404, "{}", none.text());
     assert!(none.text().starts_with("no history"), "{}", none.text());

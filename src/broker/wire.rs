@@ -83,9 +83,8 @@ local offset = tonumber(redis.call('HGET', meta, 'offset'))
 local retained = redis.call('XLEN', log)
 local first = redis.call('XRANGE', log, '-', '+', 'COUNT', 1)
 local entries = {}
-local limit = tonumber(ARGV[2])
-if ARGV[1] ~= '' and limit > 0 then
-  entries = redis.call('XRANGE', log, '(0-' .. ARGV[1], '+', 'COUNT', limit + 1)
+if ARGV[1] ~= '' then
+  entries = redis.call('XRANGE', log, '(0-' .. ARGV[1], '+', 'COUNT', tonumber(ARGV[2]) + 1)
 end
 return {epoch, offset, retained, first, entries}
 ";
