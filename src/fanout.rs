@@ -462,6 +462,11 @@ impl Core {
                     position,
                     kept,
                 } => self.broker_attached(&channel, ticket, position, kept),
+                ShardMsg::BrokerRead {
+                    id,
+                    ticket,
+                    outcome,
+                } => self.broker_read(id, ticket, outcome),
                 ShardMsg::BrokerReply { seq, from, count } => {
                     if let Some(&id) = self.broker_waits.get(&seq) {
                         self.admin_reply(id, from, count);

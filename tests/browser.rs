@@ -3,12 +3,20 @@
 //! and its browser suite, which drives Debian's headless chromium through playwright-core
 //! and starts, restarts and cuts off real nodes (`clients/js/test/browser.test.mjs`).
 //!
+//! The suite's `--broker` test needs a `redis-server`: this test starts one
+//! (`tests/util/redis_server.rs`) and names it in `RINGPUSH_REDIS_URL`.
+//!
 //! `scripts/browser-deps.sh` installs node, chromium and playwright-core, and
-//! `scripts/test.sh` calls it first. Without them this test fails and says so: it never
-//! skips. The demo page's screenshot is kept in `target/tmp/browser/demo.png`.
+//! `scripts/deps.sh` redis-server; `scripts/test.sh` calls both first. Without them this
+//! test fails and says so: it never skips. The demo page's screenshot is kept in
+//! `target/tmp/browser/demo.png`.
+
+mod util;
 
 use std::path::Path;
 use std::process::Command;
+
+use util::redis_server::RedisServer;
 
 /// What to run when a dependency is missing.
 const INSTALL: &str = "run scripts/browser-deps.sh (scripts/test.sh does)";
@@ -26,12 +34,15 @@ fn js_client_unit_and_browser_suites() {
         Path::new(&chromium).exists(),
         "no chromium at {chromium}: {INSTALL}"
     );
+    // Fails with a message when redis-server is missing.
+    let redis = RedisServer::start();
     let artifacts = Path::new(env!("CARGO_TARGET_TMPDIR")).join("browser");
     let output = Command::new("node")
         .args(["--test", "test/unit.test.mjs", "test/browser.test.mjs"])
         .current_dir(&dir)
         .env("RINGPUSH_BIN", env!("CARGO_BIN_EXE_ringpush"))
         .env("CHROMIUM", &chromium)
+        .env("RINGPUSH_REDIS_URL", redis.url())
         .env("BROWSER_ARTIFACTS", &artifacts)
         .output()
         .unwrap_or_else(|e| panic!("cannot run node ({e}): {INSTALL}"));

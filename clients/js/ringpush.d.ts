@@ -83,6 +83,13 @@ export interface RecoveryFailed {
   /** Where the channel is now: reload your state, then live messages follow `offset`. */
   epoch: string;
   offset: number;
+  /**
+   * `"gap"` when the node reported a loss on a live subscription (`{"op":"gap"}`, nodes
+   * joined through Redis): messages up to `offset` of `epoch` may never arrive, and `since`
+   * is what this client had (its `epoch` and `offset` may be null before any message).
+   * Absent for a resume the node could not replay.
+   */
+  reason?: "gap";
 }
 
 export interface Published {

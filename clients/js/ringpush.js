@@ -381,6 +381,8 @@ export class Client {
         return this.send({ op: "pong" });
       case "subscribed":
         return this.subscribed(frame);
+      case "gap":
+        return this.gap(frame);
       case "error":
         return this.refused(frame);
       default:
@@ -425,6 +427,33 @@ export class Client {
     entry.live = true;
     this.emit("subscribed", { channel: frame.channel, epoch: frame.epoch, offset: frame.offset, recovered: frame.recovered });
     for (const waiter of entry.waiters.splice(0)) waiter.resolve(frame);
+  }
+
+  /**
+   * `{"op":"gap","channel","epoch","offset":K}` (nodes joined through Redis): messages of
+   * the channel before K of that epoch may never arrive, and the one at K comes next. Told
+   * as a recovery failure (`reason: "gap"`) unless this client already has everything
+   * before K; either way the channel's position moves to (epoch, K - 1), so the message at
+   * K is delivered (a new epoch starts low again) and a later resume asks from there.
+   */
+  gap(frame) {
+    const entry = this.channels.get(frame.channel);
+    if (!entry || typeof frame.offset !== "number" || typeof frame.epoch !== "string") return;
+    const before = frame.offset - 1;
+    const covered = entry.epoch === frame.epoch && entry.offset !== null && entry.offset >= before;
+    if (!covered) {
+      this.emit("recovery_failed", {
+        channel: frame.channel,
+        since: { epoch: entry.epoch, offset: entry.offset },
+        epoch: frame.epoch,
+        offset: before,
+        reason: "gap",
+      });
+    }
+    if (!covered || entry.epoch !== frame.epoch) {
+      entry.epoch = frame.epoch;
+      entry.offset = before;
+    }
   }
 
   refused(frame) {

@@ -7,7 +7,10 @@
 //! `answer_census` on the client shard with its counts, summed here in the `queries` slab
 //! (`census_reply`); the last answer writes the response. A shard that has exited counts as
 //! answering with no channels. History is one node-wide store (`Shared::history`), so
-//! `/history` is answered at once, on the admin shard, from one lock of that store.
+//! `/history` is answered at once, on the admin shard, from one lock of that store. Under
+//! `--broker` the history and positions are in Redis: `/history` and `/channels/<name>`
+//! wait in `queries` for a read on the broker's publisher thread (`JobTo::History`,
+//! answered `ShardMsg::BrokerRead`), 503 when it fails or passes `--broker-timeout`.
 //!
 //! Invariants:
 //! - A listing is exact for the names it lists: each shard reports its `limit` smallest
@@ -19,6 +22,8 @@
 //!   `pending` id or a broadcast's (`BROADCAST_SLOT_TAG`).
 //! - A census never blocks a client shard for more than one pass over its channel index,
 //!   and its reply holds at most `CHANNELS_LIMIT_MAX` names.
+//! - A query with a Redis read is answered once both the census and the read are in, or
+//!   at the read's deadline (`read_deadlines`, on every admin tick): never a hang.
 //! - A history answer holds at most `HISTORY_LIMIT_MAX` messages and, past the first one,
 //!   stays under `HISTORY_BODY_BYTES_MAX`; `truncated` says more are retained.
 
@@ -30,8 +35,9 @@ use std::time::Instant;
 
 use bytes::{Bytes, BytesMut};
 
+use crate::broker::{BrokerFault, JobTo, PublishJob, ReadOutcome};
 use crate::fanout::{Census, CensusOf, ShardMsg};
-use crate::history::Page;
+use crate::history::{Page, PayloadKind};
 use crate::http::admin_request::valid_name;
 use crate::http::response::write_response;
 use crate::json_proto;
@@ -57,6 +63,19 @@ enum Asked {
     List { limit: usize },
     /// `GET /channels/<name>`.
     One(Box<str>),
+    /// `GET /history/<name>` under `--broker` (no census: only the Redis read).
+    History(Box<str>),
+}
+
+/// A query's history read from Redis (`--broker`), answered `ShardMsg::BrokerRead`.
+struct ReadWait {
+    /// The read's ticket: an answer under another one is a late answer to an earlier
+    /// query of the same id.
+    ticket: u32,
+    /// `--broker-timeout` after the read was queued: 503 by then at the latest.
+    deadline: Instant,
+    /// Redis' answer, once in.
+    outcome: Option<ReadOutcome>,
 }
 
 /// A channels request waiting for every client shard's census.
@@ -72,6 +91,9 @@ pub(crate) struct Query {
     counts: BTreeMap<Box<str>, u64>,
     /// A shard had more matching names than the limit.
     truncated: bool,
+    /// The Redis read of the channel's history, when the node has `--broker` and the
+    /// request needs the channel's position.
+    read: Option<ReadWait>,
 }
 
 impl Core {
@@ -104,9 +126,10 @@ impl Core {
                 return;
             }
         }
-        let asked = match &of {
-            CensusOf::Prefix { limit, .. } => Asked::List { limit: *limit },
-            CensusOf::One(name) => Asked::One(name.clone()),
+        let (asked, read) = match &of {
+            CensusOf::Prefix { limit, .. } => (Asked::List { limit: *limit }, None),
+            // Under --broker the channel's epoch and offset are in Redis.
+            CensusOf::One(name) => (Asked::One(name.clone()), Some((name.clone(), u64::MAX, 0))),
         };
         let id = self.queries.insert(Query {
             owner: self.owner(key),
@@ -117,8 +140,19 @@ impl Core {
             waiting: clients,
             counts: BTreeMap::new(),
             truncated: false,
+            read: None,
         }) as u32;
         debug_assert!(id < BROADCAST_SLOT_TAG, "ids stay below the tags");
+        if let Some((name, since, limit)) = read {
+            if !self.start_read(id, name, since, limit) {
+                for undo in targets.clone() {
+                    self.release(undo);
+                }
+                self.queries.remove(id as usize);
+                self.admin_slot(key, AdminSlot::Ready(broker_full(keep_alive), !keep_alive));
+                return;
+            }
+        }
         self.admin_slot(key, AdminSlot::Waiting(QUERY_SLOT_TAG | id));
         let census = Arc::new(Census {
             of,
@@ -175,7 +209,16 @@ impl Core {
         }
         q.truncated |= truncated;
         q.waiting -= 1;
-        if q.waiting > 0 {
+        self.finish_query(id);
+    }
+
+    /// Answers query `id` once every census and its Redis read (if any) are in.
+    fn finish_query(&mut self, id: u32) {
+        let Some(q) = self.queries.get(id as usize) else {
+            return;
+        };
+        let reading = q.read.as_ref().is_some_and(|r| r.outcome.is_none());
+        if q.waiting > 0 || reading {
             return;
         }
         let q = self.queries.remove(id as usize);
@@ -183,18 +226,120 @@ impl Core {
             return;
         }
         let key = q.owner.key as usize;
-        let body = match &q.asked {
-            Asked::List { limit } => list_json(&q.counts, *limit, q.truncated),
+        let (head_only, keep_alive) = (q.head_only, q.keep_alive);
+        let page = match q.read.and_then(|r| r.outcome) {
+            Some(Err(fault)) => {
+                let body = format!(
+                    "{}: the read did not reach Redis; retry later\n",
+                    fault.reason()
+                );
+                let response = unavailable(&[("Retry-After", "1")], body.as_bytes(), keep_alive);
+                self.admin_ready(key, QUERY_SLOT_TAG | id, Bytes::from(response), !keep_alive);
+                self.process_admin(key);
+                return;
+            }
+            Some(Ok(page)) => page,
+            None => None,
+        };
+        let response = match &q.asked {
+            Asked::List { limit } => {
+                let body = list_json(&q.counts, *limit, q.truncated);
+                json_response(200, &body, head_only, keep_alive)
+            }
             Asked::One(name) => {
                 let count = q.counts.get(name).copied().unwrap_or(0);
-                let page = self.shared.history.read(name, u64::MAX, 0, Instant::now());
-                one_json(name, count, page.as_ref())
+                let page = match self.shared.broker {
+                    Some(_) => page,
+                    None => self.shared.history.read(name, u64::MAX, 0, Instant::now()),
+                };
+                json_response(
+                    200,
+                    &one_json(name, count, page.as_ref()),
+                    head_only,
+                    keep_alive,
+                )
             }
+            Asked::History(channel) => match page {
+                None => no_history(head_only, keep_alive),
+                Some(page) => {
+                    json_response(200, &history_json(channel, &page), head_only, keep_alive)
+                }
+            },
         };
-        let response = json_response(200, &body, q.head_only, q.keep_alive);
-        self.admin_ready(key, QUERY_SLOT_TAG | id, response, !q.keep_alive);
+        self.admin_ready(key, QUERY_SLOT_TAG | id, response, !keep_alive);
         // Requests held back by the pipeline cap may go on now.
         self.process_admin(key);
+    }
+
+    /// Queues the Redis read of `channel`'s history for query `id` (`--broker`); false
+    /// when the broker's queue is full. Without a broker there is nothing to read: true.
+    fn start_read(&mut self, id: u32, channel: Box<str>, since: u64, limit: usize) -> bool {
+        let Some(broker) = self.shared.broker.as_ref().map(Arc::clone) else {
+            return true;
+        };
+        let ticket = broker.next_seq();
+        let deadline = Instant::now() + broker.config.timeout;
+        let job = PublishJob {
+            to: JobTo::History {
+                since,
+                limit,
+                ticket,
+            },
+            channel,
+            payload: Bytes::new(),
+            kind: PayloadKind::Binary,
+            deadline,
+            reply: Some((self.index, id)),
+        };
+        if let Some(q) = self.queries.get_mut(id as usize) {
+            q.read = Some(ReadWait {
+                ticket,
+                deadline,
+                outcome: None,
+            });
+        }
+        if !broker.publish(job) {
+            self.counters.shard_inbox_full += 1;
+            self.log(format_args!(
+                "event=shard_inbox_full target=broker msg=history"
+            ));
+            return false;
+        }
+        true
+    }
+
+    /// The broker's answer to query `id`'s history read under `ticket`.
+    pub(crate) fn broker_read(&mut self, id: u32, ticket: u32, outcome: ReadOutcome) {
+        let Some(read) = self
+            .queries
+            .get_mut(id as usize)
+            .and_then(|q| q.read.as_mut())
+            .filter(|r| r.ticket == ticket && r.outcome.is_none())
+        else {
+            // Answered already at its deadline.
+            return;
+        };
+        read.outcome = Some(outcome);
+        self.finish_query(id);
+    }
+
+    /// Answers 503 every query whose Redis read is past its deadline (admin tick).
+    pub(crate) fn read_deadlines(&mut self) {
+        let now = Instant::now();
+        let due: Vec<u32> = self
+            .queries
+            .iter_mut()
+            .filter_map(|(id, q)| {
+                let read = q.read.as_mut().filter(|r| r.outcome.is_none())?;
+                (now >= read.deadline).then(|| {
+                    read.outcome = Some(Err(BrokerFault::Timeout));
+                    id as u32
+                })
+            })
+            .collect();
+        for id in due {
+            self.finish_query(id);
+        }
     }
 
     /// Answers for exited client shards in every census still waiting for them.
@@ -208,7 +353,9 @@ impl Core {
     }
 
     /// `GET /history/<channel>`: the channel's position and its retained messages after
-    /// `since`, answered at once; 404 when the node has no entry for the channel.
+    /// `since`; 404 when the node (or, under `--broker`, Redis) has no entry for the
+    /// channel. Answered at once from the node's store, or under `--broker` once the
+    /// publisher thread has read Redis (503 by `--broker-timeout` when it cannot).
     pub(super) fn admin_history(
         &mut self,
         key: usize,
@@ -219,17 +366,24 @@ impl Core {
         keep_alive: bool,
     ) {
         if self.shared.broker.is_some() {
-            // With the broker the history is in Redis; this view does not read it yet.
-            let mut response = Vec::new();
-            let body: &[u8] = if head_only {
-                b""
-            } else {
-                b"not available with --broker yet: the history is in Redis \
-                  (XRANGE ringpush:{<channel>}:log)\n"
-            };
-            let media = Some("text/plain; charset=utf-8");
-            write_response(&mut response, 501, &[], media, body, keep_alive);
-            self.admin_slot(key, AdminSlot::Ready(Bytes::from(response), !keep_alive));
+            let id = self.queries.insert(Query {
+                owner: self.owner(key),
+                asked: Asked::History(channel.into()),
+                keep_alive,
+                head_only,
+                waiting_on: Vec::new(),
+                waiting: 0,
+                counts: BTreeMap::new(),
+                truncated: false,
+                read: None,
+            }) as u32;
+            debug_assert!(id < BROADCAST_SLOT_TAG, "ids stay below the tags");
+            if !self.start_read(id, channel.into(), since, limit) {
+                self.queries.remove(id as usize);
+                self.admin_slot(key, AdminSlot::Ready(broker_full(keep_alive), !keep_alive));
+                return;
+            }
+            self.admin_slot(key, AdminSlot::Waiting(QUERY_SLOT_TAG | id));
             return;
         }
         let page = self
@@ -237,17 +391,7 @@ impl Core {
             .history
             .read(channel, since, limit, Instant::now());
         let response = match page {
-            None => {
-                let mut response = Vec::new();
-                let body: &[u8] = if head_only {
-                    b""
-                } else {
-                    b"no history: the node has no entry for this channel\n"
-                };
-                let media = Some("text/plain; charset=utf-8");
-                write_response(&mut response, 404, &[], media, body, keep_alive);
-                Bytes::from(response)
-            }
+            None => no_history(head_only, keep_alive),
             Some(page) => json_response(200, &history_json(channel, &page), head_only, keep_alive),
         };
         self.admin_slot(key, AdminSlot::Ready(response, !keep_alive));
@@ -257,6 +401,25 @@ impl Core {
     fn release(&self, target: usize) {
         self.peers.queued[target].fetch_sub(1, Ordering::Relaxed);
     }
+}
+
+/// The 404 of a channel without history.
+fn no_history(head_only: bool, keep_alive: bool) -> Bytes {
+    let mut response = Vec::new();
+    let body: &[u8] = if head_only {
+        b""
+    } else {
+        b"no history: the node has no entry for this channel\n"
+    };
+    let media = Some("text/plain; charset=utf-8");
+    write_response(&mut response, 404, &[], media, body, keep_alive);
+    Bytes::from(response)
+}
+
+/// The 503 of a read the broker's queue had no room for.
+fn broker_full(keep_alive: bool) -> Bytes {
+    let body = b"broker queue full: the node is behind; retry later\n";
+    Bytes::from(unavailable(&[("Retry-After", "1")], body, keep_alive))
 }
 
 /// A complete JSON answer (the body left out for a `HEAD`).

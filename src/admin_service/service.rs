@@ -63,6 +63,7 @@ impl Role for AdminHttp {
         core.drain_inbox();
         core.count_exited_shards();
         core.broker_deadlines();
+        core.read_deadlines();
         // The admin listener keeps answering (healthz says 503) while the clients drain;
         // `drained` ends it.
         let _ = core.tick_end();

@@ -16,6 +16,10 @@
 //!   `ShardMsg::Attached`, is read on a second connection of this thread after the
 //!   subscription is confirmed and pushed in order with the channel's messages.
 //!
+//! The publisher thread also answers the admin API's history reads (`JobTo::History`,
+//! `reader.rs`), in queue order with the publishes, so `GET /history` under `--broker`
+//! keeps the same deadline and 503 as a publish.
+//!
 //! Sessions span nodes through one node-wide pub/sub channel (`wire::SESSIONS_CHANNEL`):
 //! a `/send` and each session-bound connect's claim are published there by the publisher
 //! thread (`Broker::publish_session`), and the subscriber thread hands other nodes' to every
@@ -48,6 +52,7 @@ use crate::ring::Ring;
 use crate::shard::Shared;
 
 mod publisher;
+mod reader;
 mod subscriber;
 pub mod wire;
 
@@ -108,6 +113,14 @@ pub enum JobTo {
     /// `wire::SESSIONS_CHANNEL`: `payload` is a whole `wire::session_message`, published
     /// as it is (no offset, no history).
     Sessions,
+    /// Not a publish: reads `channel`'s position and at most `limit` kept messages after
+    /// `since` (`GET /history`, `GET /channels/<name>`), answered `ShardMsg::BrokerRead`
+    /// under the reply's id and `ticket`; `payload` is empty.
+    History {
+        since: u64,
+        limit: usize,
+        ticket: u32,
+    },
 }
 
 /// One publish for the publisher thread.
@@ -525,6 +538,10 @@ fn lock<T>(mutex: &Mutex<T>) -> std::sync::MutexGuard<'_, T> {
 
 /// A brokered publish's outcome for the shard that asked.
 pub type Outcome = Result<Position, BrokerFault>;
+
+/// A history read's outcome: the page (`None`: Redis has no entry for the channel), or
+/// why Redis did not answer.
+pub type ReadOutcome = Result<Option<crate::history::Page>, BrokerFault>;
 
 #[cfg(test)]
 mod tests {

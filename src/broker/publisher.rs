@@ -1,6 +1,9 @@
 //! The publisher thread: runs the publish script for each `PublishJob`, in queue order, on
 //! its own Redis connection, and answers the asking shard with `ShardMsg::Brokered`.
 //!
+//! History reads (`JobTo::History`, `reader.rs`) take the same queue and connection and
+//! are answered with `ShardMsg::BrokerRead`.
+//!
 //! Session messages (`JobTo::Sessions`: `/send` bodies and claims) are a plain PUBLISH on
 //! `wire::SESSIONS_CHANNEL`, in the same queue order.
 //!
@@ -23,6 +26,7 @@ use std::time::{Duration, Instant};
 
 use redis::{Connection, RedisError, Script};
 
+use super::reader;
 use super::wire::{self, OriginTag};
 use super::{connect, random_u64, Backoff, Broker, BrokerFault, JobTo, Outcome, PublishJob, Reach};
 use crate::fanout::ShardMsg;
@@ -37,6 +41,7 @@ const IDLE_CHECK_MS: u64 = 1_000;
 /// The thread's loop, until the node shuts down.
 pub(super) fn run(mut reach: Reach, jobs: Receiver<PublishJob>) {
     let script = Script::new(wire::PUBLISH_SCRIPT);
+    let history = Script::new(wire::HISTORY_SCRIPT);
     let broker = Arc::clone(&reach.broker);
     let mut link = Link {
         con: None,
@@ -78,6 +83,32 @@ pub(super) fn run(mut reach: Reach, jobs: Receiver<PublishJob>) {
         let back = link.con.is_none() && stats.subscriber_up.load(Ordering::Relaxed);
         if link.con.is_none() && (lost_now || back) {
             link.connect(&broker);
+        }
+        if let JobTo::History {
+            since,
+            limit,
+            ticket,
+        } = job.to
+        {
+            let outcome = match link.con.as_mut() {
+                None => Err(BrokerFault::Unreachable),
+                Some(c) => reader::read(c, &history, &job.channel, since, limit, job.deadline),
+            };
+            match &outcome {
+                Ok(_) => link.last_used = Instant::now(),
+                Err(BrokerFault::Refused) => {}
+                Err(fault) => link.lose(&broker, fault.reason()),
+            }
+            if let Some((shard, id)) = job.reply {
+                let answer = ShardMsg::BrokerRead {
+                    id,
+                    ticket,
+                    outcome,
+                };
+                reach.push(shard, answer);
+                reach.ring_doorbells();
+            }
+            continue;
         }
         let outcome = match link.con.as_mut() {
             None => Err(BrokerFault::Unreachable),
@@ -233,7 +264,7 @@ fn publish(con: &mut Connection, script: &Script, reach: &Reach, job: &PublishJo
 }
 
 /// What a failed exchange means for the job and the connection.
-fn fault_of(e: &RedisError) -> BrokerFault {
+pub(super) fn fault_of(e: &RedisError) -> BrokerFault {
     if e.is_timeout() {
         BrokerFault::Timeout
     } else if e.is_io_error() || e.is_connection_dropped() {

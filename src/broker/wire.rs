@@ -19,7 +19,7 @@
 
 use bytes::Bytes;
 
-use crate::history::{Epoch, PayloadKind, Position};
+use crate::history::{Epoch, Page, PayloadKind, Position, Retained};
 
 /// The prefix of every key and pub/sub channel the node uses.
 pub const PREFIX: &str = "ringpush:";
@@ -68,6 +68,89 @@ end
 return {epoch, offset, entries}
 ";
 
+/// The history script (`GET /history/<channel>` under `--broker`). KEYS: meta, log. ARGV:
+/// the offset after which kept messages are wanted (empty: none), the most to return
+/// (the script returns one more, to tell whether more follow). Returns nil for a channel
+/// without an epoch, else `{epoch, offset, retained, first, entries}` read in one step
+/// (`first`: the oldest kept entry, or an empty array). Changes nothing.
+pub const HISTORY_SCRIPT: &str = r"
+local meta, log = KEYS[1], KEYS[2]
+local epoch = redis.call('HGET', meta, 'epoch')
+if not epoch then
+  return false
+end
+local offset = tonumber(redis.call('HGET', meta, 'offset'))
+local retained = redis.call('XLEN', log)
+local first = redis.call('XRANGE', log, '-', '+', 'COUNT', 1)
+local entries = {}
+if ARGV[1] ~= '' then
+  entries = redis.call('XRANGE', log, '(0-' .. ARGV[1], '+', 'COUNT', tonumber(ARGV[2]) + 1)
+end
+return {epoch, offset, retained, first, entries}
+";
+
+/// The history script's `since` argument: empty when nothing can follow it (the stream
+/// refuses an exclusive range from the largest ID).
+pub fn history_since(since: u64) -> String {
+    if since == u64::MAX {
+        String::new()
+    } else {
+        since.to_string()
+    }
+}
+
+/// Reads the history script's answer as the page `History::read` would give for `limit`:
+/// `Some(None)` for a channel Redis has no entry for, `None` for any other shape.
+pub fn parse_history(value: redis::Value, limit: usize) -> Option<Option<Page>> {
+    use redis::Value;
+    let mut parts = match value {
+        Value::Nil => return Some(None),
+        Value::Array(parts) if parts.len() == 5 => parts,
+        _ => return None,
+    };
+    let mut entries = parse_entries(parts.pop()?)?;
+    let first = parse_entries(parts.pop()?)?;
+    let retained = match parts.pop()? {
+        Value::Int(n) => u64::try_from(n).ok()?,
+        _ => return None,
+    };
+    let position = Position {
+        offset: parse_offset(parts.pop()?)?,
+        epoch: parse_epoch(parts.pop()?)?,
+    };
+    let more = entries.len() > limit;
+    entries.truncate(limit);
+    let entries = entries
+        .into_iter()
+        .map(|(offset, kind, payload)| Retained {
+            offset,
+            payload,
+            kind,
+        })
+        .collect();
+    Some(Some(Page {
+        position,
+        oldest_offset: first.first().map(|(offset, _, _)| *offset),
+        retained,
+        entries,
+        more,
+    }))
+}
+
+fn parse_offset(value: redis::Value) -> Option<u64> {
+    match value {
+        redis::Value::Int(offset) => u64::try_from(offset).ok(),
+        _ => None,
+    }
+}
+
+fn parse_epoch(value: redis::Value) -> Option<Epoch> {
+    match value {
+        redis::Value::BulkString(text) => Epoch::parse(std::str::from_utf8(&text).ok()?),
+        _ => None,
+    }
+}
+
 /// Reads the position script's answer: the position and the kept messages, oldest first.
 /// `None` for any other shape.
 pub fn parse_position(value: redis::Value) -> Option<(Position, Vec<crate::broker::Kept>)> {
@@ -78,15 +161,15 @@ pub fn parse_position(value: redis::Value) -> Option<(Position, Vec<crate::broke
     if parts.len() != 3 {
         return None;
     }
-    let entries = parts.pop()?;
-    let offset = match parts.pop()? {
-        Value::Int(offset) => u64::try_from(offset).ok()?,
-        _ => return None,
-    };
-    let epoch = match parts.pop()? {
-        Value::BulkString(text) => Epoch::parse(std::str::from_utf8(&text).ok()?)?,
-        _ => return None,
-    };
+    let entries = parse_entries(parts.pop()?)?;
+    let offset = parse_offset(parts.pop()?)?;
+    let epoch = parse_epoch(parts.pop()?)?;
+    Some((Position { epoch, offset }, entries))
+}
+
+/// Reads an XRANGE answer: the kept messages, oldest first; `None` for any other shape.
+fn parse_entries(entries: redis::Value) -> Option<Vec<crate::broker::Kept>> {
+    use redis::Value;
     let Value::Array(entries) = entries else {
         return None;
     };
@@ -123,7 +206,7 @@ pub fn parse_position(value: redis::Value) -> Option<(Position, Vec<crate::broke
         }
         kept.push((entry_offset, kind?, payload?));
     }
-    Some((Position { epoch, offset }, kept))
+    Some(kept)
 }
 
 /// The hash of channel `name`'s epoch and last offset.
@@ -382,6 +465,51 @@ mod tests {
         );
         assert!(parse_position(Array(vec![Int(1)])).is_none());
         assert!(parse_position(Int(1)).is_none());
+    }
+
+    #[test]
+    fn a_history_answer_reads_back_as_a_page_with_its_limit() {
+        use redis::Value::{Array, BulkString, Int, Nil};
+        let entry = |offset: u64| {
+            Array(vec![
+                BulkString(format!("0-{offset}").into_bytes()),
+                Array(vec![
+                    BulkString(b"k".to_vec()),
+                    BulkString(b"t".to_vec()),
+                    BulkString(b"p".to_vec()),
+                    BulkString(format!("m{offset}").into_bytes()),
+                ]),
+            ])
+        };
+        let answer = |entries: Vec<redis::Value>| {
+            Array(vec![
+                BulkString(b"00000000000000ff".to_vec()),
+                Int(9),
+                Int(7),
+                Array(vec![entry(3)]),
+                Array(entries),
+            ])
+        };
+        // The script returns one more than the limit: `more` says so and it is cut.
+        let page = parse_history(answer(vec![entry(5), entry(6), entry(7)]), 2)
+            .expect("parses")
+            .expect("a page");
+        assert_eq!(page.position.offset, 9);
+        assert_eq!(
+            (page.retained, page.oldest_offset, page.more),
+            (7, Some(3), true)
+        );
+        let offsets: Vec<u64> = page.entries.iter().map(|e| e.offset).collect();
+        assert_eq!(offsets, vec![5, 6]);
+        assert_eq!(&page.entries[1].payload[..], b"m6");
+        let page = parse_history(answer(vec![entry(8), entry(9)]), 2)
+            .unwrap()
+            .unwrap();
+        assert!(!page.more);
+        assert_eq!(parse_history(Nil, 5), Some(None));
+        assert_eq!(parse_history(Int(1), 5), None);
+        assert_eq!(history_since(u64::MAX), "");
+        assert_eq!(history_since(0), "0");
     }
 
     #[test]

@@ -15,12 +15,19 @@
 //! - a client ahead of this shard (since above the watermark, within the position) waits as
 //!   `Ahead` does without a broker, and joins when the watermark reaches it.
 //!
+//! A waiting subscription gets its answer by `--broker-timeout` (`broker_join_deadlines`,
+//! on every wheel step): when the position has not come by then (Redis down or slow), an
+//! error 503 (`broker unreachable` or `broker timeout`), its token leaves the channel and
+//! the connection stays; a later `subscribe` of that channel starts afresh.
+//!
 //! A `publish` is queued for the broker under a sequence number and answered `published`
 //! (or error 503) when `ShardMsg::Brokered` comes back.
 
+use std::time::Instant;
+
 use bytes::BytesMut;
 
-use crate::broker::{HoldJob, Kept, Outcome};
+use crate::broker::{BrokerFault, HoldJob, Kept, Outcome};
 use crate::channels::{Subscription, WAITING};
 use crate::history::{Epoch, Position};
 use crate::json_proto::{self as proto, ErrorCode, Recovery, Since};
@@ -34,6 +41,8 @@ pub struct BrokerJoin {
     pub channel: u32,
     pub id: Option<u64>,
     pub since: Option<Since>,
+    /// `--broker-timeout` after the subscribe: answered error 503 by then at the latest.
+    pub deadline: Instant,
 }
 
 /// A JSON publish waiting for the broker's answer.
@@ -74,14 +83,15 @@ impl Core {
             self.broker_tickets += 1;
             let owner = self.owner(key);
             let resume_from = since.as_ref().map(|s| s.offset);
+            let broker = self.shared.broker.as_ref().expect("called with --broker");
             let join = BrokerJoin {
                 owner,
                 channel: cid,
                 id,
                 since,
+                deadline: Instant::now() + broker.config.timeout,
             };
             self.broker_joins.insert(ticket, join);
-            let broker = self.shared.broker.as_ref().expect("called with --broker");
             broker.hold(HoldJob::Position {
                 shard: self.index,
                 channel: name.into(),
@@ -185,6 +195,49 @@ impl Core {
         }
         if let Some(j) = self.json_conns.get_mut(&key) {
             j.subs[at] = token;
+        }
+    }
+
+    /// Answers error 503 every subscription whose position did not come by its deadline
+    /// (Redis down or slow): its waiting token leaves the channel, the connection stays,
+    /// and a later `subscribe` starts afresh. A late `Attached` finds no ticket.
+    pub(crate) fn broker_join_deadlines(&mut self) {
+        if self.broker_joins.is_empty() {
+            return;
+        }
+        let now = Instant::now();
+        let due: Vec<u64> = self
+            .broker_joins
+            .iter()
+            .filter(|(_, join)| now >= join.deadline)
+            .map(|(&ticket, _)| ticket)
+            .collect();
+        let fault = match self.shared.broker.as_ref().is_some_and(|b| b.up()) {
+            true => BrokerFault::Timeout,
+            false => BrokerFault::Unreachable,
+        };
+        for ticket in due {
+            let Some(join) = self.broker_joins.remove(&ticket) else {
+                continue;
+            };
+            if !self.live(join.owner) {
+                continue;
+            }
+            let key = join.owner.key as usize;
+            let token = self.json_conns.get_mut(&key).and_then(|j| {
+                let at = j
+                    .subs
+                    .iter()
+                    .position(|s| s.channel == join.channel && s.slot == WAITING)?;
+                Some(j.subs.swap_remove(at))
+            });
+            let Some(token) = token else {
+                continue;
+            };
+            self.unsubscribe_token(key, token);
+            self.detach_freed();
+            self.json_error(join.id, ErrorCode::Busy, fault.reason());
+            self.flush_out(key);
         }
     }
 

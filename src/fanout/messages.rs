@@ -169,6 +169,13 @@ pub enum ShardMsg {
         position: Position,
         kept: Vec<crate::broker::Kept>,
     },
+    /// The broker's answer to a history read (`JobTo::History`) of query `id` under
+    /// `ticket` (a late answer for a query answered at its deadline names another ticket).
+    BrokerRead {
+        id: u32,
+        ticket: u32,
+        outcome: crate::broker::ReadOutcome,
+    },
     /// A shard's delivery count for the brokered publish of sequence number `seq`.
     BrokerReply { seq: u32, from: usize, count: u64 },
     /// A shard's answer to a `Census`.
@@ -194,6 +201,7 @@ impl ShardMsg {
                 | ShardMsg::CensusReply { .. }
                 | ShardMsg::Brokered { .. }
                 | ShardMsg::Attached { .. }
+                | ShardMsg::BrokerRead { .. }
                 | ShardMsg::BrokerReply { .. }
         )
     }

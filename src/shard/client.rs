@@ -150,12 +150,14 @@ fn expire(core: &mut Core, key: usize, now: u32) {
 }
 
 /// After each step of the wheel: once a second on shard 0, the history's sweep (expired
-/// entries, forgotten idle channels); at the drain deadline, abort every connection left.
+/// entries, forgotten idle channels); JSON subscriptions past their broker deadline
+/// answered; at the drain deadline, abort every connection left.
 fn stepped(core: &mut Core, now: u32) {
     if core.index == 0 && now % HISTORY_SWEEP_TICKS == 0 {
         core.shared.history.sweep(std::time::Instant::now());
         core.sweep_addresses();
     }
+    core.broker_join_deadlines();
     abort_at_drain_deadline(core, now);
 }
 

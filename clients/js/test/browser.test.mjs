@@ -1,6 +1,6 @@
 // The client library in headless chromium against the real node (issue 13): sessions and
-// tabs, restarts with jittered reconnects, resume without a gap, dead-connection detection,
-// token expiry, and the demo page. Run by `cargo test --test browser` (tests/browser.rs),
+// tabs, restarts with jittered reconnects (and, with --broker, resume across the restart),
+// resume without a gap, dead-connection detection, token expiry, and the demo page. Run by `cargo test --test browser` (tests/browser.rs),
 // which sets RINGPUSH_BIN; scripts/browser-deps.sh installs chromium and playwright-core.
 
 import assert from "node:assert/strict";
@@ -118,6 +118,67 @@ test("the node restarted under two tabs: jittered reconnects, recovery failure r
       const retries = (await events(page, "state")).filter((e) => e.args[0] === "reconnecting");
       assert.ok(retries.length >= 2, "several attempts while the node was away");
       for (const { args: [, detail] } of retries.slice(1)) {
+        const window = Math.min(1600, 400 * 2 ** detail.attempt);
+        assert.ok(detail.delayMs >= 0 && detail.delayMs < window, `delay ${detail.delayMs} in [0, ${window})`);
+      }
+      delays.push(retries.map((e) => e.args[1].delayMs));
+    }
+    assert.notDeepEqual(delays[0], delays[1], "full jitter: the two tabs did not retry in lockstep");
+  }));
+
+test("with --broker, the node killed and restarted under two tabs of one session: jittered reconnects, resume, the away messages once", { timeout: 40_000 }, () =>
+  withContext(async (context, defer) => {
+    // tests/browser.rs starts a redis-server (tests/util/redis_server.rs) for the suite.
+    const redis = process.env.RINGPUSH_REDIS_URL;
+    assert.ok(redis, "RINGPUSH_REDIS_URL must name the suite's redis-server; cargo test --test browser sets it");
+    const args = ["--broker", redis, "--history-size", "100"];
+    let node = await Node.start({ args });
+    defer(() => node.stop());
+    const other = await Node.start({ args });
+    defer(() => other.stop());
+    const options = { session: "carol", channels: ["live"], baseMs: 400, ceilingMs: 1600, nowJitterMs: 250 };
+    const pages = [
+      await clientPage(context, node, node.wsUrl, options),
+      await clientPage(context, node, node.wsUrl, options),
+    ];
+    for (const page of pages) await waitEvents(page, "subscribed", 1);
+    const first = await node.post("/publish/live", "m1");
+    // Offsets count from the suite's Redis: 1 on a fresh one.
+    const at = (i) => first.offset + i - 1;
+    for (const page of pages) await waitEvents(page, "message", 1);
+
+    // Killed (no drain close): the tabs see the connection fail and back off.
+    const { ws, admin } = node;
+    node.child.kill("SIGKILL");
+    await node.exited;
+    for (const page of pages) await waitEvents(page, "state", 1, { 0: "reconnecting" });
+    // Published through another node while the tabs are away: Redis keeps them.
+    for (let i = 2; i <= 4; i++) {
+      const answer = await other.post("/publish/live", `m${i}`);
+      assert.deepEqual([answer.epoch, answer.offset], [first.epoch, at(i)]);
+    }
+    // The node stays away while the tabs retry with backoff, then comes back on its ports.
+    await sleep(2500);
+    node = await Node.start({ args, listen: ws, admin });
+    for (const page of pages) {
+      const [, resumed] = await waitEvents(page, "subscribed", 2, {}, 15_000);
+      assert.deepEqual(resumed.args[0], { channel: "live", epoch: first.epoch, offset: at(4), recovered: true });
+    }
+    await node.post("/publish/live", "m5");
+    const delays = [];
+    for (const page of pages) {
+      await waitEvents(page, "message", 5);
+      await sleep(200);
+      const all = await events(page, "message");
+      assert.deepEqual(
+        all.map((e) => [e.args[0].epoch, e.args[0].offset, e.args[0].data]),
+        Array.from({ length: 5 }, (_, i) => [first.epoch, at(i + 1), `m${i + 1}`]),
+        "every message once, in order, the away ones replayed on resume",
+      );
+      assert.deepEqual(await events(page, "recovery_failed"), []);
+      const retries = (await events(page, "state")).filter((e) => e.args[0] === "reconnecting");
+      assert.ok(retries.length >= 2, "several attempts while the node was away");
+      for (const { args: [, detail] } of retries) {
         const window = Math.min(1600, 400 * 2 ** detail.attempt);
         assert.ok(detail.delayMs >= 0 && detail.delayMs < window, `delay ${detail.delayMs} in [0, ${window})`);
       }

@@ -268,3 +268,43 @@ test("with getToken, the token is refreshed on the live connection before its ex
   assert.equal(FakeSocket.made.length, 1, "no reconnect");
   client.close();
 });
+
+test("a gap notice is told as a recovery failure and keeps the offsets consistent", async () => {
+  const messages = [];
+  const failures = [];
+  const { client } = fakeClient({
+    channels: ["news"],
+    baseMs: 1,
+    onMessage: (m) => messages.push([m.epoch, m.offset]),
+    onRecoveryFailed: (f) => failures.push(f),
+  });
+  await tick();
+  const first = FakeSocket.made[0];
+  first.open();
+  first.frame({ op: "subscribed", id: 1, channel: "news", epoch: "E", offset: 4, recovered: false });
+  first.frame({ channel: "news", offset: 5, data: "a" });
+  // The node missed 6 and 7: told once, then 8 is delivered.
+  first.frame({ op: "gap", channel: "news", epoch: "E", offset: 8 });
+  first.frame({ channel: "news", offset: 8, data: "b" });
+  // Redis lost the channel: a new epoch starting at 1 is delivered, not taken for a duplicate.
+  first.frame({ op: "gap", channel: "news", epoch: "F", offset: 1 });
+  first.frame({ channel: "news", offset: 1, data: "c" });
+  // A notice for what this client already has is no failure.
+  first.frame({ op: "gap", channel: "news", epoch: "F", offset: 2 });
+  first.frame({ channel: "news", offset: 2, data: "d" });
+  first.frame({ channel: "news", offset: 2, data: "d" });
+  // A gap for a channel the client does not hold is ignored.
+  first.frame({ op: "gap", channel: "other", epoch: "F", offset: 9 });
+  assert.deepEqual(messages, [["E", 5], ["E", 8], ["F", 1], ["F", 2]]);
+  assert.deepEqual(failures, [
+    { channel: "news", since: { epoch: "E", offset: 5 }, epoch: "E", offset: 7, reason: "gap" },
+    { channel: "news", since: { epoch: "E", offset: 8 }, epoch: "F", offset: 0, reason: "gap" },
+  ]);
+  // The next resume asks from the last message handled in the new epoch.
+  first.drop(1006);
+  await tick(5);
+  const second = FakeSocket.made[1];
+  second.open();
+  assert.deepEqual(second.sent[0].since, { epoch: "F", offset: 2 });
+  client.close();
+});
