@@ -202,26 +202,27 @@ fn issue_12_cluster_resume_on_another_node_and_send_across_nodes() {
             && admin(&b, "GET", "/healthz", &[], b"").status == 200
     });
     let mut alice = a.ws("/ws/news?session=alice&tab=t1");
-    let answer = admin(
-        &b,
-        "POST",
-        "/send/alice",
-        &[("Content-Type", "text/plain")],
-        b"from b",
-    );
-    assert_eq!(answer.status, 200, "{}", answer.text());
+    let mut witness = b.ws("/ws/news?session=alice&tab=w");
+    // Node a published alice's claim before this send: once the send reached node b, so
+    // had the claim, and a connection node b opens after it is the newer one.
+    send(&a, "alice", b"marker");
+    assert_eq!(next_text(&mut alice), "marker");
+    assert_eq!(next_text(&mut witness), "marker");
+    send(&b, "alice", b"from b");
     assert_eq!(next_text(&mut alice), "from b");
+    assert_eq!(next_text(&mut witness), "from b");
     let mut newer = b.ws("/ws/news?session=alice&tab=t1");
     alice.expect_close(4001);
-    let answer = admin(
-        &a,
-        "POST",
-        "/send/alice",
-        &[("Content-Type", "text/plain")],
-        b"from a",
-    );
-    assert_eq!(answer.status, 200, "{}", answer.text());
+    send(&a, "alice", b"from a");
     assert_eq!(next_text(&mut newer), "from a");
+    assert_eq!(next_text(&mut witness), "from a");
+}
+
+/// `POST /send/<session>` on `node`, answered 200.
+fn send(node: &Node, session: &str, body: &[u8]) {
+    let path = format!("/send/{session}");
+    let answer = admin(node, "POST", &path, &[("Content-Type", "text/plain")], body);
+    assert_eq!(answer.status, 200, "{}", answer.text());
 }
 
 #[test]

@@ -220,6 +220,11 @@ impl Links {
             match self.publish_once(broker, script, reach, job) {
                 Ok(position) => return Ok(position),
                 Err(Failure::Fault(fault)) => return Err(fault),
+                Err(Failure::Redirected) if broker.config.mode == BrokerMode::Single => {
+                    // One address given, but it is a cluster node: list the cluster's
+                    // nodes (two or more, or the one twice) to route by slot.
+                    return Err(BrokerFault::Refused);
+                }
                 Err(Failure::Redirected) => {
                     self.slots = None;
                     self.discover_at = Instant::now();
