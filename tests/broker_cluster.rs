@@ -248,6 +248,12 @@ fn issue_12_cluster_master_killed_fails_only_its_slots_and_recovers() {
         }
     }
 
+    for node in &nodes {
+        eventually("three masters, all up", || {
+            metric(node, "ringpush_broker_cluster_masters") == 3
+                && metric(node, "ringpush_broker_cluster_masters_up") == 3
+        });
+    }
     let dead = 1;
     cluster.masters[dead].kill();
     // Publishes for the dead master's slots fail within the timeout, never hang ...
@@ -273,6 +279,11 @@ fn issue_12_cluster_master_killed_fails_only_its_slots_and_recovers() {
         }
     }
     assert_eq!(admin(&nodes[0], "GET", "/healthz", &[], b"").status, 503);
+    for node in &nodes {
+        eventually("one master down", || {
+            metric(node, "ringpush_broker_cluster_masters_up") == 2
+        });
+    }
 
     // The master comes back with its slots (its config file): delivery resumes.
     cluster.masters[dead].restart();
@@ -296,6 +307,9 @@ fn issue_12_cluster_master_killed_fails_only_its_slots_and_recovers() {
     for node in &nodes {
         eventually("healthy again", || {
             admin(node, "GET", "/healthz", &[], b"").status == 200
+        });
+        eventually("three masters up again", || {
+            metric(node, "ringpush_broker_cluster_masters_up") == 3
         });
     }
 }

@@ -168,6 +168,10 @@ pub struct BrokerStats {
     pub unreadable: AtomicU64,
     /// Channels the subscriber connection is subscribed to.
     pub subscriptions: AtomicU64,
+    /// Masters in the Redis Cluster's last slot map (0 with one Redis).
+    pub cluster_masters: AtomicU64,
+    /// Masters the subscriber thread's pub/sub connection is up to.
+    pub cluster_masters_up: AtomicU64,
 }
 
 /// The node's handle on the broker threads (one, in `Shared`).

@@ -65,12 +65,7 @@ pub(super) fn run(mut reach: Reach, jobs: Receiver<HoldJob>) {
             state.apply(&mut reach, job);
         }
         let reading = state.read(&mut reach);
-        let up = state.up();
-        reach
-            .broker
-            .stats
-            .subscriber_up
-            .store(up, Ordering::Relaxed);
+        state.report(&reach);
         if !reading {
             std::thread::sleep(Duration::from_millis(READ_SLICE_MS));
         }
@@ -116,6 +111,18 @@ impl Sharded {
             && !self.cons.is_empty()
             && self.cons.iter().all(|c| c.pubsub.is_some())
             && self.cons.iter().any(|c| c.sessions)
+    }
+
+    /// Publishes the thread's state to `/healthz` and `/metrics`.
+    fn report(&self, reach: &Reach) {
+        let stats = &reach.broker.stats;
+        stats.subscriber_up.store(self.up(), Ordering::Relaxed);
+        let masters = self.slots.as_ref().map_or(0, |map| map.masters().len());
+        let up = self.cons.iter().filter(|c| c.pubsub.is_some()).count();
+        stats
+            .cluster_masters
+            .store(masters as u64, Ordering::Relaxed);
+        stats.cluster_masters_up.store(up as u64, Ordering::Relaxed);
     }
 
     /// The index of the connection of the master owning `channel`'s slot.
