@@ -239,6 +239,11 @@ fn issue_12_cluster_master_killed_fails_only_its_slots_and_recovers() {
             metric(node, "ringpush_broker_subscriptions") == 3
         });
     }
+    // A JSON client of the channel whose master dies: told of the loss afterwards.
+    let dead = 1;
+    let query = format!("&channel={}", channels[dead]);
+    let mut json_client = JsonClient::connect(&nodes[0], &query).expect("JSON upgrade");
+    let first = json_client.recv_op("subscribed");
     let mut publisher = Publisher::connect(&nodes[0]);
     for (c, channel) in channels.iter().enumerate() {
         let (status, body) = publisher.publish(channel, "before");
@@ -254,7 +259,7 @@ fn issue_12_cluster_master_killed_fails_only_its_slots_and_recovers() {
                 && metric(node, "ringpush_broker_cluster_masters_up") == 3
         });
     }
-    let dead = 1;
+    assert_eq!(json_client.recv()["data"], "before");
     cluster.masters[dead].kill();
     // Publishes for the dead master's slots fail within the timeout, never hang ...
     for _ in 0..3 {
@@ -304,6 +309,16 @@ fn issue_12_cluster_master_killed_fails_only_its_slots_and_recovers() {
     for client in &mut subscribers[dead] {
         assert_eq!(next_text(client), "back", "resubscribed after the restart");
     }
+    // The restarted master lost the channel (no persistence): a new epoch, and the JSON
+    // client hears of it before the message.
+    let gap = json_client.recv_op("gap");
+    assert_ne!(gap["epoch"], first["epoch"], "{gap}");
+    assert_eq!(gap["offset"], 1, "{gap}");
+    let back = json_client.recv();
+    assert_eq!(
+        (back["data"].as_str(), back["offset"].as_u64()),
+        (Some("back"), Some(1))
+    );
     for node in &nodes {
         eventually("healthy again", || {
             admin(node, "GET", "/healthz", &[], b"").status == 200
