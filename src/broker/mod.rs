@@ -22,6 +22,12 @@
 //! client shard. One channel, not one per session: a node would otherwise SUBSCRIBE and
 //! UNSUBSCRIBE per session connect and leave, Redis traffic per connection.
 //!
+//! A comma list in `--broker` is a Redis Cluster (`cluster.rs`, `BrokerMode::Cluster`): the
+//! publisher keeps one connection per master and runs each channel's script on the master
+//! owning the slot of `{C}` (SPUBLISH there), and the subscriber thread runs `shards.rs`
+//! instead of `subscriber.rs`: one SSUBSCRIBE connection per master. Both read the slot
+//! map (`CLUSTER SLOTS`) again after a redirect or a lost master.
+//!
 //! Both reconnect on any failure with exponential backoff and full jitter
 //! (`Backoff`), and the subscriber then subscribes again to everything held.
 //!
