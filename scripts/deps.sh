@@ -11,6 +11,7 @@ need() { # need COMMAND PACKAGE
 
 need systemd-analyze systemd   # tests/contrib.rs verifies contrib/systemd/ringpush.service
 need redis-server redis-server # tests/broker.rs starts its own instances on free ports
+need redis-cli redis-tools     # tests/broker_cluster.rs: redis-cli --cluster create
 
 if ((${#missing[@]})); then
     sudo=()

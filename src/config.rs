@@ -201,7 +201,9 @@ pub struct Config {
     #[arg(long, default_value = "64MiB", value_parser = parse_bytes)]
     pub history_memory: usize,
 
-    /// Join other nodes through Redis: `redis://HOST:PORT` (one Redis). Publishes go to
+    /// Join other nodes through Redis: `redis://HOST:PORT` (one Redis), or a comma list
+    /// `redis://HOST:PORT,HOST:PORT,...` (the seed nodes of a Redis Cluster, with sharded
+    /// pub/sub; each channel lives on the master owning its slot). Publishes go to
     /// Redis, which assigns offsets and epochs and keeps the history; each node subscribes
     /// to the channels its clients hold (default: none, the node stands alone).
     #[arg(long)]

@@ -118,6 +118,18 @@ pub fn render_broker(text: &mut String, stats: &crate::broker::BrokerStats) {
             "Messages received from the broker that were not ringpush's (not delivered).",
             stats.unreadable.load(Relaxed),
         ),
+        (
+            "broker_cluster_masters",
+            "gauge",
+            "Masters in the Redis Cluster's last slot map (0 with one Redis).",
+            stats.cluster_masters.load(Relaxed),
+        ),
+        (
+            "broker_cluster_masters_up",
+            "gauge",
+            "Redis Cluster masters this node's subscriber connection is up to.",
+            stats.cluster_masters_up.load(Relaxed),
+        ),
     ];
     for (name, kind, help, value) in families {
         o.family(name, kind, help);

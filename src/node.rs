@@ -384,7 +384,7 @@ fn broker_config(cfg: &Config) -> Result<Option<BrokerConfig>, String> {
         }
         return Ok(None);
     };
-    crate::broker::check_url(url)?;
+    let (mode, seeds) = crate::broker::cluster::parse_seeds(url)?;
     let password = match (&cfg.broker_password_file, &cfg.broker_password_env) {
         (Some(_), Some(_)) => {
             return Err("give --broker-password-file or --broker-password-env, not both".into())
@@ -413,6 +413,8 @@ fn broker_config(cfg: &Config) -> Result<Option<BrokerConfig>, String> {
         });
     Ok(Some(BrokerConfig {
         url: url.clone(),
+        mode,
+        seeds,
         password,
         timeout: cfg.broker_timeout,
         history_size: cfg.history_size,

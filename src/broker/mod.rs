@@ -26,6 +26,12 @@
 //! client shard. One channel, not one per session: a node would otherwise SUBSCRIBE and
 //! UNSUBSCRIBE per session connect and leave, Redis traffic per connection.
 //!
+//! A comma list in `--broker` is a Redis Cluster (`cluster.rs`, `BrokerMode::Cluster`): the
+//! publisher keeps one connection per master and runs each channel's script on the master
+//! owning the slot of `{C}` (SPUBLISH there), and the subscriber thread runs `shards.rs`
+//! instead of `subscriber.rs`: one SSUBSCRIBE connection per master. Both read the slot
+//! map (`CLUSTER SLOTS`) again after a redirect or a lost master.
+//!
 //! Both reconnect on any failure with exponential backoff and full jitter
 //! (`Backoff`), and the subscriber then subscribes again to everything held.
 //!
@@ -51,10 +57,14 @@ use crate::history::{PayloadKind, Position};
 use crate::ring::Ring;
 use crate::shard::Shared;
 
+pub mod cluster;
 mod publisher;
 mod reader;
+mod shards;
 mod subscriber;
 pub mod wire;
+
+pub use cluster::BrokerMode;
 
 /// Longest wait of the first reconnect (the backoff's base).
 pub const BACKOFF_BASE_MS: u64 = 50;
@@ -71,8 +81,12 @@ pub const KEY_TTL_DEFAULT_MS: u64 = 24 * 3600 * 1000;
 /// The broker's settings, from the command line.
 #[derive(Clone, Debug)]
 pub struct BrokerConfig {
-    /// `redis://HOST:PORT`.
+    /// `redis://HOST:PORT[,HOST:PORT...]`, as given.
     pub url: String,
+    /// One Redis, or a Redis Cluster (a comma list).
+    pub mode: BrokerMode,
+    /// One `redis://` URL per address of `url` (the cluster's seed nodes).
+    pub seeds: Vec<String>,
     /// Sent with AUTH on every connection, when set.
     pub password: Option<String>,
     /// `--broker-timeout`.
@@ -173,6 +187,10 @@ pub struct BrokerStats {
     pub unreadable: AtomicU64,
     /// Channels the subscriber connection is subscribed to.
     pub subscriptions: AtomicU64,
+    /// Masters in the Redis Cluster's last slot map (0 with one Redis).
+    pub cluster_masters: AtomicU64,
+    /// Masters the subscriber thread's pub/sub connection is up to.
+    pub cluster_masters_up: AtomicU64,
 }
 
 /// The node's handle on the broker threads (one, in `Shared`).
@@ -399,7 +417,10 @@ pub fn spawn(
         make(subscribe_ring),
         listeners,
         &ready_tx,
-        |reach| subscriber::run(reach, holds),
+        |reach| match reach.broker.config.mode {
+            BrokerMode::Single => subscriber::run(reach, holds),
+            BrokerMode::Cluster => shards::run(reach, holds),
+        },
     )?;
     drop(ready_tx);
     for _ in 0..2 {
@@ -489,7 +510,12 @@ impl Backoff {
 /// Opens one connection to Redis with `--broker-timeout` on connect, reads and writes, and
 /// authenticates when a password is set.
 fn connect(config: &BrokerConfig) -> redis::RedisResult<redis::Connection> {
-    let client = redis::Client::open(config.url.as_str())?;
+    connect_to(config, &config.seeds[0])
+}
+
+/// As `connect`, to the node at `url` (a cluster master or seed).
+fn connect_to(config: &BrokerConfig, url: &str) -> redis::RedisResult<redis::Connection> {
+    let client = redis::Client::open(url)?;
     let mut con = client.get_connection_with_timeout(config.timeout)?;
     con.set_read_timeout(Some(config.timeout))?;
     con.set_write_timeout(Some(config.timeout))?;
@@ -499,16 +525,9 @@ fn connect(config: &BrokerConfig) -> redis::RedisResult<redis::Connection> {
     Ok(con)
 }
 
-/// Checks `--broker` before the node starts: a `redis://` URL the client accepts.
+/// Checks `--broker` before the node starts: `redis://` addresses the client accepts.
 pub fn check_url(url: &str) -> Result<(), String> {
-    if !url.starts_with("redis://") {
-        return Err(format!(
-            "--broker {url}: only redis://HOST:PORT is supported (one Redis)"
-        ));
-    }
-    redis::Client::open(url)
-        .map(|_| ())
-        .map_err(|e| format!("--broker {url}: {e}"))
+    cluster::parse_seeds(url).map(|_| ())
 }
 
 /// A random 64-bit value from the clock, the process id and the stack's address (enough

@@ -32,10 +32,10 @@ use crate::ws::{frame, OpCode};
 
 /// How long one read waits for a message before the thread looks at its hold queue again
 /// (the longest a new hold waits before it is subscribed).
-const READ_SLICE_MS: u64 = 10;
+pub(super) const READ_SLICE_MS: u64 = 10;
 
 /// Which shards hold each channel.
-type Holders = HashMap<Box<str>, Vec<usize>>;
+pub(super) type Holders = HashMap<Box<str>, Vec<usize>>;
 
 /// The thread's loop, until the node shuts down.
 pub(super) fn run(mut reach: Reach, jobs: Receiver<HoldJob>) {
@@ -256,15 +256,15 @@ fn apply(
 }
 
 /// The subscriber's command connection (positions and kept messages).
-struct Session<'c> {
-    cmd: &'c mut Connection,
-    script: Script,
+pub(super) struct Session<'c> {
+    pub(super) cmd: &'c mut Connection,
+    pub(super) script: Script,
 }
 
 impl Session<'_> {
     /// Runs the position script for `channel`. Read after the subscription was confirmed:
     /// every message above the position arrives on the pub/sub connection after it.
-    fn position(
+    pub(super) fn position(
         &mut self,
         reach: &Reach,
         channel: &str,
@@ -290,7 +290,7 @@ impl Session<'_> {
 
 /// Applies a hold or release while there is no connection (the next one subscribes to
 /// whatever is held then).
-fn apply_offline(holders: &mut Holders, deferred: &mut Vec<HoldJob>, job: HoldJob) {
+pub(super) fn apply_offline(holders: &mut Holders, deferred: &mut Vec<HoldJob>, job: HoldJob) {
     match job {
         HoldJob::Hold { shard, channel } => {
             let shards = holders.entry(channel).or_default();
@@ -311,7 +311,7 @@ fn apply_offline(holders: &mut Holders, deferred: &mut Vec<HoldJob>, job: HoldJo
 }
 
 /// Hands one received message to the shards that should see it.
-fn forward(reach: &mut Reach, holders: &Holders, pubsub_channel: &str, message: Bytes) {
+pub(super) fn forward(reach: &mut Reach, holders: &Holders, pubsub_channel: &str, message: Bytes) {
     let stats = &reach.broker.stats;
     stats.messages.fetch_add(1, Ordering::Relaxed);
     let parsed = wire::channel_of(pubsub_channel).zip(wire::parse_message(message));
@@ -355,7 +355,7 @@ fn forward(reach: &mut Reach, holders: &Holders, pubsub_channel: &str, message: 
 
 /// Hands another node's `/send` or claim to every client shard (this node's own were
 /// applied when they were made).
-fn forward_session(reach: &mut Reach, message: Bytes) {
+pub(super) fn forward_session(reach: &mut Reach, message: Bytes) {
     let stats = &reach.broker.stats;
     stats.messages.fetch_add(1, Ordering::Relaxed);
     let Some(note) = wire::parse_session_message(message) else {

@@ -25,8 +25,8 @@ use crate::history::{Epoch, Page, PayloadKind, Position, Retained};
 pub const PREFIX: &str = "ringpush:";
 
 /// The publish script. KEYS: meta, log. ARGV: epoch candidate, kind (`t`/`b`), payload,
-/// history size (0: keep nothing), key TTL in ms, pub/sub channel, origin tag. Returns
-/// `{epoch, offset}`.
+/// history size (0: keep nothing), key TTL in ms, pub/sub channel, origin tag, publish
+/// command (`publish_command`: PUBLISH, or SPUBLISH in a cluster). Returns `{epoch, offset}`.
 pub const PUBLISH_SCRIPT: &str = r"
 local meta, log = KEYS[1], KEYS[2]
 local epoch = redis.call('HGET', meta, 'epoch')
@@ -42,7 +42,7 @@ if size > 0 then
   redis.call('PEXPIRE', log, ARGV[5])
 end
 redis.call('PEXPIRE', meta, ARGV[5])
-redis.call('PUBLISH', ARGV[6],
+redis.call(ARGV[8], ARGV[6],
   epoch .. ' ' .. offset .. ' ' .. ARGV[2] .. ' ' .. ARGV[7] .. '\n' .. ARGV[3])
 return {epoch, offset}
 ";
@@ -222,6 +222,16 @@ pub fn log_key(name: &str) -> String {
 /// The pub/sub channel of channel `name`.
 pub fn pubsub_channel(name: &str) -> String {
     format!("{PREFIX}{{{name}}}")
+}
+
+/// The command that publishes a channel's message: ordinary pub/sub on one Redis, sharded
+/// pub/sub (to the master owning the channel's slot, never broadcast over the cluster bus)
+/// in a cluster.
+pub fn publish_command(mode: super::BrokerMode) -> &'static str {
+    match mode {
+        super::BrokerMode::Single => "PUBLISH",
+        super::BrokerMode::Cluster => "SPUBLISH",
+    }
 }
 
 /// The channel name inside a pub/sub channel name, if it is one of ours.

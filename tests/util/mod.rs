@@ -5,6 +5,7 @@
 
 pub mod auth;
 pub mod json_client;
+pub mod redis_cluster;
 pub mod redis_server;
 
 use std::io::{BufRead, BufReader, Read, Write};

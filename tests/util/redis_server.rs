@@ -27,10 +27,7 @@ impl RedisServer {
 
     /// As `start`, requiring `password` (`requirepass`) when given.
     pub fn start_with_password(password: Option<&str>) -> RedisServer {
-        let port = TcpListener::bind("127.0.0.1:0")
-            .and_then(|l| l.local_addr())
-            .expect("a free loopback port")
-            .port();
+        let port = free_port();
         let extra = password.map_or(Vec::new(), |p| vec!["--requirepass".into(), p.into()]);
         let mut server = RedisServer {
             port,
@@ -42,9 +39,26 @@ impl RedisServer {
         server
     }
 
+    /// Starts a server on `port` with `extra` arguments (kept for `restart`).
+    pub fn start_on(port: u16, extra: Vec<String>) -> RedisServer {
+        let mut server = RedisServer {
+            port,
+            child: None,
+            extra,
+            password: None,
+        };
+        server.restart();
+        server
+    }
+
     /// The `--broker` URL of this server.
     pub fn url(&self) -> String {
         format!("redis://127.0.0.1:{}", self.port)
+    }
+
+    /// Whether the server process is running (not killed).
+    pub fn running(&self) -> bool {
+        self.child.is_some()
     }
 
     /// Kills the server at once (SIGKILL), as a crash would.
@@ -117,6 +131,14 @@ impl RedisServer {
             .and_then(|c| c.get_connection_with_timeout(WAIT))
             .expect("connect to the test's redis-server")
     }
+}
+
+/// A free loopback port (free when asked).
+pub fn free_port() -> u16 {
+    TcpListener::bind("127.0.0.1:0")
+        .and_then(|l| l.local_addr())
+        .expect("a free loopback port")
+        .port()
 }
 
 impl Drop for RedisServer {
