@@ -128,6 +128,10 @@ pub(crate) struct Core {
     /// Client shards: each JSON-mode connection's subscriptions and malformed-command count
     /// (by slab key; removed when the slot is freed).
     pub(crate) json_conns: HashMap<usize, JsonConn>,
+    /// Shard-relative microseconds at accept of each connection still in its handshake
+    /// (the handshake latency), by slab key: removed at the upgrade or when the slot is
+    /// freed, so an open connection keeps nothing here.
+    pub(crate) accepted_us: HashMap<usize, u32>,
     /// The JSON commands of the receive being handled, parsed in the decoder's callback.
     pub(crate) json_commands: Vec<Result<Command, CommandError>>,
     /// Admin shard: (request, shard) counts of gone shards met under the history's lock,
@@ -250,6 +254,7 @@ impl Core {
             shards_gone: Vec::new(),
             publish_windows: HashMap::new(),
             json_conns: HashMap::new(),
+            accepted_us: HashMap::new(),
             json_commands: Vec::new(),
             gone_counts: Vec::new(),
             broker_waits: HashMap::new(),
@@ -389,6 +394,9 @@ impl Core {
         }
         if !self.json_conns.is_empty() {
             self.json_conns.remove(&key);
+        }
+        if !self.accepted_us.is_empty() {
+            self.accepted_us.remove(&key);
         }
         self.release_address(key);
         let mut c = self.conns.remove(key);
