@@ -126,13 +126,25 @@ impl Tab {
         }
     }
 
-    /// Whether this tab, held by `owner`, is the tab named `tab`.
-    fn is(&self, tab: &str, owner: Owner) -> bool {
+    /// Whether this tab, held by `owner`, is the tab named `tab`, whose generated form
+    /// `parse_generated` found as `generated`.
+    fn is(&self, tab: &str, generated: Option<(u32, Owner)>, owner: Owner) -> bool {
         match self {
-            Tab::Generated(shard) => generated_is(tab, *shard, owner),
+            Tab::Generated(shard) => generated == Some((*shard, owner)),
             Tab::Named(name) => **name == *tab,
         }
     }
+}
+
+/// The (shard, owner) whose generated tab `tab` is, when it is one in exactly the form
+/// `~{shard}.{key}.{gen}` is formatted (parsed once per claim, so a claim compares numbers
+/// with each generated tab of the session).
+fn parse_generated(tab: &str) -> Option<(u32, Owner)> {
+    let mut parts = tab.strip_prefix('~')?.split('.');
+    let mut number = || parts.next()?.parse::<u32>().ok();
+    let (shard, key, gen) = (number()?, number()?, number()?);
+    let owner = Owner { key, gen };
+    generated_is(tab, shard, owner).then_some((shard, owner))
 }
 
 /// Whether `tab` is `~{shard}.{owner.key}.{owner.gen}`, compared as it is formatted (no
@@ -516,10 +528,11 @@ impl<M: Mark> Channels<M> {
         let Some(&id) = self.session_index.get(session) else {
             return Vec::new();
         };
+        let generated = parse_generated(tab);
         self.sessions[id as usize]
             .tabs
             .iter()
-            .filter(|t| t.owner.key != VACANT && t.seq < seq && t.tab.is(tab, t.owner))
+            .filter(|t| t.owner.key != VACANT && t.seq < seq && t.tab.is(tab, generated, t.owner))
             .map(|t| t.owner)
             .collect()
     }

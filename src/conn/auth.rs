@@ -114,6 +114,10 @@ impl Core {
                 Ok((access, echo))
             });
         let (access, echo) = match decided {
+            // Connections presenting equal tokens share one grant.
+            Ok((Access::Token(grant), echo)) => {
+                (Access::Token(self.grants.intern_arc(grant)), echo)
+            }
             Ok(decided) => decided,
             Err(refusal) => {
                 self.refuse_token(key, refusal, kid.as_deref());
@@ -234,6 +238,7 @@ impl Core {
         match refreshed {
             Ok(grant) => {
                 let exp = grant.expires_at_s;
+                let grant = self.grants.intern(grant);
                 self.access.insert(key, Access::Token(grant));
                 self.json_answer(|out| {
                     let answer = format!(r#"{{"op":"refreshed","id":{id},"exp":{exp}}}"#);

@@ -22,7 +22,7 @@ use slab::Slab;
 use crate::admin_service::{AdminConn, BroadcastWait, Query};
 use crate::admission::{ConnRate, RateLimits};
 use crate::auth::refusal::LOG_LINES_PER_S_DEFAULT;
-use crate::auth::{Access, LogBudget, ScopeInterner};
+use crate::auth::{Access, GrantInterner, LogBudget, ScopeInterner};
 use crate::channels::Channels;
 use crate::config::Config;
 use crate::conn::admission::ProxyWait;
@@ -153,6 +153,8 @@ pub(crate) struct Core {
     pub(crate) access: HashMap<usize, Access>,
     /// The token scopes this shard's connections hold, shared per equal claims.
     pub(crate) scopes: ScopeInterner,
+    /// The token grants this shard's connections hold, shared per equal tokens.
+    pub(crate) grants: GrantInterner,
     /// The token refusals' log lines (at most a few a second).
     pub(crate) token_log: LogBudget,
     /// Client shards, with a per-address limit on: the address slot each connection holds
@@ -264,6 +266,7 @@ impl Core {
             test_exit: TestExit::No,
             access: HashMap::new(),
             scopes: ScopeInterner::default(),
+            grants: GrantInterner::default(),
             token_log: LogBudget::new(LOG_LINES_PER_S_DEFAULT),
             admitted: Vec::new(),
             proxied: HashMap::new(),
