@@ -69,8 +69,9 @@ pub(crate) struct Core {
     /// The connections (the skeleton's part: slab, generations, dirty and starved lists).
     pub(crate) conns: Conns<Conn>,
     pub(crate) conns_max: usize,
-    pub(crate) wheel: Wheel,
-    pub(crate) due: Vec<Owner>,
+    /// The connections' timers; an entry is a slab key (see timer.rs).
+    pub(crate) wheel: Wheel<u32>,
+    pub(crate) due: Vec<u32>,
     pub(crate) out: BytesMut,
     /// Bytes held by decoders reassembling messages; may overestimate (buffers dropped with
     /// their connection elsewhere are not subtracted) until `enforce_reassembly_budget`
@@ -333,8 +334,7 @@ impl Core {
     /// Sets the connection's deadline; adds a wheel entry only when it moves earlier.
     pub(crate) fn arm(&mut self, key: usize, at: u32) {
         let at = self.clamp_to_token_expiry(key, at);
-        let owner = self.owner(key);
-        self.wheel.arm(owner, &mut self.conns[key].timer, at);
+        self.wheel.arm(key as u32, &mut self.conns[key].timer, at);
     }
 
     /// The multishot recv ended with EOF (0) or an error.
@@ -447,12 +447,13 @@ impl Core {
         let mut due = std::mem::take(&mut self.due);
         self.wheel.advance(&mut due);
         let now = self.wheel.now();
-        for owner in due.drain(..) {
-            if self.live(owner) {
-                let key = owner.key as usize;
-                if self.wheel.due(owner, &mut self.conns[key].timer) {
-                    expire(self, key, now);
-                }
+        for entry in due.drain(..) {
+            let key = entry as usize;
+            let Some(c) = self.conns.get_mut(key) else {
+                continue;
+            };
+            if self.wheel.due(entry, &mut c.timer) {
+                expire(self, key, now);
             }
         }
         self.due = due;
