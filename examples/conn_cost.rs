@@ -7,11 +7,10 @@
 //! Per idle subscribed connection: its slab entry (`Conn`), one timer-wheel entry (a `u32`
 //! slab key), one `u32` in its channel's subscriber vector. A token connection adds its tab
 //! in the session's entry and its `Core::access` entry (an `Arc` of a grant shared by equal
-//! tokens). With a per-address limit on, a shard also keeps a `u128` address key per slab
+//! tokens, in a vector by slab key). With a per-address limit on, a shard also keeps a `u128` address key per slab
 //! key (`Core::admitted`, see `examples/admission_cost.rs`). The kernel's socket memory is
 //! not in these figures (the bench scripts report it).
 
-use std::collections::HashMap;
 use std::sync::Arc;
 
 use ringpush::auth::{Access, Grant, Scope};
@@ -53,7 +52,8 @@ fn main() {
     let mut conns: Conns<Conn> = Conns::default();
     let mut channels = Channels::new();
     let mut wheel: Wheel<u32> = Wheel::new(WHEEL_SLOTS);
-    let mut access: HashMap<usize, Access> = HashMap::new();
+    // `Core::access` is a vector of `Option<Access>` by slab key.
+    let mut access: Vec<Option<Access>> = Vec::new();
     // A fresh slab hands out keys 0, 1, 2, ...: the list is built before measuring.
     let keys: Vec<usize> = (0..CONNS).collect();
     measure("slab entries (Conn)", || {
@@ -91,8 +91,8 @@ fn main() {
         }
     });
     measure("Core::access entry (shared grant)", || {
-        for &key in &keys {
-            access.insert(key, Access::Token(Arc::clone(&grant)));
+        for _ in &keys {
+            access.push(Some(Access::Token(Arc::clone(&grant))));
         }
     });
     println!(

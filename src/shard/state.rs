@@ -22,7 +22,7 @@ use slab::Slab;
 use crate::admin_service::{AdminConn, BroadcastWait, Query};
 use crate::admission::{ConnRate, RateLimits};
 use crate::auth::refusal::LOG_LINES_PER_S_DEFAULT;
-use crate::auth::{Access, GrantInterner, LogBudget, ScopeInterner};
+use crate::auth::{GrantInterner, LogBudget, ScopeInterner};
 use crate::channels::Channels;
 use crate::config::Config;
 use crate::conn::admission::ProxyWait;
@@ -151,7 +151,7 @@ pub(crate) struct Core {
     pub(super) test_exit: TestExit,
     /// Client shards, with auth on: what each live connection may do (its token's grant or
     /// the anonymous scope), by slab key; removed when the slot is freed.
-    pub(crate) access: HashMap<usize, Access>,
+    pub(crate) access: crate::conn::auth::AccessByKey,
     /// The token scopes this shard's connections hold, shared per equal claims.
     pub(crate) scopes: ScopeInterner,
     /// The token grants this shard's connections hold, shared per equal tokens.
@@ -265,7 +265,7 @@ impl Core {
             broker_tickets: 0,
             broker_publishes: HashMap::new(),
             test_exit: TestExit::No,
-            access: HashMap::new(),
+            access: Default::default(),
             scopes: ScopeInterner::default(),
             grants: GrantInterner::default(),
             token_log: LogBudget::new(LOG_LINES_PER_S_DEFAULT),
