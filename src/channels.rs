@@ -27,6 +27,11 @@
 //!   (`take_freed`), so it can release the history hold it took on the first subscriber.
 //! - A (session, tab) is held by at most one live connection node-wide: `claim` names the
 //!   local holders with an older claim sequence, which the caller closes.
+//! - A session's name is kept once per shard however many connections it binds: a bound
+//!   connection keeps the session's id (`bind_tab` returns it), and its tab is kept in the
+//!   session's entry, with no string at all for a tab generated from the connection's own
+//!   (shard, key, generation) ([`Tab::Generated`]). A session id is valid while the
+//!   session has a tab; `unbind_id` takes it.
 
 use std::collections::{BinaryHeap, HashMap};
 
@@ -93,15 +98,74 @@ pub struct Walk<'a> {
 #[derive(Clone, Copy, Debug)]
 enum WalkOver<'a> {
     Channel(u32),
-    Session(&'a str),
+    Session(u32, std::marker::PhantomData<&'a str>),
 }
 
-/// A connection's (session, tab), the token it keeps for its unbinding.
-pub struct SessionTag {
-    /// Session id.
-    pub session: Box<str>,
-    /// Tab id.
-    pub tab: Box<str>,
+/// `Conn::session` of a connection bound to no session.
+pub const NO_SESSION: u32 = u32::MAX;
+
+/// A bound connection's tab. A tab named `~{shard}.{key}.{gen}` after its own connection
+/// (the tab a token without a `tab` claim gets) is kept as `Generated`, with no string: it
+/// matches exactly the same claimed tabs as the string would.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub enum Tab {
+    /// The tab `~{shard}.{owner.key}.{owner.gen}` of the connection holding it.
+    Generated(u32),
+    /// Any other tab.
+    Named(Box<str>),
+}
+
+impl Tab {
+    /// The tab `tab` held by `owner` on `shard`: `Generated` when it is the connection's
+    /// own generated name.
+    pub fn of(tab: &str, shard: usize, owner: Owner) -> Tab {
+        if generated_is(tab, shard as u32, owner) {
+            Tab::Generated(shard as u32)
+        } else {
+            Tab::Named(tab.into())
+        }
+    }
+
+    /// Whether this tab, held by `owner`, is the tab named `tab`, whose generated form
+    /// `parse_generated` found as `generated`.
+    fn is(&self, tab: &str, generated: Option<(u32, Owner)>, owner: Owner) -> bool {
+        match self {
+            Tab::Generated(shard) => generated == Some((*shard, owner)),
+            Tab::Named(name) => **name == *tab,
+        }
+    }
+}
+
+/// The (shard, owner) whose generated tab `tab` is, when it is one in exactly the form
+/// `~{shard}.{key}.{gen}` is formatted (parsed once per claim, so a claim compares numbers
+/// with each generated tab of the session).
+fn parse_generated(tab: &str) -> Option<(u32, Owner)> {
+    let mut parts = tab.strip_prefix('~')?.split('.');
+    let mut number = || parts.next()?.parse::<u32>().ok();
+    let (shard, key, gen) = (number()?, number()?, number()?);
+    let owner = Owner { key, gen };
+    generated_is(tab, shard, owner).then_some((shard, owner))
+}
+
+/// Whether `tab` is `~{shard}.{owner.key}.{owner.gen}`, compared as it is formatted (no
+/// allocation).
+fn generated_is(tab: &str, shard: u32, owner: Owner) -> bool {
+    use std::fmt::Write;
+    /// Consumes `rest` while the formatted text matches it.
+    struct Matches<'a> {
+        rest: &'a str,
+    }
+    impl Write for Matches<'_> {
+        fn write_str(&mut self, s: &str) -> std::fmt::Result {
+            self.rest = self.rest.strip_prefix(s).ok_or(std::fmt::Error)?;
+            Ok(())
+        }
+    }
+    if !tab.starts_with('~') {
+        return false;
+    }
+    let mut m = Matches { rest: tab };
+    write!(m, "~{shard}.{}.{}", owner.key, owner.gen).is_ok() && m.rest.is_empty()
 }
 
 /// A shard's watermark of a channel (the node's history position; `()` where none is
@@ -130,10 +194,17 @@ struct Channel<M> {
     waiting: Vec<(u32, u64)>,
 }
 
+/// A session with a bound connection on this shard: its name (the key in
+/// `session_index`) and its tabs.
+struct Session {
+    name: Box<str>,
+    tabs: Vec<SessionTab>,
+}
+
 /// A connection bound to a (session, tab) on this shard.
 struct SessionTab {
     /// Tab id.
-    tab: Box<str>,
+    tab: Tab,
     /// The connection (`owner.key == VACANT` for a tab unbound during a walk).
     owner: Owner,
     /// Its claim's sequence.
@@ -144,13 +215,15 @@ struct SessionTab {
 pub struct Channels<M: Mark = ()> {
     channels: Slab<Channel<M>>,
     index: HashMap<Box<str>, u32>,
-    sessions: HashMap<Box<str>, Vec<SessionTab>>,
+    /// The sessions with a bound connection here, each once (its connections keep its id).
+    sessions: Slab<Session>,
+    session_index: HashMap<Box<str>, u32>,
     /// Whether a walk is in progress (between `walk_start` and `walk_end`).
     walking: bool,
     /// (channel, slot) pairs marked vacant during the walk.
     vacated: Vec<(u32, u32)>,
-    /// Sessions with a tab marked vacant during the walk.
-    unbound: Vec<Box<str>>,
+    /// Sessions (by id) with a tab marked vacant during the walk.
+    unbound: Vec<u32>,
     /// Names of channels freed since the last `take_freed`.
     freed: Vec<Box<str>>,
 }
@@ -160,7 +233,8 @@ impl<M: Mark> Default for Channels<M> {
         Channels {
             channels: Slab::new(),
             index: HashMap::new(),
-            sessions: HashMap::new(),
+            sessions: Slab::new(),
+            session_index: HashMap::new(),
             walking: false,
             vacated: Vec::new(),
             unbound: Vec::new(),
@@ -388,45 +462,77 @@ impl<M: Mark> Channels<M> {
     }
 
     /// Records `owner` as the holder of (session, tab) with claim sequence `seq`.
-    pub fn bind(&mut self, session: &str, tab: &str, owner: Owner, seq: u64) {
-        let tabs = match self.sessions.get_mut(session) {
-            Some(tabs) => tabs,
-            None => self.sessions.entry(session.into()).or_default(),
+    pub fn bind(&mut self, session: &str, tab: &str, owner: Owner, seq: u64) -> u32 {
+        self.bind_tab(session, Tab::Named(tab.into()), owner, seq)
+    }
+
+    /// As `bind`, with the tab already in its kept form. Returns the session's id, which
+    /// the connection keeps for `unbind_id` (the session's name is kept once per shard).
+    pub fn bind_tab(&mut self, session: &str, tab: Tab, owner: Owner, seq: u64) -> u32 {
+        let id = match self.session_index.get(session) {
+            Some(&id) => id,
+            None => {
+                let id = self.sessions.insert(Session {
+                    name: session.into(),
+                    tabs: Vec::new(),
+                }) as u32;
+                self.session_index.insert(session.into(), id);
+                id
+            }
         };
-        tabs.push(SessionTab {
-            tab: tab.into(),
-            owner,
-            seq,
-        });
+        self.sessions[id as usize]
+            .tabs
+            .push(SessionTab { tab, owner, seq });
+        id
     }
 
     /// Forgets `owner`'s binding to `session`; other tabs of the session stay. During a
     /// walk the tab is marked vacant and removed by `walk_end`.
     pub fn unbind(&mut self, session: &str, owner: Owner) {
-        let Some(tabs) = self.sessions.get_mut(session) else {
+        if let Some(&id) = self.session_index.get(session) {
+            self.unbind_id(id, owner);
+        }
+    }
+
+    /// As `unbind`, by the id `bind_tab` returned.
+    pub fn unbind_id(&mut self, id: u32, owner: Owner) {
+        let Some(s) = self.sessions.get_mut(id as usize) else {
             return;
         };
         if self.walking {
-            for t in tabs.iter_mut().filter(|t| t.owner == owner) {
+            for t in s.tabs.iter_mut().filter(|t| t.owner == owner) {
                 t.owner.key = VACANT;
             }
-            self.unbound.push(session.into());
+            self.unbound.push(id);
             return;
         }
-        tabs.retain(|t| t.owner != owner);
-        if tabs.is_empty() {
-            self.sessions.remove(session);
+        s.tabs.retain(|t| t.owner != owner);
+        self.drop_if_unbound(id);
+    }
+
+    /// Frees session `id` if it has no tab left.
+    fn drop_if_unbound(&mut self, id: u32) {
+        if self
+            .sessions
+            .get(id as usize)
+            .is_some_and(|s| s.tabs.is_empty())
+        {
+            let s = self.sessions.remove(id as usize);
+            self.session_index.remove(&s.name);
         }
     }
 
     /// Local holders of (session, tab) whose claim is older than `seq`: the caller closes
     /// them (the newest claim wins).
     pub fn claim(&self, session: &str, tab: &str, seq: u64) -> Vec<Owner> {
-        let Some(tabs) = self.sessions.get(session) else {
+        let Some(&id) = self.session_index.get(session) else {
             return Vec::new();
         };
-        tabs.iter()
-            .filter(|t| t.owner.key != VACANT && &*t.tab == tab && t.seq < seq)
+        let generated = parse_generated(tab);
+        self.sessions[id as usize]
+            .tabs
+            .iter()
+            .filter(|t| t.owner.key != VACANT && t.seq < seq && t.tab.is(tab, generated, t.owner))
             .map(|t| t.owner)
             .collect()
     }
@@ -438,8 +544,7 @@ impl<M: Mark> Channels<M> {
         let over = match audience {
             Audience::Channel(name) => WalkOver::Channel(*self.index.get(name)?),
             Audience::Session(session) => {
-                self.sessions.get_key_value(session)?;
-                WalkOver::Session(session)
+                WalkOver::Session(*self.session_index.get(session)?, std::marker::PhantomData)
             }
         };
         self.walking = true;
@@ -457,7 +562,7 @@ impl<M: Mark> Channels<M> {
             walk.cursor += 1;
             let key = match walk.audience {
                 WalkOver::Channel(id) => *self.channels[id as usize].subs.get(i)?,
-                WalkOver::Session(s) => self.sessions.get(s)?.get(i)?.owner.key,
+                WalkOver::Session(id, _) => self.sessions.get(id as usize)?.tabs.get(i)?.owner.key,
             };
             if key != VACANT {
                 return Some(key);
@@ -488,12 +593,10 @@ impl<M: Mark> Channels<M> {
         }
         vacated.clear();
         self.vacated = vacated;
-        for session in std::mem::take(&mut self.unbound) {
-            if let Some(tabs) = self.sessions.get_mut(&session) {
-                tabs.retain(|t| t.owner.key != VACANT);
-                if tabs.is_empty() {
-                    self.sessions.remove(&session);
-                }
+        for id in std::mem::take(&mut self.unbound) {
+            if let Some(s) = self.sessions.get_mut(id as usize) {
+                s.tabs.retain(|t| t.owner.key != VACANT);
+                self.drop_if_unbound(id);
             }
         }
     }
@@ -691,6 +794,29 @@ mod tests {
         assert_eq!(ch.subscriber_count("news"), 1);
         ch.walk_end(|_| {});
         assert_eq!(ch.subscriber_count("news"), 1);
+    }
+
+    #[test]
+    fn a_generated_tab_is_kept_without_a_string_and_matches_exactly_its_name() {
+        let own = Owner { key: 5, gen: 3 };
+        assert_eq!(Tab::of("~2.5.3", 2, own), Tab::Generated(2));
+        assert_eq!(Tab::of("~2.5.4", 2, own), Tab::Named("~2.5.4".into()));
+        let mut ch = Channels::new();
+        let id = ch.bind_tab("s", Tab::of("~2.5.3", 2, own), own, 1);
+        assert_eq!(ch.claim("s", "~2.5.3", 2), vec![own]);
+        assert!(ch.claim("s", "~2.5.3", 1).is_empty(), "not an older claim");
+        for other in [
+            "~2.5.3 ", "~2.5.", "~2.5.30", "~02.5.3", "2.5.3", "~3.5.3", "",
+        ] {
+            assert!(ch.claim("s", other, 2).is_empty(), "{other:?}");
+        }
+        // A second connection of the session shares its entry; the last unbind frees it.
+        ch.bind("s", "t", owner(9), 3);
+        assert_eq!(ch.session_count(), 1);
+        ch.unbind_id(id, own);
+        assert_eq!(ch.claim("s", "t", 4), vec![owner(9)]);
+        ch.unbind("s", owner(9));
+        assert_eq!(ch.session_count(), 0);
     }
 }
 

@@ -64,7 +64,7 @@ use bytes::Bytes;
 
 use crate::broker::wire::SessionNote;
 use crate::broker::{HoldJob, JobTo, PublishJob};
-use crate::channels::{Audience, Moved, SessionTag, Subscription};
+use crate::channels::{Audience, Moved, Subscription, Tab, NO_SESSION};
 use crate::conn::end::End;
 use crate::conn::json::JsonConn;
 use crate::conn::{Conn, State};
@@ -153,15 +153,15 @@ impl Core {
         let owner = self.owner(key);
         let c = &mut self.conns[key];
         let sub = std::mem::replace(&mut c.sub, Subscription::NONE);
-        let tag = c.session.take();
+        let session = std::mem::replace(&mut c.session, NO_SESSION);
         if sub.is_some() {
             if let Some(moved) = self.channels.unsubscribe(key as u32, sub) {
                 self.conns[moved.key as usize].sub.slot = moved.slot;
             }
             self.counters.subscriptions -= 1;
         }
-        if let Some(tag) = tag {
-            self.channels.unbind(&tag.session, owner);
+        if session != NO_SESSION {
+            self.channels.unbind_id(session, owner);
         }
         if self.conns[key].route == RouteKind::Json as u8 {
             let subs = self
@@ -276,11 +276,8 @@ impl Core {
         }
         self.apply_claim(&claim);
         let owner = self.owner(key);
-        self.channels.bind(&claim.session, &claim.tab, owner, seq);
-        self.conns[key].session = Some(Box::new(SessionTag {
-            session: claim.session.clone(),
-            tab: claim.tab.clone(),
-        }));
+        let tab = Tab::of(&claim.tab, self.index, owner);
+        self.conns[key].session = self.channels.bind_tab(&claim.session, tab, owner, seq);
         for target in 0..self.peers.clients {
             if target == self.index {
                 continue;

@@ -10,6 +10,13 @@
 //! to [`NEVER`]. Stale entries are recognised by generation or by `wheel_at` and dropped
 //! when their bucket fires.
 //!
+//! An entry is whatever the caller names a connection by (`E`): the load generator's
+//! workers keep `Owner`s (slab key and generation), the node's shards only the 4-byte slab
+//! key. A key alone is enough: an entry fires at exactly the tick it was scheduled for, so it
+//! is live only if the slot's occupant has `wheel_at` equal to that tick, and of two entries
+//! of one slot in one bucket (a freed occupant's and its successor's) the first to fire
+//! clears or moves `wheel_at`, so the second is dropped as stale.
+//!
 //! Invariant: a connection has at most one live entry, the one at tick `wheel_at`.
 
 use crate::ring::Owner;
@@ -36,16 +43,16 @@ impl Default for Deadline {
     }
 }
 
-/// A hashed wheel of `slots` buckets, one tick each.
-pub struct Wheel {
-    buckets: Vec<Vec<Owner>>,
+/// A hashed wheel of `slots` buckets, one tick each, of entries `E`.
+pub struct Wheel<E = Owner> {
+    buckets: Vec<Vec<E>>,
     now: u32,
 }
 
-impl Wheel {
+impl<E: Copy> Wheel<E> {
     /// A wheel whose horizon is `slots` ticks (a power of two). Tick 0 is never used, so
     /// `wheel_at == 0` can mean "not scheduled".
-    pub fn new(slots: usize) -> Wheel {
+    pub fn new(slots: usize) -> Wheel<E> {
         assert!(slots.is_power_of_two() && slots >= 2);
         Wheel {
             buckets: (0..slots).map(|_| Vec::new()).collect(),
@@ -61,7 +68,7 @@ impl Wheel {
     /// Schedules a check of `owner` at tick `at`, clamped to the horizon (a later deadline
     /// is checked at the horizon and scheduled again then). Returns the tick used, which
     /// the caller stores as the connection's `wheel_at`.
-    pub fn schedule(&mut self, owner: Owner, at: u32) -> u32 {
+    pub fn schedule(&mut self, owner: E, at: u32) -> u32 {
         let horizon = self.now + self.buckets.len() as u32 - 1;
         let at = at.clamp(self.now + 1, horizon);
         let slot = at as usize & (self.buckets.len() - 1);
@@ -71,7 +78,7 @@ impl Wheel {
 
     /// Sets `owner`'s timer to act at tick `at`; adds a wheel entry only when that is
     /// earlier than its live one (a later deadline is found by the earlier check).
-    pub fn arm(&mut self, owner: Owner, timer: &mut Deadline, at: u32) {
+    pub fn arm(&mut self, owner: E, timer: &mut Deadline, at: u32) {
         timer.at = at;
         if timer.wheel_at == 0 || at < timer.wheel_at {
             timer.wheel_at = self.schedule(owner, at);
@@ -81,7 +88,7 @@ impl Wheel {
     /// For an entry of `owner` that just fired: whether it is the live one and the
     /// deadline has come. A deadline that moved later is scheduled again instead, and a
     /// stale or cancelled entry is dropped.
-    pub fn due(&mut self, owner: Owner, timer: &mut Deadline) -> bool {
+    pub fn due(&mut self, owner: E, timer: &mut Deadline) -> bool {
         if timer.wheel_at != self.now {
             return false;
         }
@@ -98,7 +105,7 @@ impl Wheel {
     }
 
     /// Advances one tick and moves every check scheduled for the new tick into `due`.
-    pub fn advance(&mut self, due: &mut Vec<Owner>) {
+    pub fn advance(&mut self, due: &mut Vec<E>) {
         self.now += 1;
         let slot = self.now as usize & (self.buckets.len() - 1);
         // The fired bucket is left with no capacity at all: a bucket holds memory only while

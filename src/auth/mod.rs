@@ -28,7 +28,7 @@ pub use admin::{AdminDenial, AdminScope, AdminTokens};
 pub use extract::{find_credential, Credential, TokenSource, SUBPROTOCOL};
 pub use keys::{KeyAlgorithm, KeyError, KeySet, TokenKey, CLOCK_LEEWAY_S};
 pub use refusal::{LogBudget, Refusal};
-pub use scope::{Grant, PatternError, Patterns, Scope, ScopeInterner};
+pub use scope::{Grant, GrantInterner, Interner, PatternError, Patterns, Scope, ScopeInterner};
 
 /// The close code of a live connection whose token expired without a refresh.
 pub const TOKEN_EXPIRED_CLOSE_CODE: u16 = 4003;
@@ -91,8 +91,8 @@ pub enum Access {
     Open,
     /// `--auth optional` without a token: the anonymous scope, no session, no publishing.
     Anonymous(Arc<Scope>),
-    /// A verified token.
-    Token(Grant),
+    /// A verified token (shared by the connections that presented equal ones).
+    Token(Arc<Grant>),
 }
 
 impl Access {
@@ -167,7 +167,7 @@ pub fn admit<'a>(
             return Ok(Access::Anonymous(Arc::clone(anonymous)));
         }
         (AuthMode::Optional | AuthMode::Required, Some(credential)) => {
-            Access::Token(verify(credential.token)?)
+            Access::Token(Arc::new(verify(credential.token)?))
         }
     };
     if channels

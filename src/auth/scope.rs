@@ -12,11 +12,13 @@
 //!   one `Scope`, and lookups are binary searches.
 //! - A pattern is a channel name (`[A-Za-z0-9_.:-]{1,128}`), a `prefix.*` whose prefix is
 //!   such a name, or `*` alone (every channel). Nothing else is accepted.
-//! - `ScopeInterner` holds each `Scope` it handed out at most once; `sweep` drops those no
-//!   connection holds any more, and `intern` sweeps whenever the table has doubled since the
-//!   last sweep, so its size stays within twice the live distinct scopes (plus a floor).
+//! - An `Interner` (`ScopeInterner`, and `GrantInterner` for whole grants) holds each value
+//!   it handed out at most once; `sweep` drops those no connection holds any more, and
+//!   `intern` sweeps whenever the table has doubled since the last sweep, so its size stays
+//!   within twice the live distinct values (plus a floor).
 
 use std::collections::HashSet;
+use std::hash::Hash;
 use std::sync::Arc;
 
 // One rule for channel names, session ids and tab ids, shared with `route.rs` and the admin
@@ -146,55 +148,73 @@ impl Scope {
 }
 
 /// One shard's table of the scopes its connections hold, so equal claims share one `Arc`.
+pub type ScopeInterner = Interner<Scope>;
+
+/// One shard's table of the grants its connections hold: connections presenting equal
+/// tokens (same `sub`, `tab`, `exp` and scope) share one `Arc<Grant>`.
+pub type GrantInterner = Interner<Grant>;
+
+/// One shard's table of shared values (scopes, grants), so equal values share one `Arc`.
 #[derive(Debug)]
-pub struct ScopeInterner {
-    scopes: HashSet<Arc<Scope>>,
+pub struct Interner<T> {
+    values: HashSet<Arc<T>>,
     /// The table size at which `intern` next sweeps.
     sweep_at: usize,
 }
 
-impl Default for ScopeInterner {
+impl<T> Default for Interner<T> {
     fn default() -> Self {
-        ScopeInterner {
-            scopes: HashSet::new(),
+        Interner {
+            values: HashSet::new(),
             sweep_at: INTERNER_SWEEP_FLOOR,
         }
     }
 }
 
-impl ScopeInterner {
-    /// The shared `Arc` for a scope equal to `scope`, adding it if none is held.
-    pub fn intern(&mut self, scope: Scope) -> Arc<Scope> {
-        if let Some(shared) = self.scopes.get(&scope) {
+impl<T: Hash + Eq> Interner<T> {
+    /// The shared `Arc` for a value equal to `value`, adding it if none is held.
+    pub fn intern(&mut self, value: T) -> Arc<T> {
+        if let Some(shared) = self.values.get(&value) {
             return Arc::clone(shared);
         }
-        if self.scopes.len() >= self.sweep_at {
-            self.sweep();
-            self.sweep_at = (self.scopes.len() * 2).max(INTERNER_SWEEP_FLOOR);
+        self.insert(Arc::new(value))
+    }
+
+    /// As `intern`, for a value already in an `Arc` (kept when no equal one is held).
+    pub fn intern_arc(&mut self, value: Arc<T>) -> Arc<T> {
+        if let Some(shared) = self.values.get(&*value) {
+            return Arc::clone(shared);
         }
-        let shared = Arc::new(scope);
-        self.scopes.insert(Arc::clone(&shared));
+        self.insert(value)
+    }
+
+    fn insert(&mut self, shared: Arc<T>) -> Arc<T> {
+        if self.values.len() >= self.sweep_at {
+            self.sweep();
+            self.sweep_at = (self.values.len() * 2).max(INTERNER_SWEEP_FLOOR);
+        }
+        self.values.insert(Arc::clone(&shared));
         shared
     }
 
-    /// Drops every scope that only this table still holds.
+    /// Drops every value that only this table still holds.
     pub fn sweep(&mut self) {
-        self.scopes.retain(|scope| Arc::strong_count(scope) > 1);
+        self.values.retain(|value| Arc::strong_count(value) > 1);
     }
 
-    /// How many distinct scopes the table holds.
+    /// How many distinct values the table holds.
     pub fn len(&self) -> usize {
-        self.scopes.len()
+        self.values.len()
     }
 
-    /// Whether the table holds no scope.
+    /// Whether the table holds no value.
     pub fn is_empty(&self) -> bool {
-        self.scopes.is_empty()
+        self.values.is_empty()
     }
 }
 
 /// What a connection keeps of a verified token.
-#[derive(Clone, Debug, PartialEq, Eq)]
+#[derive(Clone, Debug, PartialEq, Eq, Hash)]
 pub struct Grant {
     /// The session (`sub`): the only source of the session when auth is on.
     pub session: Box<str>,

@@ -15,7 +15,7 @@
 
 use std::os::fd::RawFd;
 
-use crate::channels::{SessionTag, Subscription};
+use crate::channels::{Subscription, NO_SESSION};
 use crate::timer::Deadline;
 use crate::ws::Decoder;
 
@@ -32,7 +32,7 @@ pub use crate::reactor::SendQueue;
 /// The per-connection struct is pinned at or under this many bytes: the figure the README
 /// states (`tests/docs.rs` checks the README against `size_of::<Conn>()`), so a field that
 /// grows it has to move this bound and the README with it.
-pub const CONN_BYTES_MAX: usize = 96;
+pub const CONN_BYTES_MAX: usize = 64;
 const _: () = assert!(std::mem::size_of::<Conn>() <= CONN_BYTES_MAX);
 
 /// Where a connection is in its life.
@@ -114,8 +114,6 @@ pub struct Conn {
     pub timer: Deadline,
     /// Tick of the last frame received (heartbeat and idle accounting).
     pub last_seen: u32,
-    /// Shard-relative microseconds at accept (handshake latency).
-    pub accepted_us: u32,
     /// Bytes queued or in flight for this connection (bounded by --max-pending).
     pub queued_bytes: u32,
     /// Frames waiting for the in-flight send to finish, in order.
@@ -124,13 +122,14 @@ pub struct Conn {
     pub partial: Option<Box<Partial>>,
     /// Its channel and slot there (`Subscription::NONE` when not subscribed).
     pub sub: Subscription,
-    /// The (session, tab) the connection is bound to, if any.
-    pub session: Option<Box<SessionTag>>,
+    /// The id of the session the connection is bound to in the shard's `Channels`
+    /// (`NO_SESSION` when none); its tab is kept there.
+    pub session: u32,
 }
 
 impl Conn {
     /// A freshly accepted connection.
-    pub fn new(fd: RawFd, gen: u32, accepted_us: u32, now: u32) -> Conn {
+    pub fn new(fd: RawFd, gen: u32, now: u32) -> Conn {
         Conn {
             fd,
             gen,
@@ -139,12 +138,11 @@ impl Conn {
             route: 0,
             timer: Deadline::default(),
             last_seen: now,
-            accepted_us,
             queued_bytes: 0,
             queue: SendQueue::default(),
             partial: None,
             sub: Subscription::NONE,
-            session: None,
+            session: NO_SESSION,
         }
     }
 

@@ -131,8 +131,10 @@ impl Core {
                     upgrade.subprotocol.as_deref(),
                 );
                 let now = self.wheel.now();
-                let elapsed = self.now_us().wrapping_sub(self.conns[key].accepted_us);
-                let _ = self.handshake_us.record(u64::from(elapsed).max(1));
+                if let Some(accepted_us) = self.accepted_us.remove(&key) {
+                    let elapsed = self.now_us().wrapping_sub(accepted_us);
+                    let _ = self.handshake_us.record(u64::from(elapsed).max(1));
+                }
                 self.counters.upgraded += 1;
                 let c = &mut self.conns[key];
                 c.state = State::Open;

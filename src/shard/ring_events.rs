@@ -89,9 +89,13 @@ impl Core {
     pub(crate) fn admit(&mut self, fd: RawFd, state: State, ticks: u32) -> usize {
         let gen = self.conns.next_gen();
         let now = self.wheel.now();
-        let mut conn = Conn::new(fd, gen, self.now_us(), now);
+        let mut conn = Conn::new(fd, gen, now);
         conn.state = state;
         let key = self.conns.insert(conn);
+        if state == State::Handshake {
+            let accepted_us = self.now_us();
+            self.accepted_us.insert(key, accepted_us);
+        }
         self.reset_rate(key);
         self.counters.open += 1;
         self.arm(key, now + ticks);

@@ -22,7 +22,7 @@ use slab::Slab;
 use crate::admin_service::{AdminConn, BroadcastWait, Query};
 use crate::admission::{ConnRate, RateLimits};
 use crate::auth::refusal::LOG_LINES_PER_S_DEFAULT;
-use crate::auth::{Access, LogBudget, ScopeInterner};
+use crate::auth::{GrantInterner, LogBudget, ScopeInterner};
 use crate::channels::Channels;
 use crate::config::Config;
 use crate::conn::admission::ProxyWait;
@@ -69,8 +69,9 @@ pub(crate) struct Core {
     /// The connections (the skeleton's part: slab, generations, dirty and starved lists).
     pub(crate) conns: Conns<Conn>,
     pub(crate) conns_max: usize,
-    pub(crate) wheel: Wheel,
-    pub(crate) due: Vec<Owner>,
+    /// The connections' timers; an entry is a slab key (see timer.rs).
+    pub(crate) wheel: Wheel<u32>,
+    pub(crate) due: Vec<u32>,
     pub(crate) out: BytesMut,
     /// Bytes held by decoders reassembling messages; may overestimate (buffers dropped with
     /// their connection elsewhere are not subtracted) until `enforce_reassembly_budget`
@@ -128,6 +129,10 @@ pub(crate) struct Core {
     /// Client shards: each JSON-mode connection's subscriptions and malformed-command count
     /// (by slab key; removed when the slot is freed).
     pub(crate) json_conns: HashMap<usize, JsonConn>,
+    /// Shard-relative microseconds at accept of each connection still in its handshake
+    /// (the handshake latency), by slab key: removed at the upgrade or when the slot is
+    /// freed, so an open connection keeps nothing here.
+    pub(crate) accepted_us: HashMap<usize, u32>,
     /// The JSON commands of the receive being handled, parsed in the decoder's callback.
     pub(crate) json_commands: Vec<Result<Command, CommandError>>,
     /// Admin shard: (request, shard) counts of gone shards met under the history's lock,
@@ -146,9 +151,11 @@ pub(crate) struct Core {
     pub(super) test_exit: TestExit,
     /// Client shards, with auth on: what each live connection may do (its token's grant or
     /// the anonymous scope), by slab key; removed when the slot is freed.
-    pub(crate) access: HashMap<usize, Access>,
+    pub(crate) access: crate::conn::auth::AccessByKey,
     /// The token scopes this shard's connections hold, shared per equal claims.
     pub(crate) scopes: ScopeInterner,
+    /// The token grants this shard's connections hold, shared per equal tokens.
+    pub(crate) grants: GrantInterner,
     /// The token refusals' log lines (at most a few a second).
     pub(crate) token_log: LogBudget,
     /// Client shards, with a per-address limit on: the address slot each connection holds
@@ -250,6 +257,7 @@ impl Core {
             shards_gone: Vec::new(),
             publish_windows: HashMap::new(),
             json_conns: HashMap::new(),
+            accepted_us: HashMap::new(),
             json_commands: Vec::new(),
             gone_counts: Vec::new(),
             broker_waits: HashMap::new(),
@@ -257,8 +265,9 @@ impl Core {
             broker_tickets: 0,
             broker_publishes: HashMap::new(),
             test_exit: TestExit::No,
-            access: HashMap::new(),
+            access: Default::default(),
             scopes: ScopeInterner::default(),
+            grants: GrantInterner::default(),
             token_log: LogBudget::new(LOG_LINES_PER_S_DEFAULT),
             admitted: Vec::new(),
             proxied: HashMap::new(),
@@ -325,8 +334,7 @@ impl Core {
     /// Sets the connection's deadline; adds a wheel entry only when it moves earlier.
     pub(crate) fn arm(&mut self, key: usize, at: u32) {
         let at = self.clamp_to_token_expiry(key, at);
-        let owner = self.owner(key);
-        self.wheel.arm(owner, &mut self.conns[key].timer, at);
+        self.wheel.arm(key as u32, &mut self.conns[key].timer, at);
     }
 
     /// The multishot recv ended with EOF (0) or an error.
@@ -390,6 +398,9 @@ impl Core {
         if !self.json_conns.is_empty() {
             self.json_conns.remove(&key);
         }
+        if !self.accepted_us.is_empty() {
+            self.accepted_us.remove(&key);
+        }
         self.release_address(key);
         let mut c = self.conns.remove(key);
         for frame in c.queue.take_all() {
@@ -436,12 +447,13 @@ impl Core {
         let mut due = std::mem::take(&mut self.due);
         self.wheel.advance(&mut due);
         let now = self.wheel.now();
-        for owner in due.drain(..) {
-            if self.live(owner) {
-                let key = owner.key as usize;
-                if self.wheel.due(owner, &mut self.conns[key].timer) {
-                    expire(self, key, now);
-                }
+        for entry in due.drain(..) {
+            let key = entry as usize;
+            let Some(c) = self.conns.get_mut(key) else {
+                continue;
+            };
+            if self.wheel.due(entry, &mut c.timer) {
+                expire(self, key, now);
             }
         }
         self.due = due;
