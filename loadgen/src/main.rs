@@ -25,6 +25,7 @@ mod cli;
 mod conn;
 mod driver;
 mod driver_resume;
+mod floor;
 mod host;
 mod json;
 mod payload;
@@ -62,6 +63,20 @@ fn main() -> ExitCode {
             Ok(()) => ExitCode::SUCCESS,
             Err(e) => {
                 ringpush::elog!("ringpush-loadgen plot: {e}");
+                ExitCode::from(2)
+            }
+        };
+    }
+    let floor = match &cli.scenario {
+        cli::ScenarioCmd::FloorServer(args) => Some(floor::serve(args)),
+        cli::ScenarioCmd::FloorConnect(args) => Some(floor::connect::run(args)),
+        _ => None,
+    };
+    if let Some(result) = floor {
+        return match result {
+            Ok(()) => ExitCode::SUCCESS,
+            Err(e) => {
+                ringpush::elog!("ringpush-loadgen: {e}");
                 ExitCode::from(2)
             }
         };

@@ -216,6 +216,9 @@ impl Plan {
                 );
             }
             ScenarioCmd::Plot(_) => return Err("plot draws saved runs; it runs no load".into()),
+            ScenarioCmd::FloorServer(_) | ScenarioCmd::FloorConnect(_) => {
+                return Err("the floor commands run without a plan".into())
+            }
             ScenarioCmd::Churn(a) => {
                 if a.lifetime.is_zero() {
                     return Err("--lifetime must be positive".into());
