@@ -125,7 +125,7 @@ fn floor_connect_counts_every_accepted_connection_and_the_kernel_memory() {
         "--workers".into(),
         "2".into(),
         "--hold".into(),
-        "0.1".into(),
+        "100ms".into(),
         format!("--addr=127.0.0.1:{port}"),
         format!("--stats=127.0.0.1:{admin}"),
     ]);

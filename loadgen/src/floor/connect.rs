@@ -47,17 +47,8 @@ pub struct FloorConnectArgs {
     pub in_flight: usize,
 
     /// How long every connection is held before the memory sample.
-    #[arg(long, value_parser = humantime_secs, default_value = "1")]
+    #[arg(long, value_parser = ringpush::config::parse_duration, default_value = "1s")]
     pub hold: Duration,
-}
-
-fn humantime_secs(s: &str) -> Result<Duration, String> {
-    let s = s.trim_end_matches('s');
-    s.parse::<f64>()
-        .ok()
-        .filter(|v| v.is_finite() && *v >= 0.0)
-        .map(Duration::from_secs_f64)
-        .ok_or_else(|| format!("{s:?} is not a number of seconds"))
 }
 
 /// Runs the connect floor and prints its JSON line.
