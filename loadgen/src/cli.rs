@@ -341,6 +341,10 @@ pub struct BroadcastArgs {
     /// Publish exactly this many messages, then drain (instead of for --duration).
     #[arg(long)]
     pub count: Option<u64>,
+    /// Admin publisher: requests written before their answers arrive, at most (HTTP/1.1
+    /// pipelining on one connection; 1 waits for each answer).
+    #[arg(long, default_value_t = 1)]
+    pub in_flight: usize,
 }
 
 /// `resume`.

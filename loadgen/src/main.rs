@@ -29,6 +29,7 @@ mod floor;
 mod host;
 mod json;
 mod payload;
+mod pipeline;
 mod plan;
 mod plot;
 mod report;

@@ -85,6 +85,8 @@ pub struct BroadcastPlan {
     pub size: usize,
     /// Stop after this many publishes.
     pub count: Option<u64>,
+    /// Admin publishes unanswered at most (1: wait for each answer).
+    pub in_flight: usize,
 }
 
 /// Reconnect policy: exponential backoff with full jitter.
@@ -164,6 +166,7 @@ impl Plan {
                                 another process publishes"
                         .into());
                 }
+                check_in_flight(a.in_flight, a.publisher)?;
                 let admin = resolve(&a.admin).map_err(|e| format!("--admin: {e}"))?;
                 let path = format!("/ws/{}", a.channel);
                 let plan = BroadcastPlan {
@@ -174,6 +177,7 @@ impl Plan {
                     msg_rate: a.msg_rate,
                     size: a.size,
                     count: a.count,
+                    in_flight: a.in_flight,
                 };
                 let channel = plan.channel.clone();
                 return Plan::with_common(a.common, Scenario::Broadcast(plan), path, &channel);
@@ -205,6 +209,7 @@ impl Plan {
                         msg_rate: 1e9,
                         size: a.size,
                         count: Some(a.messages),
+                        in_flight: 1,
                     },
                     messages: a.messages,
                 };
@@ -233,5 +238,15 @@ impl Plan {
             }
         };
         Plan::with_common(common, scenario, default_path, "bench")
+    }
+}
+
+/// `--in-flight`: at least 1, and above 1 only for the admin publisher (a WebSocket
+/// publisher has no answers to wait for).
+pub fn check_in_flight(in_flight: usize, publisher: Publisher) -> Result<(), String> {
+    match (in_flight, publisher) {
+        (0, _) => Err("--in-flight must be at least 1".into()),
+        (1, _) | (_, Publisher::Admin) => Ok(()),
+        _ => Err("--in-flight above 1 needs --publisher admin".into()),
     }
 }

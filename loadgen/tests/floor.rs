@@ -141,3 +141,51 @@ fn floor_connect_counts_every_accepted_connection_and_the_kernel_memory() {
         "{json}"
     );
 }
+
+#[test]
+fn pipelined_publisher_gets_every_answer_and_every_message_delivered() {
+    let (port, admin) = ports();
+    let _floor = Floor::start(port, admin, &[]);
+    let args: Vec<String> = [
+        "broadcast",
+        "--workers",
+        "2",
+        "--no-pin",
+        "-n",
+        "200",
+        "--channel",
+        "fan",
+        "--size",
+        "64",
+        "--count",
+        "300",
+        "--msg-rate",
+        "100000",
+        "--in-flight",
+        "8",
+        "--settle",
+        "0.2s",
+        "--close",
+        "abort",
+        "--json",
+    ]
+    .iter()
+    .map(|s| s.to_string())
+    .chain([
+        format!("--addr=127.0.0.1:{port}"),
+        format!("--admin=127.0.0.1:{admin}"),
+    ])
+    .collect();
+    let json = run_json(&args);
+    assert_eq!(json["publish"]["published"], 300, "{json}");
+    assert_eq!(json["publish"]["acked"], 300, "{json}");
+    assert_eq!(json["publish"]["subscribers_reported"], 300 * 200, "{json}");
+    assert_eq!(json["missing"], 0, "{json}");
+    assert_eq!(json["messages_received"], 300 * 200, "{json}");
+    assert!(
+        json["publish"]["acked_per_s"]
+            .as_f64()
+            .is_some_and(|r| r > 0.0),
+        "{json}"
+    );
+}
