@@ -26,14 +26,15 @@ use serde_json::Value;
 
 use crate::cli::Publisher;
 use crate::payload;
-use crate::plan::{BroadcastPlan, Plan};
+use crate::plan::Plan;
 use crate::report::PublishReport;
+use crate::scenario::BroadcastPlan;
 use crate::worker::{Phase, Shared};
 
 /// Longest wait for the admin API or the publishing WebSocket to answer.
 // Generous: a publish to a million subscribers is answered after every shard has queued
 // it, which takes seconds on a small box.
-const IO_TIMEOUT: Duration = Duration::from_secs(60);
+pub(crate) const IO_TIMEOUT: Duration = Duration::from_secs(60);
 /// The pacing loop looks at the phase at least this often.
 const PHASE_POLL: Duration = Duration::from_millis(20);
 /// Largest admin response head or body accepted.
@@ -54,6 +55,9 @@ pub fn spawn(
                 ..PublishReport::default()
             };
             match broadcast.publisher {
+                Publisher::Admin if broadcast.in_flight > 1 => {
+                    crate::pipeline::run(&broadcast, broadcast.in_flight, &shared, &mut report);
+                }
                 Publisher::Admin => {
                     let mut sink = AdminSink::new(&broadcast);
                     pace(&broadcast, &shared, &mut report, |body, report| {
@@ -82,7 +86,7 @@ pub fn spawn(
 
 /// Publishes at the plan's rate while the phase is `Run` (and --count allows), each
 /// message stamped at the moment it is handed to `publish`.
-fn pace(
+pub(crate) fn pace(
     plan: &BroadcastPlan,
     shared: &Shared,
     report: &mut PublishReport,
@@ -117,26 +121,17 @@ struct AdminSink {
 }
 
 /// A parsed admin response.
-struct Response {
-    status: u16,
-    body: Vec<u8>,
-    close: bool,
+pub(crate) struct Response {
+    pub(crate) status: u16,
+    pub(crate) body: Vec<u8>,
+    pub(crate) close: bool,
 }
 
 impl AdminSink {
     fn new(plan: &BroadcastPlan) -> AdminSink {
-        let mut head = format!(
-            "POST /publish/{} HTTP/1.1\r\nHost: {}\r\nContent-Type: application/octet-stream\r\n\
-             Content-Length: {}\r\n",
-            plan.channel, plan.admin, plan.size
-        );
-        if let Some(token) = &plan.admin_token {
-            head.push_str(&format!("Authorization: Bearer {token}\r\n"));
-        }
-        head.push_str("\r\n");
         AdminSink {
             addr: plan.admin,
-            head: head.into_bytes(),
+            head: publish_head(plan),
             stream: None,
             buf: Vec::new(),
             opened: 0,
@@ -223,6 +218,20 @@ impl AdminSink {
     }
 }
 
+/// The request head of every admin publish (the body follows).
+pub(crate) fn publish_head(plan: &BroadcastPlan) -> Vec<u8> {
+    let mut head = format!(
+        "POST /publish/{} HTTP/1.1\r\nHost: {}\r\nContent-Type: application/octet-stream\r\n\
+         Content-Length: {}\r\n",
+        plan.channel, plan.admin, plan.size
+    );
+    if let Some(token) = &plan.admin_token {
+        head.push_str(&format!("Authorization: Bearer {token}\r\n"));
+    }
+    head.push_str("\r\n");
+    head.into_bytes()
+}
+
 fn bad(what: &str) -> io::Error {
     io::Error::new(io::ErrorKind::InvalidData, what.to_string())
 }
@@ -250,7 +259,7 @@ fn find(haystack: &[u8], needle: &[u8]) -> Option<usize> {
 
 /// Reads one HTTP/1.1 response (Content-Length or chunked body) from `stream`, leaving any
 /// bytes past it in `buf`.
-fn read_response(stream: &mut TcpStream, buf: &mut Vec<u8>) -> io::Result<Response> {
+pub(crate) fn read_response(stream: &mut TcpStream, buf: &mut Vec<u8>) -> io::Result<Response> {
     let head_end = loop {
         if let Some(i) = find(buf, b"\r\n\r\n") {
             break i + 4;

@@ -43,6 +43,12 @@ pub enum ScenarioCmd {
     /// Draws saved runs (their `--json` summaries) in one SVG chart, one line per run:
     /// latency spectra, RSS against connections, or messages per second over time.
     Plot(PlotArgs),
+    /// The fan-out floor: accepts and upgrades clients with the node's codec, and sends
+    /// each admin publish to all of them with plain send(2) or batched io_uring sends.
+    FloorServer(crate::floor::FloorServerArgs),
+    /// The connect and memory floors: N plain TCP connects to `floor-server --handshake
+    /// none`, the rate until all are accepted and the kernel memory per pair (JSON line).
+    FloorConnect(crate::floor::connect::FloorConnectArgs),
 }
 
 /// What `plot` draws.
@@ -335,6 +341,10 @@ pub struct BroadcastArgs {
     /// Publish exactly this many messages, then drain (instead of for --duration).
     #[arg(long)]
     pub count: Option<u64>,
+    /// Admin publisher: requests written before their answers arrive, at most (HTTP/1.1
+    /// pipelining on one connection; 1 waits for each answer).
+    #[arg(long, default_value_t = 1)]
+    pub in_flight: usize,
 }
 
 /// `resume`.

@@ -3,6 +3,7 @@
 use clap::Parser as _;
 
 use super::*;
+use crate::cli::{Cli, Publisher};
 use crate::target::RESUME_TARGET;
 
 #[test]
@@ -182,4 +183,26 @@ fn a_subscribe_only_broadcast_needs_the_count_published_elsewhere() {
         }
         other => panic!("not a broadcast plan: {other:?}"),
     }
+}
+
+#[test]
+fn in_flight_needs_the_admin_publisher_and_reaches_the_plan() {
+    let parse = |args: &[&str]| Plan::from_cli(Cli::parse_from(args));
+    let plan = parse(&["x", "broadcast", "--in-flight", "32"]).expect("plan");
+    match plan.scenario {
+        Scenario::Broadcast(b) => assert_eq!(b.in_flight, 32),
+        other => panic!("not broadcast: {other:?}"),
+    }
+    let zero = parse(&["x", "broadcast", "--in-flight", "0"]).unwrap_err();
+    assert!(zero.contains("--in-flight must be at least 1"), "{zero}");
+    let client = parse(&[
+        "x",
+        "broadcast",
+        "--publisher",
+        "client",
+        "--in-flight",
+        "4",
+    ]);
+    assert!(client.unwrap_err().contains("needs --publisher admin"));
+    assert!(parse(&["x", "broadcast", "--publisher", "client"]).is_ok());
 }

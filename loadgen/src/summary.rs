@@ -278,6 +278,9 @@ impl Summary<'_> {
                 "errors": errors,
                 "reconnects": p.reconnects,
                 "rtt_us": p.publish_rtt.as_ref().map(quantiles),
+                "acked_per_s": self
+                    .traffic
+                    .map(|d| p.acked as f64 / d.as_secs_f64().max(1e-9)),
             });
         }
         v
