@@ -26,8 +26,9 @@ use serde_json::Value;
 
 use crate::cli::Publisher;
 use crate::payload;
-use crate::plan::{BroadcastPlan, Plan};
+use crate::plan::Plan;
 use crate::report::PublishReport;
+use crate::scenario::BroadcastPlan;
 use crate::worker::{Phase, Shared};
 
 /// Longest wait for the admin API or the publishing WebSocket to answer.

@@ -19,15 +19,19 @@
 //!   when the workers count what never arrived. With `--publisher none` no publisher runs
 //!   and `Shared::published` holds the --count expected from elsewhere from `Run` on.
 
+mod addr;
 mod broadcast;
 mod cli;
 mod conn;
+mod driver;
+mod driver_resume;
 mod host;
 mod json;
 mod payload;
 mod plan;
 mod plot;
 mod report;
+mod scenario;
 mod summary;
 mod target;
 mod timeline;
@@ -36,16 +40,17 @@ mod worker;
 use std::io::Write as _;
 use std::process::ExitCode;
 use std::sync::{mpsc, Arc};
-use std::thread::JoinHandle;
 use std::time::{Duration, Instant};
 
 use clap::Parser;
 use ringpush::ring::sys;
 
 use crate::cli::Cli;
-use crate::plan::{Plan, ResumePlan, Scenario};
+use crate::driver::{Driver, ResumeDriver, ResumeStage};
+use crate::plan::Plan;
 use crate::report::{Counters, Hists, PublishReport, Report, Summary};
-use crate::worker::{Phase, ResumeStep, Setup, Shared};
+use crate::scenario::Scenario;
+use crate::worker::{Phase, Setup, Shared};
 
 /// How often the main thread looks at the workers' counters.
 const POLL: Duration = Duration::from_millis(50);
@@ -75,54 +80,6 @@ fn main() -> ExitCode {
             ExitCode::from(2)
         }
     }
-}
-
-/// The main thread's view of the run.
-struct Driver {
-    plan: Arc<Plan>,
-    shared: Arc<Shared>,
-    started: Instant,
-    phase: Phase,
-    phase_since: Instant,
-    ramp: Option<Duration>,
-    settled_at: Option<Instant>,
-    traffic_start: Option<Instant>,
-    traffic: Option<Duration>,
-    subscribers: u64,
-    publisher: Option<JoinHandle<PublishReport>>,
-    publish: Option<PublishReport>,
-    interrupts: u32,
-    mem_before: host::MemSample,
-    mem_held: Option<(host::MemSample, u64)>,
-    resume: ResumeDriver,
-}
-
-/// Where the main thread is in the resume scenario's run phase.
-#[derive(Clone, Copy, Debug, PartialEq, Eq)]
-enum ResumeStage {
-    /// Not started (or not the resume scenario).
-    Idle,
-    /// Waiting for every connection to be closed and parked.
-    Disconnecting,
-    /// The publisher is sending the messages the clients miss.
-    Publishing,
-    /// Every client is reconnecting with `since`; waiting until all have caught up.
-    Reconnecting,
-    /// All caught up (or the drain timeout passed).
-    Done,
-}
-
-/// The resume scenario's figures as the main thread sees them.
-struct ResumeDriver {
-    stage: ResumeStage,
-    /// Clients parked, hence expected to resume.
-    parked: u64,
-    /// The node's largest VmRSS sampled (every poll) while the clients resumed.
-    rss_peak: Option<u64>,
-    /// The node's VmHWM once all caught up: its largest RSS since it started.
-    rss_high_water: Option<u64>,
-    /// Reconnect signal → the last client caught up (None: not all did).
-    catch_up: Option<Duration>,
 }
 
 fn run(plan: Arc<Plan>) -> Result<ExitCode, String> {
@@ -342,261 +299,4 @@ fn run(plan: Arc<Plan>) -> Result<ExitCode, String> {
     } else {
         ExitCode::SUCCESS
     })
-}
-
-impl Driver {
-    fn set(&mut self, phase: Phase) {
-        if phase <= self.phase {
-            return;
-        }
-        if self.phase == Phase::Run && self.mem_held.is_none() {
-            // Every connection is still held: the memory they cost is in use now.
-            let open = self.shared.sum().open;
-            self.mem_held = Some((host::sample(self.plan.node_pid), open));
-        }
-        if phase >= Phase::Drain {
-            // The publisher stops on any phase past Run; wait for it so that the number
-            // of messages published is final before the workers settle their counts.
-            self.shared.set_phase(phase.min(Phase::Drain));
-            if let Some(publisher) = self.publisher.take() {
-                match publisher.join() {
-                    Ok(report) => self.publish = Some(report),
-                    Err(_) => ringpush::elog!("ringpush-loadgen: the publisher thread panicked"),
-                }
-            }
-        }
-        self.shared.set_phase(phase);
-        if phase == Phase::Run {
-            self.traffic_start = Some(Instant::now());
-        }
-        if phase >= Phase::Close && self.traffic.is_none() {
-            self.traffic = self.traffic_start.map(|t| t.elapsed());
-        }
-        self.phase = phase;
-        self.phase_since = Instant::now();
-    }
-
-    fn interrupt(&mut self) {
-        self.interrupts += 1;
-        if self.interrupts == 1 && self.phase < Phase::Close {
-            ringpush::elog!(
-                "ringpush-loadgen: interrupted, closing connections (again to stop now)"
-            );
-            self.set(Phase::Close);
-        } else {
-            self.set(Phase::Stop);
-        }
-    }
-
-    /// Moves the run on when its phase is done.
-    fn step(&mut self, sum: &Counters) {
-        let in_phase = self.phase_since.elapsed();
-        if sum.phase_seen < self.phase as u8 {
-            // Some worker has not yet published counters of this phase.
-            return;
-        }
-        match self.phase {
-            Phase::Ramp => {
-                if self.ramp.is_none() {
-                    let settled = sum.connecting + sum.backoff + sum.releasing + sum.unstarted == 0;
-                    let timed_out = in_phase >= self.plan.ramp_timeout;
-                    if !(settled || timed_out) {
-                        return;
-                    }
-                    if !settled {
-                        ringpush::elog!(
-                            "ringpush-loadgen: ramp timeout after {:?}: {} open, {} still \
-                             connecting, {} backing off, {} not started",
-                            self.plan.ramp_timeout,
-                            sum.open,
-                            sum.connecting,
-                            sum.backoff,
-                            sum.unstarted
-                        );
-                    }
-                    self.ramp = Some(in_phase);
-                    self.settled_at = Some(Instant::now());
-                }
-                if self
-                    .settled_at
-                    .is_some_and(|at| at.elapsed() < self.plan.settle)
-                {
-                    return;
-                }
-                let resume = matches!(self.plan.scenario, Scenario::Resume(_));
-                if resume {
-                    // Every client must know its channel's offset before it leaves.
-                    let channels = match &self.plan.mode {
-                        target::Mode::Json(json) => json.channels_per_conn as u64,
-                        target::Mode::Raw => 1,
-                    };
-                    let subscribed = sum.json_subscribed >= sum.open * channels;
-                    if !subscribed && in_phase < self.plan.ramp_timeout {
-                        return;
-                    }
-                }
-                if (resume || !self.plan.settle.is_zero()) && self.mem_held.is_none() {
-                    self.mem_held = Some((host::sample(self.plan.node_pid), sum.open));
-                }
-                self.subscribers = sum.open;
-                self.set(Phase::Run);
-                if resume {
-                    self.resume.stage = ResumeStage::Disconnecting;
-                    self.shared.set_resume_step(ResumeStep::Disconnect);
-                }
-                if let Scenario::Broadcast(b) = &self.plan.scenario {
-                    if b.publisher == cli::Publisher::None {
-                        // Subscribe only: another process publishes the --count messages,
-                        // which the drain phase waits for and the close counts as missing.
-                        let expected = b.count.unwrap_or(0);
-                        self.shared
-                            .published
-                            .store(expected, std::sync::atomic::Ordering::Release);
-                        return;
-                    }
-                    self.publisher = Some(broadcast::spawn(
-                        Arc::clone(&self.plan),
-                        b.clone(),
-                        Arc::clone(&self.shared),
-                    ));
-                }
-            }
-            Phase::Run => {
-                if let Scenario::Resume(r) = &self.plan.scenario {
-                    let r = r.clone();
-                    self.step_resume(sum, &r);
-                    return;
-                }
-                let count_done = match &self.plan.scenario {
-                    Scenario::Broadcast(b) if b.count.is_some() => {
-                        self.publisher.as_ref().is_none_or(|p| p.is_finished())
-                    }
-                    _ => false,
-                };
-                let time_done = match &self.plan.scenario {
-                    // With --count the run lasts until every message is out.
-                    Scenario::Broadcast(b) if b.count.is_some() => false,
-                    _ => in_phase >= self.plan.duration,
-                };
-                if !(count_done || time_done) {
-                    return;
-                }
-                match self.plan.scenario {
-                    Scenario::Echo(_) | Scenario::Broadcast(_) | Scenario::Resume(_) => {
-                        self.set(Phase::Drain)
-                    }
-                    Scenario::Connect | Scenario::Churn { .. } => self.set(Phase::Close),
-                }
-            }
-            Phase::Drain => {
-                let complete = match &self.plan.scenario {
-                    Scenario::Echo(_) => sum.msgs_in >= sum.msgs_out,
-                    Scenario::Broadcast(_) | Scenario::Resume(_) => {
-                        // The publisher has been joined (or, subscribing only, the expected
-                        // count stored), so this is final.
-                        let published = self
-                            .shared
-                            .published
-                            .load(std::sync::atomic::Ordering::Acquire);
-                        sum.msgs_in >= published * self.subscribers
-                    }
-                    _ => true,
-                };
-                if complete || in_phase >= self.plan.drain_timeout {
-                    self.set(Phase::Close);
-                }
-            }
-            Phase::Close | Phase::Stop => {}
-        }
-    }
-}
-
-impl Driver {
-    /// The resume scenario's run phase: park every client, publish what they will miss,
-    /// reconnect them all at once, wait until all have caught up.
-    fn step_resume(&mut self, sum: &Counters, r: &ResumePlan) {
-        match self.resume.stage {
-            ResumeStage::Idle | ResumeStage::Done => {}
-            ResumeStage::Disconnecting => {
-                if sum.open + sum.connecting + sum.closing + sum.releasing > 0 {
-                    return;
-                }
-                self.resume.parked = sum.backoff;
-                self.resume.stage = ResumeStage::Publishing;
-                self.publisher = Some(broadcast::spawn(
-                    Arc::clone(&self.plan),
-                    r.publish.clone(),
-                    Arc::clone(&self.shared),
-                ));
-            }
-            ResumeStage::Publishing => {
-                if !self.publisher.as_ref().is_none_or(|p| p.is_finished()) {
-                    return;
-                }
-                if let Some(publisher) = self.publisher.take() {
-                    match publisher.join() {
-                        Ok(report) => self.publish = Some(report),
-                        Err(_) => {
-                            ringpush::elog!("ringpush-loadgen: the publisher thread panicked")
-                        }
-                    }
-                }
-                self.subscribers = self.resume.parked;
-                self.resume.stage = ResumeStage::Reconnecting;
-                self.phase_since = Instant::now();
-                self.shared.set_resume_step(ResumeStep::Reconnect);
-            }
-            ResumeStage::Reconnecting => {
-                if let Some(rss) = host::node_rss(self.plan.node_pid) {
-                    self.resume.rss_peak = Some(self.resume.rss_peak.map_or(rss, |p| p.max(rss)));
-                }
-                let all = sum.caught_up >= self.resume.parked;
-                if !all && self.phase_since.elapsed() < self.plan.drain_timeout {
-                    return;
-                }
-                if all {
-                    let start = self
-                        .shared
-                        .reconnect_ns
-                        .load(std::sync::atomic::Ordering::Acquire);
-                    self.resume.catch_up = Some(Duration::from_nanos(
-                        sum.caught_up_last_ns.saturating_sub(start),
-                    ));
-                }
-                self.resume.rss_high_water = host::node_rss_high_water(self.plan.node_pid);
-                self.resume.stage = ResumeStage::Done;
-                self.set(Phase::Drain);
-            }
-        }
-    }
-}
-
-impl ResumeDriver {
-    fn json(&self, messages: u64, c: &Counters) -> serde_json::Value {
-        serde_json::json!({
-            "clients": self.parked,
-            "messages": messages,
-            "recovered": c.resumes_recovered,
-            "not_recovered": c.resumes_not_recovered,
-            "caught_up": c.caught_up,
-            "catch_up_ms": self.catch_up.map(|d| d.as_secs_f64() * 1000.0),
-            "node_rss_peak_bytes": self.rss_peak,
-            "node_rss_high_water_bytes": self.rss_high_water,
-        })
-    }
-
-    fn line(&self, messages: u64, c: &Counters) -> String {
-        format!(
-            "resume clients={} messages={messages} recovered={} not_recovered={} caught_up={} \
-             catch_up_ms={} node_rss_peak_bytes={} node_rss_high_water_bytes={}",
-            self.parked,
-            c.resumes_recovered,
-            c.resumes_not_recovered,
-            c.caught_up,
-            self.catch_up
-                .map_or("n/a".into(), |d| format!("{:.1}", d.as_secs_f64() * 1000.0)),
-            self.rss_peak.map_or("n/a".into(), |b| b.to_string()),
-            self.rss_high_water.map_or("n/a".into(), |b| b.to_string()),
-        )
-    }
 }

@@ -3,6 +3,7 @@
 use clap::Parser as _;
 
 use super::*;
+use crate::cli::{Cli, Publisher};
 use crate::target::RESUME_TARGET;
 
 #[test]

@@ -24,8 +24,8 @@ use super::{ticks, Core, Phase, Traffic, CLOSE_GRACE};
 use crate::cli::{CloseMode, Publisher};
 use crate::conn::{self, Partial, State};
 use crate::payload::{self, SeqTracker};
-use crate::plan::Scenario;
 use crate::report::{self, Failure};
+use crate::scenario::Scenario;
 
 impl Core {
     /// Creates the socket of an attempt for slot `key` and prepares the slot; returns what

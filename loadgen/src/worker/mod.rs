@@ -43,8 +43,9 @@ use ringpush::ws::{Limits, OpCode, Role};
 
 use crate::conn::{self, Conn, State};
 use crate::payload;
-use crate::plan::{Plan, Scenario};
+use crate::plan::Plan;
 use crate::report::{self, Counters, Failure, Hists, Report};
+use crate::scenario::Scenario;
 use crate::target::Mode;
 
 /// Timer tick when echo messages are paced (their schedule is per millisecond).

@@ -17,8 +17,8 @@ use super::{Core, Phase, Traffic, COALESCE_BYTES_MAX, PACED_PER_BATCH_MAX};
 use crate::conn::{self, Partial, State};
 use crate::json::{self, Server};
 use crate::payload::{self, Seen, SeqTracker};
-use crate::plan::Scenario;
 use crate::report::{self, Counters, Hists};
+use crate::scenario::Scenario;
 
 impl Core {
     pub(super) fn on_frames(&mut self, key: usize, data: &mut [u8]) {
