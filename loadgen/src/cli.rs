@@ -34,7 +34,8 @@ pub enum ScenarioCmd {
     /// publishes at --msg-rate; per-message delivery latency, missing and reordered messages.
     Broadcast(BroadcastArgs),
     /// Connections that open at --rate, live --lifetime each and close, up to N at once;
-    /// counts opened, closed and failed connections (leak detection).
+    /// counts opened, closed and failed connections (leak detection). With --channels K
+    /// each connection joins one of K channels (subscription churn).
     Churn(ChurnArgs),
     /// JSON mode: N clients subscribe to --channel, disconnect, --messages are published
     /// through the admin API, then all reconnect at once with `since`; reports the time
@@ -378,4 +379,13 @@ pub struct ChurnArgs {
     /// Mean life of a connection once open (each is drawn from 0.5x to 1.5x this).
     #[arg(long, default_value = "1s", value_parser = parse_duration)]
     pub lifetime: Duration,
+    /// Spread the connections over this many channels: the i-th connection opened (reopens
+    /// count, so joins cycle through every channel) subscribes to `<channel>.<i mod K>`,
+    /// raw mode on /ws/<channel>.<i mod K>, JSON mode through the query (default: none,
+    /// raw mode on --path, /echo unless given).
+    #[arg(long, value_name = "K")]
+    pub channels: Option<u64>,
+    /// The stem of the --channels names.
+    #[arg(long, default_value = "bench")]
+    pub channel: String,
 }

@@ -10,10 +10,10 @@ use std::net::SocketAddr;
 use std::time::Duration;
 
 use crate::addr::resolve;
-use crate::cli::{Cli, Format, Publisher, ScenarioCmd};
+use crate::cli::{ChurnArgs, Cli, Format, Publisher, ScenarioCmd};
 use crate::payload::STAMP_BYTES;
 use crate::plan::Plan;
-use crate::target::check_channel;
+use crate::target::{check_channel, ChannelSpread};
 
 /// What the scenario does with open connections.
 #[derive(Clone, Debug)]
@@ -28,6 +28,8 @@ pub enum Scenario {
     Churn {
         /// Mean lifetime of an open connection.
         lifetime: Duration,
+        /// The channels the connections join (`--channels`), if any.
+        spread: Option<ChannelSpread>,
     },
     /// JSON mode: subscribe, disconnect, publish, reconnect with `since`.
     Resume(ResumePlan),
@@ -228,13 +230,16 @@ impl Plan {
                 if a.lifetime.is_zero() {
                     return Err("--lifetime must be positive".into());
                 }
-                (
-                    a.common,
-                    Scenario::Churn {
-                        lifetime: a.lifetime,
-                    },
-                    "/echo".to_string(),
-                )
+                let spread = churn_spread(&a)?;
+                let path = spread
+                    .as_ref()
+                    .map_or("/echo".to_string(), |s| s.raw_target(0));
+                let channel = spread.as_ref().map_or("bench".to_string(), |s| s.name(0));
+                let scenario = Scenario::Churn {
+                    lifetime: a.lifetime,
+                    spread,
+                };
+                return Plan::with_common(a.common, scenario, path, &channel);
             }
         };
         Plan::with_common(common, scenario, default_path, "bench")
@@ -250,3 +255,30 @@ pub fn check_in_flight(in_flight: usize, publisher: Publisher) -> Result<(), Str
         _ => Err("--in-flight above 1 needs --publisher admin".into()),
     }
 }
+
+/// Churn's `--channels`: checked here (a count of at least 1, names the node accepts, no
+/// `--path` or JSON fillers beside it), since each connection's target is built from it.
+fn churn_spread(a: &ChurnArgs) -> Result<Option<ChannelSpread>, String> {
+    let Some(channels) = a.channels else {
+        return Ok(None);
+    };
+    if channels == 0 {
+        return Err("--channels must be at least 1".into());
+    }
+    if a.common.path.is_some() {
+        return Err("--channels builds each connection's target: drop --path".into());
+    }
+    if a.common.channels_per_conn != 1 {
+        return Err(
+            "--channels gives each connection one channel: drop --channels-per-conn".into(),
+        );
+    }
+    let spread = ChannelSpread::new(a.channel.clone(), channels);
+    // The last name is the longest.
+    check_channel(&spread.name(channels - 1))?;
+    Ok(Some(spread))
+}
+
+#[cfg(test)]
+#[path = "scenario_tests.rs"]
+mod tests;

@@ -6,11 +6,14 @@
 //!   publish on it reaches every connection; the fillers after it never repeat within a
 //!   connection (the node refuses a repeated channel).
 //! - With shared fillers every connection asks for the same target, built once.
+//! - Churn's `--channels K` overrides both: connection `index` asks for one channel,
+//!   `<channel>.<index mod K>`.
 
 use std::borrow::Cow;
 
 use crate::cli::Fillers;
 use crate::plan::Plan;
+use crate::scenario::Scenario;
 
 /// The client protocol of every connection.
 #[derive(Clone, Debug)]
@@ -77,10 +80,54 @@ impl JsonMode {
 /// The upgrade target of a resuming client: no channels, it subscribes with `since`.
 pub const RESUME_TARGET: &str = "/ws?format=json";
 
+/// Churn's `--channels K`: connection `index` joins `<channel>.<index mod K>`. Indices are
+/// handed out in order of opening (reopens count), so joins cycle through every channel
+/// and about N / K connections share each channel at any time.
+#[derive(Clone, Debug)]
+pub struct ChannelSpread {
+    /// The stem of every name.
+    pub channel: String,
+    /// K, at least 1.
+    pub channels: u64,
+}
+
+impl ChannelSpread {
+    /// The spread of `channels` channels named after `channel`.
+    pub fn new(channel: String, channels: u64) -> ChannelSpread {
+        debug_assert!(channels >= 1);
+        ChannelSpread { channel, channels }
+    }
+
+    /// The channel connection `index` joins.
+    pub fn name(&self, index: u64) -> String {
+        format!("{}.{}", self.channel, index % self.channels)
+    }
+
+    /// Raw mode's target of connection `index`: `/ws/<channel>.<index mod K>`.
+    pub fn raw_target(&self, index: u64) -> String {
+        format!("/ws/{}", self.name(index))
+    }
+
+    /// The target of connection `index` in `mode`.
+    pub fn target(&self, mode: &Mode, index: u64) -> String {
+        match mode {
+            Mode::Raw => self.raw_target(index),
+            Mode::Json(_) => format!("/ws?format=json&channel={}", self.name(index)),
+        }
+    }
+}
+
 impl Plan {
     /// The upgrade target of connection `index` (`resuming`: a resume scenario's
     /// reconnect, which subscribes by command instead).
     pub fn target(&self, index: u64, resuming: bool) -> Cow<'_, str> {
+        if let Scenario::Churn {
+            spread: Some(spread),
+            ..
+        } = &self.scenario
+        {
+            return Cow::Owned(spread.target(&self.mode, index));
+        }
         match &self.mode {
             Mode::Raw => Cow::Borrowed(&self.path),
             Mode::Json(_) if resuming => Cow::Borrowed(RESUME_TARGET),

@@ -383,7 +383,7 @@ impl Core {
             _ => (Traffic::None, 0.0, 0, false),
         };
         let churn_lifetime = match plan.scenario {
-            Scenario::Churn { lifetime } => Some(lifetime),
+            Scenario::Churn { lifetime, .. } => Some(lifetime),
             _ => None,
         };
         let tick = if echo_rate > 0.0 {
